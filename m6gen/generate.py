@@ -1,0 +1,264 @@
+"""Trie-constrained beam search over a causal LM: every finished beam is a catalog item.
+
+Why a custom loop rather than ``generate`` with ``prefix_allowed_tokens_fn``:
+- the prompt is prefilled once per user and its KV cache shared by that user's beams
+  (``generate`` expands the input first and prefills every beam's copy);
+- beams live as flat numpy arrays (user, trie node, scores); one step expands every beam's
+  trie children with vectorized ops (``CatalogTrie.expand``), no per-beam Python;
+- finished and dead beams leave the batch, so late steps run on fewer rows;
+- seen-item exclusion and candidate subsets are part of the constraint (a subtree whose items
+  are all excluded is never entered), so no beam is spent on an item that will be thrown away.
+
+Three scores per item: ``logprob`` (sum of token log-probabilities), ``normalized`` (divided by
+the number of tokens) and ``catalog`` (each step's probability renormalized over the tokens the
+trie allows, i.e. the item's probability under the model restricted to the catalog).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from m6gen.trie import CatalogTrie
+
+RANKINGS = ("logprob", "normalized", "catalog")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One generated catalog item with its scores."""
+
+    item: int
+    logprob: float
+    normalized: float
+    catalog: float
+    n_tokens: int
+
+    def score(self, rank_by: str) -> float:
+        return getattr(self, rank_by)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _top_per_user(users: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores of each user (stable: earlier wins ties)."""
+    if len(users) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((-scores, users))
+    su = users[order]
+    seg_start = np.r_[0, np.flatnonzero(su[1:] != su[:-1]) + 1]
+    rank = np.arange(len(order)) - np.repeat(seg_start, np.diff(np.r_[seg_start, len(order)]))
+    return order[rank < k]
+
+
+def _segment_logsumexp(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """logsumexp of ``values`` within runs of equal ``segments`` (runs are contiguous), per element."""
+    starts = np.r_[0, np.flatnonzero(segments[1:] != segments[:-1]) + 1]
+    peak = np.maximum.reduceat(values, starts)
+    lengths = np.diff(np.r_[starts, len(values)])
+    peak_each = np.repeat(peak, lengths)
+    lse = peak + np.log(np.add.reduceat(np.exp(values - peak_each), starts))
+    return np.repeat(lse, lengths)
+
+
+class _ItemSets:
+    """Per-user item sets as sorted keys for subtree counting (see ``CatalogTrie.count_in_subtrees``)."""
+
+    def __init__(self, trie: CatalogTrie, sets: list[np.ndarray]):
+        self.trie = trie
+        self.keys, _ = trie.banned_ranks(sets)
+
+    def count(self, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        return self.trie.count_in_subtrees(self.keys, users, nodes)
+
+
+def constrained_beam_search(
+    model,
+    trie: CatalogTrie,
+    prompt_ids: list[list[int]],
+    num_beams: int = 20,
+    *,
+    banned: list[np.ndarray] | None = None,
+    allowed: list[np.ndarray] | None = None,
+    search_by: str = "logprob",
+    pad_token_id: int = 0,
+    max_new_tokens: int | None = None,
+) -> list[list[Hypothesis]]:
+    """Up to ``num_beams`` distinct catalog items per prompt, best first by ``search_by``.
+
+    Args:
+        model: a Hugging Face causal LM (any dtype); run under ``torch.no_grad``.
+        trie: the catalog trie built from the same tokenizer.
+        prompt_ids: one token-id list per user; lengths may differ (left-padded here).
+        banned: per user, item indices that must not be generated (e.g. the history).
+        allowed: per user, the only item indices that may be generated (a candidate subset).
+        search_by: "logprob" or "catalog": the beam objective, also the returned order.
+            (Rank by "normalized" afterwards with :func:`rank_hypotheses`.)
+    """
+    import torch
+
+    if search_by not in ("logprob", "catalog"):
+        raise ValueError(f"search_by={search_by!r}: beams are searched by 'logprob' or 'catalog'")
+    if num_beams < 1:
+        raise ValueError("num_beams must be >= 1")
+    n_users = len(prompt_ids)
+    if n_users == 0:
+        return []
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token")
+    if banned is not None and len(banned) != n_users or allowed is not None and len(allowed) != n_users:
+        raise ValueError("banned/allowed need one entry per prompt")
+    banned_sets = _ItemSets(trie, banned) if banned is not None else None
+    if allowed is not None:
+        if banned is not None:
+            allowed = [np.setdiff1d(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)) for a, b in zip(allowed, banned)]
+        allowed_sets = _ItemSets(trie, allowed)
+    else:
+        allowed_sets = None
+    max_steps = trie.max_depth if max_new_tokens is None else min(max_new_tokens, trie.max_depth)
+    device = next(model.parameters()).device
+    cache_kwarg = _cache_kwarg(model)
+
+    # Prefill each prompt once (left-padded); only the last position's logits are needed.
+    lengths = np.array([len(p) for p in prompt_ids])
+    width = int(lengths.max())
+    ids = torch.full((n_users, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n_users, width), dtype=torch.long)
+    for u, p in enumerate(prompt_ids):
+        ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[u, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    cache = _cache_of(out)
+    logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (rows, V)
+
+    # Live beams, one row each (row r of the cache and of ``logp`` is beam r).
+    beam_user = np.arange(n_users)
+    beam_node = np.zeros(n_users, dtype=np.int64)
+    beam_lp = np.zeros(n_users)
+    beam_cat = np.zeros(n_users)
+    beam_len = np.zeros(n_users, dtype=np.int64)
+    # Finished items: at most ``num_beams`` per user, the best by the search score.
+    pool_user = np.empty(0, dtype=np.int64)
+    pool = {name: np.empty(0) for name in ("item", "lp", "cat", "len")}
+
+    for step in range(max_steps):
+        parent, child = trie.expand(beam_node)
+        users = beam_user[parent]
+        keep = np.ones(len(child), dtype=bool)
+        if banned_sets is not None:
+            keep &= banned_sets.count(users, child) < trie.subtree_size(child)
+        if allowed_sets is not None:
+            keep &= allowed_sets.count(users, child) > 0
+        parent, child, users = parent[keep], child[keep], users[keep]
+        if len(child) == 0:
+            break
+        tokens = trie.node_token[child]
+        step_lp = logp[torch.from_numpy(parent).to(device), torch.from_numpy(tokens).to(device)].double().cpu().numpy()
+        step_cat = step_lp - _segment_logsumexp(step_lp, parent)
+        cand_lp = beam_lp[parent] + step_lp
+        cand_cat = beam_cat[parent] + step_cat
+        cand_len = beam_len[parent] + 1
+        cand_score = cand_lp if search_by == "logprob" else cand_cat
+
+        # Leaves (end marker reached) join the pool; keep each user's best ``num_beams``.
+        done = trie.node_item[child] >= 0
+        pool_user = np.r_[pool_user, users[done]]
+        pool["item"] = np.r_[pool["item"], trie.node_item[child[done]]]
+        pool["lp"] = np.r_[pool["lp"], cand_lp[done]]
+        pool["cat"] = np.r_[pool["cat"], cand_cat[done]]
+        pool["len"] = np.r_[pool["len"], cand_len[done]]
+        pool_score = pool["lp"] if search_by == "logprob" else pool["cat"]
+        best = _top_per_user(pool_user, pool_score, num_beams)
+        pool_user = pool_user[best]
+        pool = {k: v[best] for k, v in pool.items()}
+        pool_score = pool_score[best]
+
+        # Unfinished candidates: each user's best ``num_beams`` continue, unless the user's pool
+        # is full and already beats them (scores only fall as a beam grows, so that is final).
+        live = np.flatnonzero(~done)
+        live = live[_top_per_user(users[live], cand_score[live], num_beams)]
+        if len(pool_user):
+            full = np.bincount(pool_user, minlength=n_users) >= num_beams
+            worst = np.full(n_users, np.inf)
+            np.minimum.at(worst, pool_user, pool_score)
+            live = live[~(full[users[live]] & (cand_score[live] <= worst[users[live]]))]
+        if len(live) == 0 or step == max_steps - 1:
+            break
+
+        beam_user, beam_node = users[live], child[live]
+        beam_lp, beam_cat, beam_len = cand_lp[live], cand_cat[live], cand_len[live]
+        rows = torch.from_numpy(parent[live]).to(device)
+        cache.reorder_cache(rows)
+        mask = torch.cat([mask[rows], torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+        step_ids = torch.from_numpy(tokens[live]).to(device).unsqueeze(1)  # (rows, 1)
+        position_ids = mask.sum(-1, keepdim=True) - 1
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                    **{cache_kwarg: cache})
+        cache = _cache_of(out)
+        logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+    results: list[list[Hypothesis]] = [[] for _ in range(n_users)]
+    pool_score = pool["lp"] if search_by == "logprob" else pool["cat"]
+    for j in np.lexsort((-pool_score, pool_user)):
+        results[int(pool_user[j])].append(
+            Hypothesis(
+                item=int(pool["item"][j]),
+                logprob=float(pool["lp"][j]),
+                normalized=float(pool["lp"][j] / pool["len"][j]),
+                catalog=float(pool["cat"][j]),
+                n_tokens=int(pool["len"][j]),
+            )
+        )
+    return results
+
+
+def rank_hypotheses(hyps: list[Hypothesis], rank_by: str) -> list[Hypothesis]:
+    """Hypotheses sorted best first by one of :data:`RANKINGS` (stable)."""
+    if rank_by not in RANKINGS:
+        raise ValueError(f"rank_by={rank_by!r}: expected one of {RANKINGS}")
+    return sorted(hyps, key=lambda h: -h.score(rank_by))
+
+
+def score_items(model, trie: CatalogTrie, prompt_ids: list[int], items: list[int]) -> list[Hypothesis]:
+    """Exact scores of given items for one prompt by teacher forcing (the reference the beam
+    search is tested against, and a way to score a short candidate list)."""
+    import torch
+
+    device = next(model.parameters()).device
+    seqs = [trie.sequence(i) for i in items]
+    full = [prompt_ids + s for s in seqs]
+    width = max(len(f) for f in full)
+    ids = torch.zeros((len(full), width), dtype=torch.long)
+    mask = torch.zeros((len(full), width), dtype=torch.long)
+    for r, f in enumerate(full):
+        ids[r, : len(f)] = torch.tensor(f)
+        mask[r, : len(f)] = 1
+    logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+    out = []
+    p = len(prompt_ids)
+    for r, (item, seq) in enumerate(zip(items, seqs)):
+        lp = cat = 0.0
+        node = 0
+        for t, tok in enumerate(seq):
+            row = logp[r, p + t - 1].double()
+            allowed, children = trie.children(node)
+            lp_tok = float(row[tok])
+            cat += lp_tok - float(torch.logsumexp(row[torch.from_numpy(allowed)], 0))
+            lp += lp_tok
+            node = int(children[np.flatnonzero(allowed == tok)[0]])
+        out.append(Hypothesis(item=item, logprob=lp, normalized=lp / len(seq), catalog=cat, n_tokens=len(seq)))
+    return out

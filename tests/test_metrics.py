@@ -1,0 +1,142 @@
+"""Metrics: hand-computed answers on tiny rankings."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from m6gen.metrics import (
+    catalog_coverage,
+    duplicate_rate,
+    evaluate_rankings,
+    format_table,
+    hit_rate_at_k,
+    intra_list_diversity,
+    mrr_at_k,
+    ndcg_at_k,
+    novelty,
+    per_user_scores,
+    seen_rate,
+    target_ranks,
+    validity,
+    write_results,
+)
+from m6gen.rerank import ItemFeatures
+
+# targets at rank 1, rank 3 and missing
+RANKED = [[7, 1, 2], np.array([1, 2, 8]), [1, 2, 3]]
+TARGETS = np.array([7, 8, 9])
+
+
+def test_accuracy_known_answers():
+    assert target_ranks(RANKED, TARGETS, 3).tolist() == [1, 3, 0]
+    np.testing.assert_allclose(per_user_scores(RANKED, TARGETS, 3)["NDCG"], [1.0, 0.5, 0.0])
+    assert ndcg_at_k(RANKED, TARGETS, 3) == pytest.approx(0.5)
+    assert hit_rate_at_k(RANKED, TARGETS, 3) == pytest.approx(2 / 3)
+    assert mrr_at_k(RANKED, TARGETS, 3) == pytest.approx((1 + 1 / 3 + 0) / 3)
+    # k = 2 cuts the rank-3 hit
+    assert hit_rate_at_k(RANKED, TARGETS, 2) == pytest.approx(1 / 3)
+    assert ndcg_at_k(RANKED, TARGETS, 2) == pytest.approx(1 / 3)
+    assert mrr_at_k(RANKED, TARGETS, 2) == pytest.approx(1 / 3)
+
+
+def test_short_and_empty_lists_count_as_misses():
+    ranked = [[5], [], [4, 6]]
+    targets = np.array([5, 5, 6])
+    assert target_ranks(ranked, targets, 10).tolist() == [1, 0, 2]
+    assert ndcg_at_k(ranked, targets, 10) == pytest.approx((1 + 0 + 1 / math.log2(3)) / 3)
+    with pytest.raises(ValueError, match="length"):
+        hit_rate_at_k(ranked, np.array([1]), 10)
+    with pytest.raises(ValueError, match="k"):
+        hit_rate_at_k(ranked, targets, 0)
+
+
+def test_intra_list_diversity_hand_genres():
+    # item 0 {A, B}, item 1 {A}, item 2 {C}
+    cos = ItemFeatures.from_genres([["A", "B"], ["A"], ["C"]])
+    # cosine: sim(0,1) = 1/sqrt2, others 0 -> distances (1 - 1/sqrt2, 1, 1); the 1-item list is skipped
+    expected = (3 - 1 / math.sqrt(2)) / 3
+    assert intra_list_diversity([[0, 1, 2], [2]], cos, 3) == pytest.approx(expected)
+    jac = ItemFeatures.from_genres([["A", "B"], ["A"], ["C"]], metric="jaccard")
+    assert intra_list_diversity([[0, 1, 2]], jac, 3) == pytest.approx(2.5 / 3)
+    assert intra_list_diversity([[0, 1, 2]], jac, 2) == pytest.approx(0.5)
+    assert math.isnan(intra_list_diversity([[0], []], jac, 3))
+
+
+def test_novelty_hand_frequencies():
+    user_freq = np.array([8, 4, 2, 1, 0])  # item 4 unseen in train: clamped to 1 user
+    # per item: 0, 1, 2, 3, 3 bits; lists average (0 + 1) / 2 and (2 + 3) / 2
+    assert novelty([[0, 1], [2, 4]], user_freq, 8, 10) == pytest.approx(1.5)
+    assert novelty([[0, 1], [3, 4]], user_freq, 8, 1) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="user_freq"):
+        novelty([[0]], np.array([9]), 8, 1)
+
+
+def test_coverage():
+    assert catalog_coverage([[0, 1], [1, 2]], 10, 2) == pytest.approx(0.3)
+    assert catalog_coverage([[0, 1], [1, 2]], 10, 1) == pytest.approx(0.2)
+
+
+def test_validity_duplicates_seen():
+    assert validity([[True, False], [True, True]]) == pytest.approx(0.75)
+    assert math.isnan(validity([[], []]))
+    assert duplicate_rate([[1, 1, 2], [3, 4]]) == pytest.approx(1 / 5)
+    assert seen_rate([[1, 2], [3, 4]], [{1}, np.array([9])]) == pytest.approx(1 / 4)
+
+
+def test_evaluate_rankings_keys_and_values():
+    feats = ItemFeatures.from_genres([["A"]] * 10)
+    out = evaluate_rankings(
+        RANKED,
+        TARGETS,
+        ks=(2, 3),
+        features=feats,
+        user_freq=np.ones(10),
+        n_users=4,
+        seen=[set(), {2}, set()],
+    )
+    assert list(out) == [
+        "HR@2", "HR@3", "NDCG@2", "NDCG@3", "MRR@2", "MRR@3",
+        "ILD@2", "ILD@3", "Novelty@2", "Novelty@3", "Coverage@2", "Coverage@3",
+        "SeenRate", "DuplicateRate",
+    ]  # fmt: skip
+    assert out["NDCG@3"] == pytest.approx(0.5)
+    assert out["ILD@3"] == pytest.approx(0.0)  # every item has the same genre
+    assert out["Novelty@3"] == pytest.approx(2.0)  # -log2(1/4)
+    assert out["Coverage@3"] == pytest.approx(5 / 10)  # items 1, 2, 3, 7, 8
+    assert out["SeenRate"] == pytest.approx(1 / 9)
+    assert out["DuplicateRate"] == 0.0
+    assert set(evaluate_rankings(RANKED, TARGETS, ks=(10,))) == {"HR@10", "NDCG@10", "MRR@10", "DuplicateRate"}
+    with pytest.raises(ValueError, match="n_users"):
+        evaluate_rankings(RANKED, TARGETS, user_freq=np.ones(10))
+
+
+ROWS = {
+    "beam": {"HR@10": 0.5, "NDCG@10": 0.25},
+    "mmr": {"HR@10": 0.125, "NDCG@10": float("nan")},
+    "pop": {"HR@10": 1.0},
+}
+
+
+def test_format_table():
+    assert format_table(ROWS, ["HR@10", "NDCG@10"]) == (
+        "| method | HR@10 | NDCG@10 |\n"
+        "|---|---:|---:|\n"
+        "| beam | 0.5000 | 0.2500 |\n"
+        "| mmr | 0.1250 | nan |\n"
+        "| pop | 1.0000 | - |\n"
+    )
+
+
+def test_write_results(tmp_path):
+    paths = write_results(tmp_path / "sub" / "results", ROWS)
+    assert [p.name for p in paths] == ["results.md", "results.csv", "results.json"]
+    assert paths[0].read_text() == format_table(ROWS, ["HR@10", "NDCG@10"])
+    with open(paths[1], newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["method", "HR@10", "NDCG@10"] and rows[3] == ["pop", "1.0", ""]
+    data = json.loads(paths[2].read_text())
+    assert data["mmr"] == {"HR@10": 0.125, "NDCG@10": None}
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["results.csv", "results.json", "results.md"]
