@@ -1,0 +1,235 @@
+"""The ``m6gen`` command: sub-commands over the data, templates, model and decoder.
+
+    m6gen demo                 # data summary, one prompt per template, top-10 for a few users
+    m6gen data --data DIR      # summary of a data set
+    m6gen prompts --user 1     # render every template for one user
+    m6gen recommend ...        # top-k lists for many users (JSONL/CSV)
+    m6gen train ...            # LoRA-tune the model (see m6gen/train.py)
+
+Heavy imports (torch, transformers) happen inside the commands so ``--help`` is instant.
+Every error a user can cause is printed as one line, ``error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class UsageError(ValueError):
+    """Bad command-line input (unknown user, bad option value)."""
+
+
+# ---------------------------------------------------------------------- shared options
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="data folder (default: MovieLens-100K from scripts/setup.sh, or $M6GEN_DATA)")
+    g.add_argument("--format", default="auto", help="recbole | ml-100k | ml-1m | plain | auto (default)")
+    g.add_argument("--title-field", default=None, help="item title column (default: detected)")
+    g.add_argument("--dedupe", default="first", choices=["first", "keep", "last"], help="repeated items in a history")
+    g.add_argument("--min-history", type=int, default=3, help="drop users with fewer interactions")
+
+
+def add_template_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompts")
+    g.add_argument("--templates", default=None, help="extra folder of .jinja templates (searched before prompts/)")
+    g.add_argument("--template", default="titles", help="template name or .jinja path (default: titles)")
+    g.add_argument("--max-history", type=int, default=20, help="most recent items shown in the prompt")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF model id/path, .gguf file, or a trained m6gen output dir (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    g.add_argument("--beams", type=int, default=20, help="beams (candidate items) per user")
+    g.add_argument("--k", type=int, default=10, help="recommendations per user")
+    g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")
+    g.add_argument("--batch-size", type=int, default=8, help="users decoded together")
+
+
+def load_data(args):
+    from m6gen.data import build_histories, leave_one_out, load_dataset
+
+    ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field)
+    split = leave_one_out(build_histories(ds, dedupe=args.dedupe, min_history=args.min_history))
+    return ds, split
+
+
+def load_recommender(args, catalog):
+    """Model + tokenizer + template + trie from the shared model/template options."""
+    from m6gen.model import load_model, load_tokenizer
+    from m6gen.pipeline import RecommendConfig, Recommender
+    from m6gen.prompts import TemplateLibrary
+
+    config = RecommendConfig(template=args.template, max_history=args.max_history, num_beams=args.beams,
+                             batch_size=args.batch_size, rank_by=args.rank_by, dtype=args.dtype)
+    template = TemplateLibrary(args.templates, max_history=args.max_history).load_template(args.template)
+    trained = _trained_dir(args.model)
+    if trained is not None:
+        from m6gen.train import load_trained
+
+        model, tokenizer, _ = load_trained(trained, dtype=args.dtype)
+    else:
+        tokenizer = load_tokenizer(args.model, args.gguf_file)
+        model = load_model(args.model, args.gguf_file, dtype=args.dtype)
+    return Recommender(model, tokenizer, catalog, template, config)
+
+
+def _trained_dir(model: str | None):
+    from pathlib import Path
+
+    if model and (Path(model) / "m6gen_config.json").is_file():
+        return model
+    return None
+
+
+def item_features(ds, split):
+    from m6gen.data import item_popularity
+    from m6gen.rerank import ItemFeatures
+
+    return ItemFeatures.from_genres([list(it.genres) for it in ds.catalog], popularity=item_popularity(split, len(ds.catalog)))
+
+
+def pick_users(split, users: str | None, n: int) -> list[str]:
+    if not users:
+        return split.users[:n]
+    chosen = [u.strip() for u in users.split(",") if u.strip()]
+    unknown = [u for u in chosen if u not in split.train]
+    if unknown:
+        raise UsageError(f"unknown user id(s): {', '.join(unknown[:5])} (ids look like {', '.join(split.users[:3])})")
+    return chosen
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_data(args) -> int:
+    from m6gen.data import summary
+
+    ds, split = load_data(args)
+    print(format_summary(summary(ds, split)))
+    return 0
+
+
+def format_summary(info: dict) -> str:
+    width = max(len(k) for k in info)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in info.items())
+
+
+def cmd_prompts(args) -> int:
+    from m6gen.prompts import TemplateLibrary
+
+    ds, split = load_data(args)
+    user = pick_users(split, args.user, 1)[0]
+    history = [ds.catalog[i] for i in split.test_history(user)]
+    lib = TemplateLibrary(args.templates, max_history=args.max_history)
+    tokenizer = _try_tokenizer(args.model) if args.chat_tokenizer else None
+    for name in lib.names():
+        tpl = lib.get(name)
+        prompt = tpl.render_prompt(history, user={**ds.profiles.get(user, {}), "user_id": user}, tokenizer=tokenizer)
+        target = tpl.render_target(ds.catalog[split.test[user]])
+        print(f"===== template {name!r}: {tpl.description}")
+        print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
+    return 0
+
+
+def _try_tokenizer(model):
+    from m6gen.model import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def cmd_demo(args) -> int:
+    """The README's main job on the embedded defaults."""
+    import time
+
+    from m6gen.data import summary
+    from m6gen.rerank import RerankConfig
+
+    print("== data")
+    ds, split = load_data(args)
+    print(format_summary(summary(ds, split)))
+    args.user = args.users.split(",")[0] if args.users else None
+    args.chat_tokenizer = True
+    print("\n== prompts (one per template, for one user; the held-out test item is shown after the prompt)")
+    cmd_prompts(args)
+
+    print(f"\n== top-{args.k} recommendations with {args.model or 'the default model (untuned)'}, template {args.template!r}")
+    t0 = time.time()
+    rec = load_recommender(args, ds.catalog)
+    rec.features = item_features(ds, split)
+    print(f"   model and trie ready in {time.time() - t0:.1f} s ({rec.trie.n_items} items, {rec.trie.n_nodes} trie nodes)")
+    users = pick_users(split, args.users, args.n_users)
+    histories = [split.test_history(u) for u in users]
+    t0 = time.time()
+    results = rec.recommend(histories, RerankConfig(k=args.k), profiles=[ds.profiles.get(u, {}) for u in users], progress=True)
+    elapsed = time.time() - t0
+    for user, hist, res in zip(users, histories, results):
+        target = split.test[user]
+        recent = "; ".join(ds.catalog[i].title for i in hist[-3:])
+        print(f"\nuser {user}: {len(hist)} items seen, most recent: {recent}")
+        for r in res.items:
+            mark = "  <- held-out test item" if r.item_id == target else ""
+            print(f"  {r.rank:>2}. {ds.catalog[r.item_id].title:<55} logp {r.logprob:8.2f}  p {r.accuracy:.3f}{mark}")
+        if not res.filled:
+            print(f"  ({res.shortfall()})")
+        in_catalog = all(0 <= r.item_id < len(ds.catalog) for r in res.items)
+        print(f"  held-out: {ds.catalog[target].title} ({'in' if target in res.item_ids else 'not in'} top-{args.k}); all in catalog: {in_catalog}")
+    print(f"\n{len(users)} users in {elapsed:.1f} s ({elapsed / max(len(users), 1):.2f} s/user)")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m6gen", description="Generative recommendation by constrained generation of item titles.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="data summary, prompts and top-k recommendations on the defaults")
+    add_data_args(p), add_template_args(p), add_model_args(p)
+    p.add_argument("--users", default=None, help="comma-separated user ids (default: the first --n-users)")
+    p.add_argument("--n-users", type=int, default=3, help="how many users to recommend for")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="summary of a data set and its leave-one-out split")
+    add_data_args(p)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("prompts", help="render every template for one user")
+    add_data_args(p), add_template_args(p)
+    p.add_argument("--user", default=None, help="user id (default: the first user)")
+    p.add_argument("--model", default=None, help="tokenizer for chat templates (with --chat-tokenizer)")
+    p.add_argument("--chat-tokenizer", action="store_true", help="load the model's tokenizer for chat-style templates")
+    p.set_defaults(func=cmd_prompts)
+
+    p = sub.add_parser("train", help="LoRA-tune the model (m6gen train --help)", add_help=False)
+    p.set_defaults(func=None, delegate="m6gen.train")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegates = {"train": "m6gen.train"}
+    if argv and argv[0] in delegates:  # sub-commands with parsers of their own
+        import importlib
+
+        return importlib.import_module(delegates[argv[0]]).main(argv[1:])
+    args = make_parser().parse_args(argv)
+    return run_guarded(args.func, args)
+
+
+def run_guarded(func, args) -> int:
+    """Run a command; errors a user can cause become one line on stderr, exit status 2."""
+    from m6gen.data import DataError
+    from m6gen.model import ModelError
+    from m6gen.prompts import TemplateError
+
+    try:
+        return func(args)
+    except (DataError, ModelError, TemplateError, UsageError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

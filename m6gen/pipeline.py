@@ -1,0 +1,97 @@
+"""The recommender end to end: histories -> prompts -> constrained beams -> reranked top-k.
+
+Glue only: each stage lives in its own module (prompts, model, trie, generate, rerank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from m6gen.catalog import Catalog
+from m6gen.generate import RANKINGS, Hypothesis, constrained_beam_search, rank_hypotheses
+from m6gen.rerank import ItemFeatures, RerankConfig, RerankResult, rerank
+
+
+@dataclass
+class RecommendConfig:
+    """How recommendations are generated (the reranker has its own :class:`RerankConfig`)."""
+
+    template: str = field(default="titles", metadata={"help": "prompt template name in prompts/ (or a .jinja path)"})
+    max_history: int = field(default=20, metadata={"help": "most recent history items shown in the prompt"})
+    num_beams: int = field(default=20, metadata={"help": "beams = catalog items generated per user before reranking"})
+    batch_size: int = field(default=8, metadata={"help": "users decoded together"})
+    rank_by: str = field(default="logprob", metadata={"help": f"beam score to rank by: one of {RANKINGS}"})
+    exclude_seen: bool = field(default=True, metadata={"help": "never generate items from the user's history"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype: float32 or bfloat16"})
+
+    def __post_init__(self):
+        if self.rank_by not in RANKINGS:
+            raise ValueError(f"rank_by={self.rank_by!r}: expected one of {RANKINGS}")
+        for name in ("max_history", "num_beams", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Recommender:
+    """A causal LM, its tokenizer, a prompt template and the catalog trie, ready to recommend."""
+
+    def __init__(self, model, tokenizer, catalog: Catalog, template, config: RecommendConfig | None = None,
+                 trie=None, trie_cache: str | Path | None = None, features: ItemFeatures | None = None):
+        from m6gen.model import build_catalog_trie
+
+        self.model, self.tokenizer, self.catalog, self.template = model, tokenizer, catalog, template
+        self.config = config or RecommendConfig()
+        self.template.max_history = self.config.max_history
+        self.targets = [template.render_target(item) for item in catalog]
+        self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
+        self.features = features
+
+    def prompts(self, histories: list[list[int]], profiles: list[dict] | None = None) -> list[str]:
+        profiles = profiles or [{} for _ in histories]
+        return [
+            self.template.render_prompt([self.catalog[i] for i in hist], user=prof, tokenizer=self.tokenizer)
+            for hist, prof in zip(histories, profiles)
+        ]
+
+    def generate(self, histories: list[list[int]], profiles: list[dict] | None = None,
+                 allowed: list[np.ndarray] | None = None, progress: bool = False) -> list[list[Hypothesis]]:
+        """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from m6gen.model import encode_prompts
+
+        cfg = self.config
+        search_by = "catalog" if cfg.rank_by == "catalog" else "logprob"
+        out: list[list[Hypothesis]] = []
+        starts = range(0, len(histories), cfg.batch_size)
+        bar = tqdm(total=len(histories), desc="generating", unit="user", disable=not progress)
+        for s in starts:
+            hist = histories[s : s + cfg.batch_size]
+            prompt_ids = encode_prompts(self.tokenizer, self.prompts(hist, profiles[s : s + cfg.batch_size] if profiles else None))
+            banned = [np.asarray(h, dtype=np.int64) for h in hist] if cfg.exclude_seen else None
+            with torch.no_grad():
+                beams = constrained_beam_search(
+                    self.model, self.trie, prompt_ids, cfg.num_beams, banned=banned,
+                    allowed=allowed[s : s + cfg.batch_size] if allowed is not None else None,
+                    search_by=search_by, pad_token_id=self.tokenizer.pad_token_id,
+                )
+            out.extend(rank_hypotheses(b, cfg.rank_by) for b in beams)
+            bar.update(len(hist))
+        bar.close()
+        return out
+
+    def recommend(self, histories: list[list[int]], rerank_config: RerankConfig | None = None,
+                  profiles: list[dict] | None = None, progress: bool = False) -> list[RerankResult]:
+        """Final top-k per history: beams reranked for accuracy, diversity and novelty."""
+        rcfg = rerank_config or RerankConfig()
+        results = []
+        for hist, beams in zip(histories, self.generate(histories, profiles, progress=progress)):
+            ids = np.array([h.item for h in beams], dtype=np.int64)
+            # The reranker calibrates with a softmax over log-scores; feed it the ranking score.
+            scores = np.array([h.score(self.config.rank_by) for h in beams], dtype=np.float64)
+            results.append(rerank(ids, scores, seen=set(hist), features=self.features, config=rcfg))
+        return results

@@ -1,0 +1,119 @@
+"""Constrained beam search on tiny random Llamas: validity, exactness against teacher forcing,
+exclusion, subsets, batching and scripts beyond ASCII."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_lm import make_model, make_tokenizer
+
+from m6gen.generate import constrained_beam_search, rank_hypotheses, score_items
+from m6gen.model import build_catalog_trie, encode_prompts
+
+TITLES = [
+    " Toy Story (1995)", " Toy Soldiers (1991)", " Alien (1979)", " Aliens (1986)", " Alien 3 (1992)",
+    " Heat (1995)", " Casino (1995)", " The Godfather (1972)", " The Godfather: Part II (1974)",
+    " Amélie (2001)", " 千と千尋の神隠し (2001)", " 🎬 Emoji Movie (2017)",
+]
+PROMPTS = ["A user watched these movies, in order:\n- Heat (1995)\n- Alien (1979)\nNext:", "Next:", "- Casino (1995)\nNext:"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = make_tokenizer()
+    trie = build_catalog_trie(tok, TITLES)
+    model = make_model(len(tok))
+    return tok, trie, model, encode_prompts(tok, PROMPTS)
+
+
+def run(model, trie, prompts, beams, **kw):
+    with torch.no_grad():
+        return constrained_beam_search(model, trie, prompts, beams, pad_token_id=0, **kw)
+
+
+def test_exhaustive_beams_equal_teacher_forcing(setup):
+    """With as many beams as items, beam search finds every item with its exact scores."""
+    tok, trie, model, prompts = setup
+    results = run(model, trie, prompts, len(TITLES))
+    for prompt, got in zip(prompts, results):
+        with torch.no_grad():
+            ref = sorted(score_items(model, trie, prompt, list(range(len(TITLES)))), key=lambda h: -h.logprob)
+        assert [h.item for h in got] == [h.item for h in ref]
+        for g, r in zip(got, ref):
+            assert g.logprob == pytest.approx(r.logprob, abs=1e-3)
+            assert g.catalog == pytest.approx(r.catalog, abs=1e-3)
+            assert g.n_tokens == r.n_tokens
+
+
+def test_catalog_scores_are_a_distribution_over_items(setup):
+    _, trie, model, prompts = setup
+    got = run(model, trie, prompts[:1], len(TITLES), search_by="catalog")[0]
+    assert sum(np.exp(h.catalog) for h in got) == pytest.approx(1.0, abs=1e-6)
+    assert [h.catalog for h in got] == sorted((h.catalog for h in got), reverse=True)
+
+
+def test_batch_of_different_lengths_equals_one_at_a_time(setup):
+    _, trie, model, prompts = setup
+    batched = run(model, trie, prompts, 5)
+    for prompt, got in zip(prompts, batched):
+        alone = run(model, trie, [prompt], 5)[0]
+        assert [h.item for h in got] == [h.item for h in alone]
+        assert [h.logprob for h in got] == pytest.approx([h.logprob for h in alone], abs=1e-4)
+
+
+def test_exclusion_inside_the_constraint(setup):
+    _, trie, model, prompts = setup
+    banned = [np.array([2, 3, 4]), np.array([], dtype=np.int64), np.arange(len(TITLES) - 1)]
+    results = run(model, trie, prompts, len(TITLES), banned=banned)
+    assert not {h.item for h in results[0]} & {2, 3, 4}
+    assert len(results[0]) == len(TITLES) - 3  # every other item is still reachable
+    assert len(results[1]) == len(TITLES)
+    assert [h.item for h in results[2]] == [len(TITLES) - 1]  # only one item left unseen
+
+
+def test_candidate_subset(setup):
+    _, trie, model, prompts = setup
+    allowed = [np.array([0, 5, 9])] * len(prompts)
+    for res in run(model, trie, prompts, 10, allowed=allowed, banned=[np.array([5])] * len(prompts)):
+        assert sorted(h.item for h in res) == [0, 9]
+
+
+def test_rank_by_normalized(setup):
+    _, trie, model, prompts = setup
+    hyps = run(model, trie, prompts[:1], len(TITLES))[0]
+    ranked = rank_hypotheses(hyps, "normalized")
+    assert [h.normalized for h in ranked] == sorted((h.logprob / h.n_tokens for h in hyps), reverse=True)
+    with pytest.raises(ValueError, match="rank_by"):
+        rank_hypotheses(hyps, "bogus")
+
+
+@pytest.mark.parametrize("kind", ["bytelevel", "sentencepiece"])
+def test_any_script_round_trips(kind):
+    tok = make_tokenizer(kind)
+    trie = build_catalog_trie(tok, TITLES)
+    eos = tok.eos_token_id
+    for i, title in enumerate(TITLES):
+        seq = trie.sequence(i)
+        assert seq[-1] == eos
+        assert tok.decode(seq[:-1]) .strip() == title.strip()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8), st.lists(st.text("abcxyz ", min_size=1, max_size=8), min_size=1, max_size=15, unique=True))
+def test_every_output_is_a_distinct_catalog_item(seed, beams, words):
+    """Property: random catalogs and random models only ever produce distinct catalog items."""
+    tok = make_tokenizer()
+    titles = [" " + w for w in words]
+    if len({tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in titles}) < len(titles):
+        return  # two titles tokenize alike (e.g. trailing spaces): not a valid catalog
+    trie = build_catalog_trie(tok, titles)
+    model = make_model(len(tok), seed=seed % 7)
+    rng = np.random.default_rng(seed)
+    banned = [rng.choice(len(titles), size=rng.integers(0, len(titles)), replace=False)]
+    res = run(model, trie, encode_prompts(tok, ["Next:"]), beams, banned=banned)[0]
+    items = [h.item for h in res]
+    assert len(items) == len(set(items)) == min(beams, len(titles) - len(banned[0]))
+    assert all(0 <= i < len(titles) and i not in set(banned[0].tolist()) for i in items)
+    for h in res:
+        assert trie.lookup(trie.sequence(h.item)) == h.item
