@@ -178,6 +178,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+DELEGATES = {"train": "m6gen.train", "recommend": "m6gen.batch", "chat": "m6gen.chat", "eval": "m6gen.evaluate"}
+DELEGATES_HELP = {
+    "train": "LoRA-tune the model on the train split (m6gen train --help)",
+    "recommend": "top-k lists for many users as JSONL/CSV, resumable (m6gen recommend --help)",
+    "chat": "interactive session: type titles you liked, get recommendations (m6gen chat --help)",
+    "eval": "full-ranking evaluation against Pop and SASRec (m6gen eval --help)",
+}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m6gen", description="Generative recommendation by constrained generation of item titles.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,18 +208,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-tokenizer", action="store_true", help="load the model's tokenizer for chat-style templates")
     p.set_defaults(func=cmd_prompts)
 
-    p = sub.add_parser("train", help="LoRA-tune the model (m6gen train --help)", add_help=False)
-    p.set_defaults(func=None, delegate="m6gen.train")
+    for name, helptext in DELEGATES_HELP.items():  # listed here, parsed by their own modules
+        sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegates = {"train": "m6gen.train"}
-    if argv and argv[0] in delegates:  # sub-commands with parsers of their own
+    if argv and argv[0] in DELEGATES:  # sub-commands with parsers of their own
         import importlib
 
-        return importlib.import_module(delegates[argv[0]]).main(argv[1:])
+        return importlib.import_module(DELEGATES[argv[0]]).main(argv[1:])
     args = make_parser().parse_args(argv)
     return run_guarded(args.func, args)
 

@@ -95,6 +95,7 @@ def constrained_beam_search(
     search_by: str = "logprob",
     pad_token_id: int = 0,
     max_new_tokens: int | None = None,
+    stats: dict | None = None,
 ) -> list[list[Hypothesis]]:
     """Up to ``num_beams`` distinct catalog items per prompt, best first by ``search_by``.
 
@@ -106,7 +107,11 @@ def constrained_beam_search(
         allowed: per user, the only item indices that may be generated (a candidate subset).
         search_by: "logprob" or "catalog": the beam objective, also the returned order.
             (Rank by "normalized" afterwards with :func:`rank_hypotheses`.)
+        max_new_tokens: cap on generated tokens (default: the trie's depth, so every title can end).
+        stats: if given, filled with seconds spent in the model (``model_s``) and in the
+            constraint bookkeeping (``constraint_s``), the number of ``steps`` and ``rows`` run.
     """
+    import time
     import torch
 
     if search_by not in ("logprob", "catalog"):
@@ -141,9 +146,11 @@ def constrained_beam_search(
         mask[u, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    clock = time.perf_counter()
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
     cache = _cache_of(out)
     logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (rows, V)
+    timing = {"model_s": time.perf_counter() - clock, "constraint_s": 0.0, "steps": 0, "rows": 0}
 
     # Live beams, one row each (row r of the cache and of ``logp`` is beam r).
     beam_user = np.arange(n_users)
@@ -156,6 +163,7 @@ def constrained_beam_search(
     pool = {name: np.empty(0) for name in ("item", "lp", "cat", "len")}
 
     for step in range(max_steps):
+        clock = time.perf_counter()
         parent, child = trie.expand(beam_node)
         users = beam_user[parent]
         keep = np.ones(len(child), dtype=bool)
@@ -165,6 +173,7 @@ def constrained_beam_search(
             keep &= allowed_sets.count(users, child) > 0
         parent, child, users = parent[keep], child[keep], users[keep]
         if len(child) == 0:
+            timing["constraint_s"] += time.perf_counter() - clock
             break
         tokens = trie.node_token[child]
         step_lp = logp[torch.from_numpy(parent).to(device), torch.from_numpy(tokens).to(device)].double().cpu().numpy()
@@ -196,12 +205,14 @@ def constrained_beam_search(
             worst = np.full(n_users, np.inf)
             np.minimum.at(worst, pool_user, pool_score)
             live = live[~(full[users[live]] & (cand_score[live] <= worst[users[live]]))]
+        timing["constraint_s"] += time.perf_counter() - clock
         if len(live) == 0 or step == max_steps - 1:
             break
 
         beam_user, beam_node = users[live], child[live]
         beam_lp, beam_cat, beam_len = cand_lp[live], cand_cat[live], cand_len[live]
         rows = torch.from_numpy(parent[live]).to(device)
+        clock = time.perf_counter()
         cache.reorder_cache(rows)
         mask = torch.cat([mask[rows], torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
         step_ids = torch.from_numpy(tokens[live]).to(device).unsqueeze(1)  # (rows, 1)
@@ -210,7 +221,12 @@ def constrained_beam_search(
                     **{cache_kwarg: cache})
         cache = _cache_of(out)
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        timing["model_s"] += time.perf_counter() - clock
+        timing["steps"] += 1
+        timing["rows"] += len(live)
 
+    if stats is not None:
+        stats.update(timing)
     results: list[list[Hypothesis]] = [[] for _ in range(n_users)]
     pool_score = pool["lp"] if search_by == "logprob" else pool["cat"]
     for j in np.lexsort((-pool_score, pool_user)):
@@ -262,3 +278,47 @@ def score_items(model, trie: CatalogTrie, prompt_ids: list[int], items: list[int
             node = int(children[np.flatnonzero(allowed == tok)[0]])
         out.append(Hypothesis(item=item, logprob=lp, normalized=lp / len(seq), catalog=cat, n_tokens=len(seq)))
     return out
+
+
+@dataclass(frozen=True)
+class OpenOutput:
+    """One title from unconstrained ("open") generation; ``item`` is -1 outside the catalog."""
+
+    text: str
+    item: int
+    logprob: float
+
+    @property
+    def in_catalog(self) -> bool:
+        return self.item >= 0
+
+
+def open_generate(model, tokenizer, prompt_ids: list[list[int]], targets: list[str], num_beams: int = 20,
+                  max_new_tokens: int = 24) -> list[list[OpenOutput]]:
+    """Unconstrained beam search (M6-Rec's open-ended setting): the model may name any title.
+
+    Each output is matched against the catalog's target texts (exactly, then ignoring surrounding
+    whitespace) and flagged as in the catalog or not.
+    """
+    import torch
+
+    lookup = {t.strip(): i for i, t in enumerate(targets)}
+    width = max(len(p) for p in prompt_ids)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, num_return_sequences=num_beams,
+                             max_new_tokens=max_new_tokens, do_sample=False, length_penalty=0.0, early_stopping=True,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=pad,
+                             eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out.sequences[:, width:], skip_special_tokens=True)
+    scores = out.sequences_scores.tolist()
+    results = []
+    for u in range(len(prompt_ids)):
+        row = []
+        for text, score in zip(texts[u * num_beams : (u + 1) * num_beams], scores[u * num_beams : (u + 1) * num_beams]):
+            text = text.split("\n")[0]  # a plain-text template's next line is not part of the title
+            row.append(OpenOutput(text=text, item=lookup.get(text.strip(), -1), logprob=float(score)))
+        results.append(row)
+    return results

@@ -117,3 +117,23 @@ def test_every_output_is_a_distinct_catalog_item(seed, beams, words):
     assert all(0 <= i < len(titles) and i not in set(banned[0].tolist()) for i in items)
     for h in res:
         assert trie.lookup(trie.sequence(h.item)) == h.item
+
+
+def test_open_mode_flags_titles_outside_the_catalog(setup):
+    from m6gen.generate import open_generate
+
+    tok, trie, model, prompts = setup
+    outs = open_generate(model, tok, prompts, TITLES[:4], num_beams=4, max_new_tokens=6)
+    assert len(outs) == len(prompts) and all(len(o) == 4 for o in outs)
+    for o in (o for row in outs for o in row):
+        known = o.text.strip() in {t.strip() for t in TITLES[:4]}
+        assert o.in_catalog == known and (o.item >= 0) == known
+
+
+def test_stats_are_reported(setup):
+    _, trie, model, prompts = setup
+    stats = {}
+    with torch.no_grad():
+        constrained_beam_search(model, trie, prompts, 4, stats=stats)
+    assert stats["steps"] >= 1 and stats["rows"] >= stats["steps"]
+    assert stats["model_s"] > 0 and stats["constraint_s"] > 0

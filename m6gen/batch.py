@@ -1,0 +1,205 @@
+"""Batch recommendation lists: top-k for many users, appended as it goes, resumable, shardable.
+
+    m6gen recommend --output recs.jsonl                   # every user, full history
+    m6gen recommend --users-file ids.txt --output recs.csv --k 20
+    accelerate launch -m m6gen.batch --output recs.jsonl  # users sharded across processes
+
+JSONL: one line per user, ``{"user_id", "items": [{"rank", "item_id", "title", "score",
+"accuracy", "diversity", "novelty", "logprob"}], "filled"}``. CSV: one row per (user, rank).
+A killed run restarted with the same command skips the users already written (a half-written
+last user is rewritten), so every user ends up exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from m6gen.cli import UsageError
+
+CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diversity", "novelty", "logprob"]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from m6gen.cli import add_data_args, add_model_args, add_template_args
+
+    p = argparse.ArgumentParser(prog="m6gen recommend", description="Top-k recommendation lists for many users.")
+    add_data_args(p), add_template_args(p), add_model_args(p)
+    p.add_argument("--output", required=True, help="output file: .jsonl or .csv (appended; resumes after a kill)")
+    p.add_argument("--users-file", default=None, help="file with one user id per line (default: all users)")
+    p.add_argument("--history", default="full", choices=["full", "test", "valid"],
+                   help="what each user's prompt shows: every known item (full), all but the test item, or the train items")
+    p.add_argument("--diversity", type=float, default=0.0, help="reranker diversity weight")
+    p.add_argument("--novelty", type=float, default=0.0, help="reranker novelty weight")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+class UserListError(UsageError):
+    """A malformed or unknown-id users file."""
+
+
+def read_user_ids(path: str | Path, known: set[str]) -> list[str]:
+    """User ids from a file, one per line (blank lines and ``#`` comments skipped), in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserListError(f"{path}: users file does not exist")
+    ids, seen = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserListError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    for n, line in enumerate(lines, 1):
+        uid = line.split("#", 1)[0].strip()
+        if not uid:
+            continue
+        if any(c.isspace() or c == "," for c in uid):
+            raise UserListError(f"{path}:{n}: expected one user id per line, got {line.strip()!r}")
+        if uid not in known:
+            raise UserListError(f"{path}:{n}: unknown user id {uid!r}")
+        if uid not in seen:
+            seen.add(uid)
+            ids.append(uid)
+    return ids
+
+
+def done_users(path: Path) -> list[str]:
+    """Users already complete in an output file; trims a half-written tail so appends stay clean.
+
+    JSONL: each complete line is one complete user. CSV: rows after the last newline are dropped,
+    and so are the rows of the last user (it may have been cut between rows) - it is redone.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]  # drop a partial last line
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(keep.decode("utf-8"))))
+        if rows:
+            last = rows[-1]["user_id"]
+            n_last = sum(r["user_id"] == last for r in rows)
+            rows = rows[:-n_last]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        keep = buf.getvalue().encode("utf-8")
+        users = list(dict.fromkeys(r["user_id"] for r in rows))
+    else:
+        users = []
+        for n, line in enumerate(keep.decode("utf-8").splitlines(), 1):
+            try:
+                users.append(json.loads(line)["user_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserListError(f"{path}:{n}: not an m6gen recommendations line; use a new --output") from None
+    if keep != data:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(keep)
+        os.replace(tmp, path)
+    return users
+
+
+def format_records(users: list[str], results, catalog, fmt: str) -> str:
+    """One chunk of output text for a batch of users (written with a single append)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        for user, res in zip(users, results):
+            for r in res.items:
+                writer.writerow({"user_id": user, "rank": r.rank, "item_id": catalog[r.item_id].item_id,
+                                 "title": catalog[r.item_id].title, **_scores(r)})
+        return buf.getvalue()
+    lines = []
+    for user, res in zip(users, results):
+        items = [{"rank": r.rank, "item_id": catalog[r.item_id].item_id, "title": catalog[r.item_id].title, **_scores(r)}
+                 for r in res.items]
+        lines.append(json.dumps({"user_id": user, "items": items, "filled": res.filled}, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+def _scores(r) -> dict:
+    return {k: round(float(getattr(r, k)), 6) for k in ("score", "accuracy", "diversity", "novelty", "logprob")}
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def merge_shards(output: Path, shards: list[Path]) -> None:
+    """Concatenate shard files into ``output`` (atomically), keeping one header for CSV."""
+    tmp = output.with_name(output.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for i, shard in enumerate(shards):
+            lines = shard.read_text(encoding="utf-8").splitlines(keepends=True)
+            if output.suffix == ".csv" and i > 0:
+                lines = lines[1:]
+            out.writelines(lines)
+    os.replace(tmp, output)
+    for shard in shards:
+        shard.unlink()
+
+
+def run(args) -> int:
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from m6gen.cli import item_features, load_data, load_recommender
+    from m6gen.rerank import RerankConfig
+
+    output = Path(args.output)
+    if output.suffix not in (".jsonl", ".csv"):
+        raise UserListError(f"{output}: --output must end in .jsonl or .csv")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    state = PartialState()
+    ds, split = load_data(args)
+    users = read_user_ids(args.users_file, set(split.train)) if args.users_file else split.users
+    if state.num_processes > 1:  # each process writes its own shard, merged at the end
+        users = users[state.process_index :: state.num_processes]
+        target = output.with_name(f"{output.stem}.shard{state.process_index}of{state.num_processes}{output.suffix}")
+    else:
+        target = output
+    finished = set(done_users(target))
+    todo = [u for u in users if u not in finished]
+    if output.suffix == ".csv" and (not target.exists() or target.stat().st_size == 0):
+        append(target, ",".join(CSV_FIELDS) + "\n")
+    history_of = {"full": lambda u: split.test_history(u) + [split.test[u]], "test": split.test_history,
+                  "valid": split.valid_history}[args.history]
+    rec = load_recommender(args, ds.catalog)
+    rec.features = item_features(ds, split)
+    rcfg = RerankConfig(k=args.k, diversity_weight=args.diversity, novelty_weight=args.novelty)
+    bar = tqdm(total=len(users), initial=len(users) - len(todo), desc=f"recommend[{state.process_index}]",
+               unit="user", disable=args.no_progress or not state.is_local_main_process and state.num_processes > 1)
+    for s in range(0, len(todo), args.batch_size):
+        chunk = todo[s : s + args.batch_size]
+        histories = [history_of(u) for u in chunk]
+        results = rec.recommend(histories, rcfg, profiles=[{**ds.profiles.get(u, {}), "user_id": u} for u in chunk])
+        append(target, format_records(chunk, results, ds.catalog, output.suffix.lstrip(".")))
+        bar.update(len(chunk))
+    bar.close()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            merge_shards(output, [output.with_name(f"{output.stem}.shard{i}of{state.num_processes}{output.suffix}")
+                                  for i in range(state.num_processes)])
+    if state.is_main_process:
+        print(f"wrote {len(users) if state.num_processes == 1 else 'all'} users to {output}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.cli import run_guarded
+
+    args = make_parser().parse_args(argv)
+    return run_guarded(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Batch recommendation lists: formats, resume after a kill, users files."""
+
+import csv
+import json
+
+import pytest
+from tiny_lm import make_model, make_tokenizer
+
+from m6gen.batch import UserListError, done_users, main, read_user_ids
+
+TITLES = ["Toy Story", "Alien", "Aliens", "Heat", "Casino", "Amélie", "The Godfather", "Fargo"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    data = root / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text("".join(json.dumps({"item_id": str(i), "title": t, "year": 1990 + i}) + "\n"
+                                              for i, t in enumerate(TITLES)), encoding="utf-8")
+    rows = ["user_id,item_id,timestamp"]
+    for u in range(6):
+        for step in range(4):
+            rows.append(f"u{u},{(u + step) % len(TITLES)},{step}")
+    (data / "interactions.csv").write_text("\n".join(rows) + "\n")
+    model_dir = root / "model"
+    tok = make_tokenizer()
+    make_model(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return data, model_dir
+
+
+def run(world, out, *extra):
+    data, model_dir = world
+    return main(["--data", str(data), "--model", str(model_dir), "--output", str(out), "--beams", "4", "--k", "3",
+                 "--batch-size", "4", "--no-progress", *extra])
+
+
+def test_jsonl_every_user_once_and_resume_after_kill(world, tmp_path):
+    out = tmp_path / "recs.jsonl"
+    assert run(world, out) == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [r["user_id"] for r in records] == [f"u{i}" for i in range(6)]
+    assert all(len(r["items"]) == 3 and r["filled"] for r in records)
+    # a kill mid-write: two complete users and half of the third line
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20], encoding="utf-8")
+    assert run(world, out) == 0
+    again = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["user_id"] for r in again] == [f"u{i}" for i in range(6)]
+    # deterministic decoding: the same lists (scores may differ in the last digits with batching)
+    assert [[i["item_id"] for i in r["items"]] for r in again] == [[i["item_id"] for i in r["items"]] for r in records]
+
+
+def test_csv_resume_redoes_a_half_written_user(world, tmp_path):
+    out = tmp_path / "recs.csv"
+    assert run(world, out) == 0
+    full = out.read_text(encoding="utf-8").splitlines()
+    assert full[0].startswith("user_id,rank,item_id,title")
+    out.write_text("\n".join(full[:5]) + "\n", encoding="utf-8")  # header, u0 x3, first row of u1
+    assert done_users(out) == ["u0"]
+    assert run(world, out) == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [(r["user_id"], r["rank"]) for r in rows] == [(f"u{i}", str(k)) for i in range(6) for k in (1, 2, 3)]
+
+
+def test_users_file(world, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("u3\n# comment\n\nu1\nu3\n")
+    assert read_user_ids(ids, {"u1", "u3"}) == ["u3", "u1"]
+    out = tmp_path / "some.jsonl"
+    assert run(world, out, "--users-file", str(ids)) == 0
+    assert [json.loads(x)["user_id"] for x in out.read_text().splitlines()] == ["u3", "u1"]
+
+
+def test_bad_users_file_is_one_line_error(world, tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("u1\nnobody\n")
+    with pytest.raises(UserListError, match=r"ids.txt:2: unknown user id 'nobody'"):
+        read_user_ids(ids, {"u1"})
+    ids.write_text("u1, u2\n")
+    assert run(world, tmp_path / "x.jsonl", "--users-file", str(ids)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "ids.txt:1" in err[-1]
+    assert run(world, tmp_path / "x.txt") == 2
