@@ -1,0 +1,173 @@
+"""``m6gen eval``: full-ranking, leave-one-out evaluation of m6gen against Pop and SASRec.
+
+    m6gen eval --model runs/m6gen --split test                  # all users
+    m6gen eval --model runs/m6gen --split valid --max-users 200 # quick, for tuning
+
+Every method ranks the whole catalog minus the user's history, for the same users, in one run.
+m6gen's list is its beams (so HR@K for K > --beams counts what the beams did not reach as misses).
+Generated beams are cached as JSONL in the output folder (appended per batch, resumed after a
+kill), so re-running with other reranker weights costs no generation. Writes ``eval_<split>``
+.md/.csv/.json tables and ``tradeoff_<split>.png`` next to the model (or in ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from m6gen.cli import UsageError
+
+DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
+TABLE_METRICS = ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20", "ILD@10", "Novelty@10", "Coverage@10"]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from m6gen.cli import add_data_args, add_model_args, add_template_args
+
+    p = argparse.ArgumentParser(prog="m6gen eval", description="Full-ranking evaluation against Pop and SASRec.")
+    add_data_args(p), add_template_args(p), add_model_args(p)
+    p.add_argument("--split", default="test", choices=["test", "valid"], help="evaluate on the test or validation item")
+    p.add_argument("--max-users", type=int, default=None, help="only the first N users (default: all)")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                   help="reranker settings 'diversity,novelty;...' evaluated as extra rows")
+    p.add_argument("--baselines", default="Pop,SASRec", help="peers to include (comma list; '' for none)")
+    p.add_argument("--sasrec-epochs", type=int, default=None, help="SASRec epochs (default: its config's)")
+    p.add_argument("--out", default=None, help="output folder (default: the model folder, or runs/eval-default)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_weights(text: str) -> list[tuple[float, float]]:
+    settings = []
+    for part in filter(None, (s.strip() for s in text.split(";"))):
+        try:
+            div, nov = (float(x) for x in part.split(","))
+        except ValueError:
+            raise UsageError(f"--weights: expected 'diversity,novelty' pairs separated by ';', got {part!r}") from None
+        settings.append((div, nov))
+    return settings
+
+
+def generate_cached(rec, users, histories, path: Path, progress: bool) -> dict[str, list[dict]]:
+    """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill."""
+    from tqdm.auto import tqdm
+
+    from m6gen.batch import append, done_users
+
+    done = set(done_users(path))
+    todo = [(u, h) for u, h in zip(users, histories) if u not in done]
+    bar = tqdm(total=len(users), initial=len(users) - len(todo), desc="generating", unit="user", disable=not progress)
+    bs = rec.config.batch_size
+    for s in range(0, len(todo), bs):
+        chunk = todo[s : s + bs]
+        beams = rec.generate([h for _, h in chunk])
+        append(path, "".join(json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog] for b in bl]}) + "\n"
+                             for (u, _), bl in zip(chunk, beams)))
+        bar.update(len(chunk))
+    bar.close()
+    cached = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec_ = json.loads(line)
+        cached[rec_["user_id"]] = rec_["beams"]
+    return cached
+
+
+def run(args) -> int:
+    from m6gen.baselines import run_baselines
+    from m6gen.cli import item_features, load_data, load_recommender
+    from m6gen.data import item_popularity, user_frequency
+    from m6gen.metrics import evaluate_rankings, format_table, write_results
+    from m6gen.rerank import RerankConfig, rerank
+
+    weights = parse_weights(args.weights)
+    ds, split = load_data(args)
+    n_items = len(ds.catalog)
+    users = split.users[: args.max_users] if args.max_users else split.users
+    if args.split == "test":
+        histories, targets = [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
+    else:
+        histories, targets = [split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])
+    out = Path(args.out or (args.model if args.model and Path(args.model, "m6gen_config.json").is_file() else "runs/eval-default"))
+    out.mkdir(parents=True, exist_ok=True)
+    features = item_features(ds, split)
+    user_freq = user_frequency(split, n_items)
+    seen = [set(h) for h in histories]
+    ks = (5, 10, 20)
+
+    def metrics(ranked):
+        return evaluate_rankings(ranked, targets, ks=ks, features=features, user_freq=user_freq, n_users=len(split.train),
+                                 n_items=n_items, seen=seen)
+
+    rows: dict[str, dict[str, float]] = {}
+    methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    if methods:
+        cfg = None
+        if args.sasrec_epochs:
+            from m6gen.sasrec import SASRecConfig
+
+            cfg = SASRecConfig(epochs=args.sasrec_epochs)
+        base = run_baselines(args.data, config=cfg, methods=methods, max_users=args.max_users, progress=not args.no_progress)
+        rows.update(base[args.split])
+
+    rec = load_recommender(args, ds.catalog)
+    tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}"
+    cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress)
+    beams = [np.array(cached[u], dtype=np.float64).reshape(-1, 4) for u in users]
+    for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
+        ranked = [b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams]
+        rows[f"m6gen beams (rank by {name})"] = metrics(ranked)
+    score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
+    for div, nov in weights:
+        rcfg = RerankConfig(k=max(ks), diversity_weight=div, novelty_weight=nov)
+        ranked = [rerank(b[:, 0].astype(np.int64), b[:, score_col], seen=s, features=features, config=rcfg).item_ids
+                  for b, s in zip(beams, seen)]
+        rows[f"m6gen reranked (div {div:g}, nov {nov:g})"] = metrics([np.asarray(r, dtype=np.int64) for r in ranked])
+
+    print(f"\n{args.split} split, {len(users)} users, whole catalog ({n_items} items) ranked, history excluded:\n")
+    print(format_table(rows, TABLE_METRICS))
+    written = write_results(out / f"eval_{args.split}", rows)
+    plot_tradeoff(rows, out / f"tradeoff_{args.split}.png")
+    (out / f"eval_{args.split}_config.json").write_text(json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str))
+    print(f"\nwrote {', '.join(str(p) for p in written)} and {out / f'tradeoff_{args.split}.png'}")
+    return 0
+
+
+def plot_tradeoff(rows: dict[str, dict[str, float]], path: Path) -> None:
+    """NDCG@10 against intra-list diversity, colour = novelty, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in rows if np.isfinite(rows[n].get("ILD@10", np.nan))]
+    x = [rows[n]["ILD@10"] for n in names]
+    y = [rows[n]["NDCG@10"] for n in names]
+    c = [rows[n].get("Novelty@10", np.nan) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    sc = ax.scatter(x, y, c=c, cmap="viridis", s=60)
+    for xi, yi, n in zip(x, y, names):
+        ax.annotate(n, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    fig.colorbar(sc, label="Novelty@10 (bits)")
+    ax.set_xlabel("intra-list diversity @10")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("accuracy / diversity / novelty trade-off")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.cli import run_guarded
+
+    args = make_parser().parse_args(argv)
+    return run_guarded(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
