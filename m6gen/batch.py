@@ -195,9 +195,9 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from m6gen.cli import run_guarded
+    from m6gen.cli import parse_with_config, run_guarded
 
-    args = make_parser().parse_args(argv)
+    args = parse_with_config(make_parser(), argv)
     return run_guarded(run, args)
 
 

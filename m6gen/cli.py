@@ -21,7 +21,41 @@ class UsageError(ValueError):
 
 
 # ---------------------------------------------------------------------- shared options
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config FILE`` (YAML or JSON) fill in, flags on the command line win.
+
+    Keys are option names (``max_history`` or ``max-history``); keys this command does not take
+    are skipped, so one file can serve train, recommend and eval.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        import yaml
+
+        path = known.config
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}  # JSON is YAML
+        except OSError as err:
+            raise SystemExit(f"error: {path}: cannot read config ({err.strerror})") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise SystemExit(f"error: {path}{where}: not valid YAML/JSON") from None
+        if not isinstance(data, dict):
+            raise SystemExit(f"error: {path}: expected a mapping of option names to values")
+        dests = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") in dests})
+    return parser.parse_args(argv)
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML/JSON file of option values (command-line flags win)")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
+    add_config_arg(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="data folder (default: MovieLens-100K from scripts/setup.sh, or $M6GEN_DATA)")
     g.add_argument("--format", default="auto", help="recbole | ml-100k | ml-1m | plain | auto (default)")
@@ -178,12 +212,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-DELEGATES = {"train": "m6gen.train", "recommend": "m6gen.batch", "chat": "m6gen.chat", "eval": "m6gen.evaluate"}
+DELEGATES = {"train": "m6gen.train", "recommend": "m6gen.batch", "chat": "m6gen.chat", "eval": "m6gen.evaluate",
+             "tune-prompts": "m6gen.tune"}
 DELEGATES_HELP = {
     "train": "LoRA-tune the model on the train split (m6gen train --help)",
     "recommend": "top-k lists for many users as JSONL/CSV, resumable (m6gen recommend --help)",
     "chat": "interactive session: type titles you liked, get recommendations (m6gen chat --help)",
     "eval": "full-ranking evaluation against Pop and SASRec (m6gen eval --help)",
+    "tune-prompts": "leaderboard of the prompt templates on validation (m6gen tune-prompts --help)",
 }
 
 
@@ -219,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATES[argv[0]]).main(argv[1:])
-    args = make_parser().parse_args(argv)
+    args = parse_with_config(make_parser(), argv)
     return run_guarded(args.func, args)
 
 

@@ -1,0 +1,129 @@
+"""``m6gen tune-prompts``: a leaderboard of the prompt templates on the validation split.
+
+    m6gen tune-prompts --max-users 100                       # zero-shot, every template in prompts/
+    m6gen tune-prompts --templates my_prompts/ --history 10,20 --write-config m6gen.yaml
+    m6gen tune-prompts --train-steps 200 --max-users 100     # after a short LoRA run per template
+
+Each template (and each history length asked for) is scored on the same validation users with
+constrained decoding: NDCG@10, HR@10, validity (share of outputs that are catalog items),
+mean prompt tokens and seconds. The winner's name (and history length) is written to
+``--write-config`` (YAML), which ``m6gen train/recommend/eval --config`` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from m6gen.cli import add_data_args, add_model_args
+
+    p = argparse.ArgumentParser(prog="m6gen tune-prompts", description="Leaderboard of prompt templates on validation.")
+    add_data_args(p), add_model_args(p)
+    p.add_argument("--templates", default=None, help="extra folder of .jinja templates (searched before prompts/)")
+    p.add_argument("--only", default=None, help="comma list of template names (default: all)")
+    p.add_argument("--history", default="20", help="comma list of history lengths to try (the knob search)")
+    p.add_argument("--max-users", type=int, default=100, help="validation users scored")
+    p.add_argument("--train-steps", type=int, default=0, help="short LoRA run per template before scoring (0: zero-shot)")
+    p.add_argument("--write-config", default="m6gen.yaml", help="YAML file to record the best template in ('' to skip)")
+    return p
+
+
+def score_template(rec, histories, targets) -> dict[str, float]:
+    from m6gen.metrics import hit_rate_at_k, ndcg_at_k
+
+    t0 = time.perf_counter()
+    beams = rec.generate(histories)
+    seconds = time.perf_counter() - t0
+    ranked = [np.array([h.item for h in b], dtype=np.int64) for b in beams]
+    n_out = sum(len(r) for r in ranked)
+    valid = sum(rec.trie.lookup(rec.trie.sequence(int(i))) == i for r in ranked for i in r)
+    prompt_tokens = np.mean([len(rec.tokenizer(p)["input_ids"]) for p in rec.prompts(histories)])
+    return {"NDCG@10": ndcg_at_k(ranked, targets, 10), "HR@10": hit_rate_at_k(ranked, targets, 10),
+            "validity": valid / max(n_out, 1), "prompt_tokens": float(prompt_tokens), "seconds": seconds}
+
+
+def run(args) -> int:
+    from m6gen.cli import load_data
+    from m6gen.metrics import format_table
+    from m6gen.model import load_model, load_tokenizer
+    from m6gen.pipeline import RecommendConfig, Recommender
+    from m6gen.prompts import TemplateLibrary
+
+    ds, split = load_data(args)
+    users = split.users[: args.max_users]
+    histories = [split.valid_history(u) for u in users]
+    targets = np.array([split.valid[u] for u in users])
+    lib = TemplateLibrary(args.templates)
+    names = [n.strip() for n in args.only.split(",")] if args.only else lib.names()
+    lengths = [int(x) for x in args.history.split(",")]
+    tokenizer = load_tokenizer(args.model, args.gguf_file)
+    base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype)
+    rows: dict[str, dict[str, float]] = {}
+    for name in names:
+        for max_history in lengths:
+            label = f"{name} (history {max_history})"
+            template = lib.get(name, max_history=max_history)
+            model = base if base is not None else short_train(args, name, max_history)
+            cfg = RecommendConfig(template=name, max_history=max_history, num_beams=args.beams, batch_size=args.batch_size,
+                                  rank_by=args.rank_by)
+            rows[label] = score_template(Recommender(model, tokenizer, ds.catalog, template, cfg), histories, targets)
+            print(f"{label}: NDCG@10 {rows[label]['NDCG@10']:.4f}, HR@10 {rows[label]['HR@10']:.4f}", flush=True)
+    board = dict(sorted(rows.items(), key=lambda kv: -kv[1]["NDCG@10"]))
+    mode = f"after {args.train_steps} LoRA steps" if args.train_steps else "zero-shot"
+    print(f"\nvalidation, {len(users)} users, {mode}, {args.beams} beams:\n")
+    print(format_table(board, ["NDCG@10", "HR@10", "validity", "prompt_tokens", "seconds"]))
+    best = next(iter(board))
+    best_name, best_len = best.rsplit(" (history ", 1)[0], int(best.rsplit(" ", 1)[1].rstrip(")"))
+    print(f"\nbest: {best_name} with history {best_len}")
+    if args.write_config:
+        record_best(Path(args.write_config), best_name, best_len)
+        print(f"recorded in {args.write_config} (used by `--config {args.write_config}`)")
+    return 0
+
+
+def short_train(args, template: str, max_history: int):
+    """A short LoRA run for one template; returns the tuned model."""
+    import tempfile
+
+    from m6gen.train import load_trained
+    from m6gen.train import main as train_main
+
+    out = Path(tempfile.mkdtemp(prefix=f"m6gen-tune-{template}-"))
+    argv = ["--template", template, "--max-history", str(max_history), "--max-steps", str(args.train_steps),
+            "--output-dir", str(out), "--eval-every", "0"]
+    if args.model:
+        argv += ["--model", args.model]
+    if args.data:
+        argv += ["--data", args.data]
+    if train_main(argv) != 0:
+        raise RuntimeError(f"training with template {template!r} failed")
+    return load_trained(out, dtype=args.dtype)[0]
+
+
+def record_best(path: Path, template: str, max_history: int) -> None:
+    """Set ``template`` and ``max_history`` in a YAML config, keeping its other keys."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = data or {}
+    data.update({"template": template, "max_history": max_history})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=True))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.cli import parse_with_config, run_guarded
+
+    args = parse_with_config(make_parser(), argv)
+    return run_guarded(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""m6gen tune-prompts: leaderboard over templates and history lengths; best recorded in a config."""
+
+import yaml
+from test_batch import world  # noqa: F401  (shared fixture: tiny data folder + tiny model)
+
+from m6gen.cli import parse_with_config
+from m6gen.tune import main, make_parser
+
+
+def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_path, capsys):  # noqa: F811
+    data, model_dir = world
+    cfg = tmp_path / "m6gen.yaml"
+    cfg.write_text("beams: 4\nk: 3\n")  # other keys are kept
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--only", "titles,titles_genres",
+            "--history", "2,5", "--max-users", "6", "--write-config", str(cfg)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("(history ") >= 4 and "best: " in out
+    saved = yaml.safe_load(cfg.read_text())
+    assert saved["template"] in {"titles", "titles_genres"} and saved["max_history"] in {2, 5}
+    assert saved["beams"] == 4 and saved["k"] == 3
+    # the recorded choice is what --config gives every command; flags still win
+    args = parse_with_config(make_parser(), ["--config", str(cfg)])
+    assert args.beams == 4
+    from m6gen.batch import make_parser as batch_parser
+
+    args = parse_with_config(batch_parser(), ["--config", str(cfg), "--output", "x.jsonl", "--k", "7"])
+    assert args.template == saved["template"] and args.max_history == saved["max_history"] and args.k == 7
