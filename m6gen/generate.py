@@ -318,7 +318,8 @@ def open_generate(model, tokenizer, prompt_ids: list[list[int]], targets: list[s
     for u in range(len(prompt_ids)):
         row = []
         for text, score in zip(texts[u * num_beams : (u + 1) * num_beams], scores[u * num_beams : (u + 1) * num_beams]):
-            text = text.split("\n")[0]  # a plain-text template's next line is not part of the title
+            # A plain-text template's next line is not part of the title; a beam may open with a newline.
+            text = next((line for line in text.split("\n") if line.strip()), "")
             row.append(OpenOutput(text=text, item=lookup.get(text.strip(), -1), logprob=float(score)))
         results.append(row)
     return results

@@ -1,0 +1,290 @@
+"""The interactive session, driven as a person would: lines in, text out, on a tiny random Llama.
+
+Known answers for title matching, the numbered choice, `set` taking effect, save/load round trips,
+one run of scripts/interactive.py through a real stdin pipe, and a fuzz test that no line crashes it.
+"""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny_lm import make_model, make_tokenizer
+
+from m6gen.catalog import build_catalog
+from m6gen.chat import ChatSession, ChatSettings, TitleMatcher, clean_text
+from m6gen.data import leave_one_out
+from m6gen.pipeline import RecommendConfig, Recommender
+from m6gen.prompts import TemplateLibrary
+from m6gen.rerank import ItemFeatures
+
+ROOT = Path(__file__).resolve().parents[1]
+# (id, title as read, year, genres); titles come from tiny_lm.CORPUS so the tiny tokenizer knows them
+ITEMS = [
+    ("1", "Toy Story", 1995, ["Animation", "Comedy"]), ("2", "Toy Soldiers", 1991, ["Action"]),
+    ("3", "Alien", 1979, ["Horror", "Sci-Fi"]), ("4", "Aliens", 1986, ["Action", "Sci-Fi"]),
+    ("5", "Alien 3", 1992, ["Sci-Fi"]), ("6", "Godfather, The", 1972, ["Crime", "Drama"]),
+    ("7", "Godfather: Part II, The", 1974, ["Crime", "Drama"]), ("8", "Heat", 1995, ["Crime", "Thriller"]),
+    ("9", "Casino", 1995, ["Crime"]), ("10", "Amélie", 2001, ["Comedy", "Romance"]),
+    ("11", "千と千尋の神隠し", 2001, ["Animation"]), ("12", "Crouching Tiger, Hidden Dragon", 2000, ["Action"]),
+    ("13", "🎬 Emoji Movie", 2017, ["Animation"]),
+]  # fmt: skip
+HISTORIES = {"u1": [7, 8, 0, 2], "u2": [2, 3, 5, 6], "u3": [9, 10, 11]}
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    ids, titles, years, genres = zip(*ITEMS)
+    return build_catalog(list(ids), list(titles), list(years), [list(g) for g in genres])
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tok = make_tokenizer()
+    return tok, make_model(len(tok))
+
+
+@pytest.fixture
+def new_session(catalog, lm):
+    """A factory: a fresh session (its own Recommender) writing to a StringIO."""
+    split = leave_one_out(HISTORIES)
+
+    def make(**kw):
+        tok, model = lm
+        pop = [sum(i in h for h in split.train.values()) for i in range(len(catalog))]
+        feats = ItemFeatures.from_genres([list(it.genres) for it in catalog], popularity=pop)
+        rec = Recommender(model, tok, catalog, TemplateLibrary().get("titles"), RecommendConfig(num_beams=8),
+                          features=feats)  # fmt: skip
+        return ChatSession(rec, split=split, out=io.StringIO(), **kw)
+
+    return make
+
+
+def drive(session, lines):
+    """Feed lines; return what the session wrote for them."""
+    start = session.out.tell()
+    session.run(lines)
+    return session.out.getvalue()[start:]
+
+
+def titles_of(session):
+    return [session.catalog[i].title for i in session.history]
+
+
+# ---------------------------------------------------------------------- matching
+@pytest.mark.parametrize(("typed", "how", "first"), [
+    ("toy st", "prefix", "Toy Story (1995)"),
+    ("Toy Story (1995)", "exact", "Toy Story (1995)"),
+    ("  TOY   story (1995) ", "exact", "Toy Story (1995)"),
+    ("alien", "exact", "Alien (1979)"),  # equals one title without its year
+    ("ali", "prefix", "Alien (1979)"),
+    ("toy storry", "fuzzy", "Toy Story (1995)"),
+    ("amelie", "fuzzy", "Amélie (2001)"),
+    ("hidden dragon", "fuzzy", "Crouching Tiger, Hidden Dragon (2000)"),
+    ("godfather", "exact", "The Godfather (1972)"),  # "the" + typed text is one title
+    ("godf", "prefix", "The Godfather (1972)"),
+    ("godfather: part", "prefix", "The Godfather: Part II (1974)"),
+    ("the godfathr", "fuzzy", "The Godfather (1972)"),
+    ("千と千尋", "prefix", "千と千尋の神隠し (2001)"),
+    ("toy\x00 st\x1b", "prefix", "Toy Story (1995)"),  # control characters are dropped
+])  # fmt: skip
+def test_matcher_known_answers(catalog, typed, how, first):
+    got_how, items = TitleMatcher(catalog.titles).match(typed)
+    assert got_how == how and catalog[items[0]].title == first
+
+
+@pytest.mark.parametrize(("typed", "n"), [("toy st", 1), ("toy storry", 1), ("amelie", 1), ("ali", 3), ("toy", 2), ("godf", 2), ("the godfathr", 1), ("bar", 0)])
+def test_matcher_ambiguity(catalog, typed, n):
+    assert len(TitleMatcher(catalog.titles).match(typed)[1]) == n
+
+
+@pytest.mark.parametrize("typed", ["", "   ", "\x00\x01", "zzqx", "\ud800"])
+def test_matcher_no_match(catalog, typed):
+    assert TitleMatcher(catalog.titles).match(typed) == ("none", [])
+
+
+def test_clean_text():
+    assert clean_text(" a\tb\x00c \ud800 ") == "a bc"
+
+
+# ---------------------------------------------------------------------- history commands
+def test_add_bare_line_and_numbered_choice(new_session):
+    s = new_session()
+    out = drive(s, ["toy st", "ali", "3", "add heat", "heat"])
+    assert titles_of(s) == ["Toy Story (1995)", "Alien 3 (1992)", "Heat (1995)"]
+    assert "1. Alien (1979)" in out and "2. Aliens (1986)" in out and "already in the history: Heat" in out
+
+
+def test_choice_cancelled_by_a_non_number(new_session):
+    s = new_session()
+    out = drive(s, ["toy", "9", "toy", "casino"])
+    assert titles_of(s) == ["Casino (1995)"] and out.count("(choice cancelled)") == 2
+    assert s.pending == []
+
+
+def test_commands_only_when_they_fit(new_session):
+    s = new_session()
+    drive(s, ["open water", "heat", "Why We Fight"])  # no such titles but "Heat": nothing else happens
+    assert titles_of(s) == ["Heat (1995)"] and s.settings.open is False
+
+
+def test_user_remove_clear(new_session):
+    s = new_session()
+    out = drive(s, ["user u1", "history"])
+    assert s.history == [7, 8, 0] and s.user == "u1" and "Heat (1995)" in out
+    out = drive(s, ["user nobody", "remove 2", "remove 7", "clear", "history"])
+    assert "unknown user 'nobody'" in out and "removed: Casino (1995)" in out and "N must be in 1..2" in out
+    assert s.history == [] and "the history is empty" in out
+
+
+# ---------------------------------------------------------------------- recommending and settings
+def test_rec_shows_breakdown_and_set_changes_take_effect(new_session):
+    s = new_session()
+    out = drive(s, ["toy st", "heat", "set k 3", "rec"])
+    rows = [line for line in out.splitlines() if line[:5].strip().rstrip(".").isdigit()]
+    assert len(rows) == 3 and "accur  diver  novel  logprob" in out
+    assert len(s.last) == 3 and all(r["in_catalog"] and r["title"] in s.catalog.titles for r in s.last)
+    assert not {s.catalog.index_of(r["item_id"]) for r in s.last} & set(s.history)
+    assert {"accuracy", "diversity", "novelty", "logprob", "score"} <= set(s.last[0])
+
+    drive(s, ["set beams 5", "set rank_by catalog", "set div 0.3", "set nov 0.1", "set k 2", "rec"])
+    assert s.rec.config.num_beams == 5 and s.rec.config.rank_by == "catalog"
+    assert (s.settings.div, s.settings.nov, len(s.last)) == (0.3, 0.1, 2)
+
+    drive(s, ["set template instruct"])
+    assert s.rec.template.name == "instruct" and s.rec.targets[0] == "Toy Story (1995)"  # no leading space
+    assert s.rec.config.num_beams == 5  # other settings survive the rebuild
+    drive(s, ["rec"])
+    assert len(s.last) == 2
+
+
+@pytest.mark.parametrize("line", ["set k 0", "set k -1", "set k 1e3", "set beams 99999999999999999999", "set div nan",
+                                  "set nov -1", "set rank_by best", "set colour red", "set k", "set open maybe",
+                                  "set template nosuch", "why 1", "rec", "user", "load", "save", "remove x"])
+def test_bad_lines_give_one_error_line_and_change_nothing(new_session, line):
+    s = new_session()
+    before = dataclass_dict(s.settings), s.rec
+    out = drive(s, [line])
+    assert out.count("\n") == 1 and out.startswith("error: ")
+    assert (dataclass_dict(s.settings), s.rec) == before
+
+
+def dataclass_dict(obj):
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def test_why_explains_a_recommendation(new_session):
+    s = new_session()
+    s.apply(ChatSettings(k=3, beams=8, tokens=8))
+    out = drive(s, ["user u2", "rec", "why 2", "why 4"])
+    line = next(x for x in out.splitlines() if x.startswith("why "))
+    assert line.startswith(f"why {s.last[1]['title']}: ")
+    assert "error: why N: N must be in 1..3" in out
+    drive(s, ["set sample on", "why 1"])  # sampling runs too
+
+
+def test_open_mode_flags_catalog_titles(new_session):
+    s = new_session()
+    s.apply(ChatSettings(beams=4))  # HF beam search is slow on shared CPUs
+    out = drive(s, ["heat", "open", "set k 3", "rec"])
+    assert "open-ended mode on" in out and "open-ended top-3" in out
+    assert 0 < len(s.last) <= 3
+    for r in s.last:
+        assert r["in_catalog"] == (s.catalog.by_title(r["title"]) is not None)
+        assert ("[in catalog" if r["in_catalog"] else "[NOT in catalog") in out
+    drive(s, ["open", "rec"])
+    assert not s.settings.open and all(r["in_catalog"] for r in s.last)
+
+
+# ---------------------------------------------------------------------- save / load
+def test_save_load_round_trip(new_session, tmp_path):
+    a = new_session()
+    path = tmp_path / "sub" / "s.json"
+    path.parent.mkdir()
+    out = drive(a, ["toy st", "amelie", "set k 2", "set template instruct", "set nov 0.2", "open", "open", "rec",
+                    f"save {path}"])  # fmt: skip
+    assert "saved 2 history items" in out and [p.name for p in path.parent.iterdir()] == ["s.json"]  # no temp left
+    state = json.loads(path.read_text(encoding="utf-8"))
+    assert [h["item_id"] for h in state["history"]] == ["1", "10"] and state["settings"]["template"] == "instruct"
+
+    b = new_session()
+    drive(b, [f"load {path}"])
+    assert b.history == a.history and b.settings == a.settings and b.rec.template.name == "instruct"
+    assert [r["title"] for r in b.last] == [r["title"] for r in a.last]
+    assert b.state() == a.state()
+
+
+def test_load_skips_unknown_items_and_rejects_bad_files(new_session, tmp_path):
+    s = new_session()
+    good = {"m6gen_chat": 1, "history": [{"item_id": "999", "title": "Nope"}, {"item_id": "x", "title": "Heat (1995)"}],
+            "settings": {"k": 4}}  # fmt: skip
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text('{"history": []}')
+    (tmp_path / "badset.json").write_text(json.dumps({"m6gen_chat": 1, "settings": {"k": "many"}}))
+    out = drive(s, [f"load {tmp_path / 'good.json'}"])
+    assert titles_of(s) == ["Heat (1995)"] and s.settings.k == 4 and "1 not in this catalog" in out
+    for name in ("bad.json", "other.json", "badset.json", "missing.json"):
+        out = drive(s, [f"load {tmp_path / name}"])
+        assert out.startswith("error: ") and out.count("\n") == 1
+    assert titles_of(s) == ["Heat (1995)"] and s.settings.k == 4
+
+
+# ---------------------------------------------------------------------- no line crashes it
+TRICKY = st.sampled_from([
+    "why 999", "why -1", "why 0", "set k -1", "set k 10000000000000000000000", "set beams 0", "set div inf",
+    "set template ../../nowhere.jinja", "set template", "user \x00", "load \x00", "save /", "save \x00",
+    "load /", "remove 99999999999999999999", "1", "0", "rec", "open", "user u1", "toy", "ali", "clear",
+    "history", "set", "help", "set nov 0.1", "set div 0.5", "set rank_by normalized", "\x1b[A", "\r\n",
+    "9" * 5000, "add " + "x" * 10000, "𝔱𝔬𝔶", "\u202e", "\ufeffheat",
+])  # fmt: skip
+LINE = st.one_of(TRICKY, st.text(max_size=40), st.builds(lambda a, b: f"{a} {b}", TRICKY, st.text(max_size=10)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=8))
+def test_fuzz_no_line_crashes_the_session(new_session, tmp_path, monkeypatch, lines):
+    monkeypatch.chdir(tmp_path)  # `save` lines write here
+    s = new_session()
+    s.apply(ChatSettings(k=3, beams=4, tokens=4))
+    s.history = [0, 7]  # so that `rec` and `why N` reach the model
+    s.last = [{"rank": 1, "item_id": "3", "title": "Alien (1979)", "in_catalog": True, "logprob": -1.0}]
+    for line in lines:
+        assert s.handle(line) is (line.strip().lower() not in ("quit", "exit"))
+    assert all(0 <= i < len(s.catalog) for i in s.history) and len(set(s.history)) == len(s.history)
+
+
+# ---------------------------------------------------------------------- the script, through a real stdin
+def test_script_through_stdin(tmp_path, lm, catalog):
+    data = tmp_path / "data"
+    data.mkdir()
+    items = [{"item_id": i, "title": t, "year": y, "genres": g} for i, t, y, g in ITEMS]
+    (data / "items.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
+    rows = [{"user_id": u, "item_id": ITEMS[i][0], "timestamp": t} for u, h in HISTORIES.items() for t, i in enumerate(h)]
+    (data / "interactions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok, model = lm
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    lines = ["help", "toy st", "ali", "2", "history", "rec", "why 1", "open", "rec", "set k 0", "\x01\x02 \ud7ff",
+             "save s.json", "user u2", "quit", "never read"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "interactive.py"), "--data", str(data), "--model", str(tmp_path / "model"),
+         "--beams", "4", "--k", "3", "--min-history", "3"],
+        input=b"\xff\xfe not utf-8 \xc3\n" + "\n".join(lines).encode() + b"\n", capture_output=True, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err + out and "error: no title matches" in out
+    assert "added: Toy Story (1995)" in out and "added: Aliens (1986)" in out
+    assert "top-3" in out and "open-ended top-3" in out and "error: k must be an integer in 1..100" in out
+    assert "user u2: 3 items" in out and "never read" not in out
+    saved = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert [h["title"] for h in saved["history"]] == ["Toy Story (1995)", "Aliens (1986)"]
+    assert saved["settings"]["k"] == 3 and saved["settings"]["open"] is True
