@@ -15,17 +15,14 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import re
 import sys
-import tempfile
 import time
-import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from m6gen.chat_state import ALIASES, ChatError, ChatSettings, read_session, shown, write_atomic
 from m6gen.cli import add_data_args, add_model_args, add_template_args
+from m6gen.titles import MAX_CHOICES, TitleMatcher, clean_text
 
 HELP = """\
 commands:
@@ -40,174 +37,6 @@ commands:
   help | quit             this text | leave (Ctrl-D too)"""
 NO_ARG = ("help", "?", "history", "clear", "rec", "open", "quit", "exit", "settings")
 WITH_ARG = ("add", "user", "set", "why", "save", "load", "remove")
-ALIASES = {"diversity": "div", "novelty": "nov", "rank-by": "rank_by", "num_beams": "beams", "topk": "k"}
-RANK_BY = ("logprob", "normalized", "catalog")
-MAX_CHOICES = 9  # a numbered choice shows at most this many titles
-MAX_SESSION_BYTES = 10_000_000  # `load` refuses bigger files (and never reads a device like /dev/zero)
-ARTICLES = ("the", "a", "an")  # tried before a typed prefix
-_WORD = re.compile(r"\w+")
-_YEAR = re.compile(r"\s*\(\d{4}\)$")
-
-
-class ChatError(ValueError):
-    """A line the session cannot act on; the message says what to type instead."""
-
-
-@dataclass
-class ChatSettings:
-    """What the session's ``set`` command changes; validated like every config."""
-
-    k: int = field(default=10, metadata={"help": "recommendations shown by `rec` (1..100)"})
-    beams: int = field(default=20, metadata={"help": "catalog items generated before reranking (1..1000)"})
-    template: str = field(default="titles", metadata={"help": "prompt template name or .jinja path"})
-    div: float = field(default=0.0, metadata={"help": "reranker diversity weight (>= 0)"})
-    nov: float = field(default=0.0, metadata={"help": "reranker novelty weight (>= 0)"})
-    rank_by: str = field(default="logprob", metadata={"help": f"beam score ranked by: one of {RANK_BY}"})
-    open: bool = field(default=False, metadata={"help": "open-ended generation: titles may be outside the catalog"})
-    tokens: int = field(default=40, metadata={"help": "`why`: most new tokens of an explanation (1..200)"})
-    sample: bool = field(default=False, metadata={"help": "`why`: sample (temperature 0.7) instead of greedy"})
-
-    def __post_init__(self):
-        for name, top in (("k", 100), ("beams", 1000), ("tokens", 200)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ChatError(f"{name} must be an integer in 1..{top}, got {value!r}")
-        for name in ("div", "nov"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ChatError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.rank_by not in RANK_BY:
-            raise ChatError(f"rank_by must be one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
-        if not isinstance(self.template, str) or not self.template.strip():
-            raise ChatError("template must be a template name or a .jinja path")
-        for name in ("open", "sample"):
-            if not isinstance(getattr(self, name), bool):
-                raise ChatError(f"{name} must be on or off, got {getattr(self, name)!r}")
-
-    def with_value(self, name: str, text: str) -> ChatSettings:
-        """A copy with ``name`` set from the text a person typed (``set k 5``)."""
-        name = ALIASES.get(name.lower(), name.lower())
-        kinds = {f.name: f.type for f in dataclasses.fields(self)}
-        if name not in kinds:
-            raise ChatError(f"unknown setting {_shown(name)}; settings: {', '.join(kinds)} "
-                            "(a title starting with 'set': type `add set ...`)")
-        kind = kinds[name]
-        try:
-            if kind == "int":
-                value = int(text)
-            elif kind == "float":
-                value = float(text)
-            elif kind == "bool":
-                value = {"on": True, "true": True, "1": True, "yes": True,
-                         "off": False, "false": False, "0": False, "no": False}[text.lower()]  # fmt: skip
-            else:
-                value = text
-        except (ValueError, KeyError):
-            raise ChatError(f"set {name}: {_shown(text)} is not {'on/off' if kind == 'bool' else 'a ' + kind}") from None
-        return dataclasses.replace(self, **{name: value})
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    """User text quoted for a message: control characters escaped, long text clipped."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def clean_text(text: str) -> str:
-    """Typed text made matchable: control characters (but tabs, newlines) and lone surrogates dropped, NFC,
-    whitespace collapsed."""
-    dropped = ("Cc", "Cs")  # control characters, lone surrogates
-    kept = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in dropped)
-    return " ".join(unicodedata.normalize("NFC", kept).split())
-
-
-def fold(text: str) -> str:
-    """Case and accents folded away, for comparing: "Amélie" -> "amelie"."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
-
-
-class TitleMatcher:
-    """Find catalog titles from what a person types: exact, then prefix, then fuzzy (typos, word order)."""
-
-    def __init__(self, titles: list[str]):
-        import marisa_trie
-
-        from m6gen.trie import TitleIndex
-
-        self.index = TitleIndex(titles)
-        self.titles = list(titles)
-        self._folded = [fold(t) for t in self.titles]
-        self._bare = [_YEAR.sub("", f) for f in self._folded]  # without "(1995)"
-        self._by_bare: dict[str, list[int]] = {}
-        self._by_word: dict[str, list[int]] = {}
-        for i, (bare, folded) in enumerate(zip(self._bare, self._folded)):
-            self._by_bare.setdefault(bare, []).append(i)
-            for w in set(_WORD.findall(folded)):
-                self._by_word.setdefault(w, []).append(i)
-        self._words = marisa_trie.Trie(self._by_word)  # for partly typed words ("godf")
-
-    def match(self, text: str, limit: int = MAX_CHOICES) -> tuple[str, list[int]]:
-        """``(how, items)``: how is "exact", "prefix", "fuzzy" or "none"; one item means unambiguous.
-
-        Prefixes are tried as typed and after "the", "a", "an". A prefix that equals one title
-        without its year ("alien" -> "Alien (1979)") counts as exact.
-        Fuzzy results are a single item only when the best is clearly better than the rest.
-        """
-        query = clean_text(text)
-        if not query:
-            return "none", []
-        exact = self.index.lookup(query)
-        if exact >= 0:
-            return "exact", [exact]
-        folded = fold(query)
-        heads = [query, *(f"{a} {query}" for a in ARTICLES)]  # "godfather" finds "The Godfather"
-        hits = sorted({i for h in heads for i in self.index.prefix(h, limit=50)}, key=lambda i: (len(self.titles[i]), i))
-        if hits:
-            wanted = {fold(h) for h in heads}
-            same = [i for i in hits if self._folded[i] in wanted or self._bare[i] in wanted]
-            if len(same) == 1:
-                return "exact", same
-            return "prefix", hits[: limit + 1]
-        scored = self.fuzzy(folded)
-        if not scored:
-            return "none", []
-        best = scored[0][0]
-        if best >= 0.75 and (len(scored) == 1 or best - scored[1][0] >= 0.15):
-            return "fuzzy", [scored[0][1]]
-        return "fuzzy", [i for score, i in scored[:limit] if score >= best - 0.2]
-
-    def fuzzy(self, folded: str, floor: float = 0.4) -> list[tuple[float, int]]:
-        """``(score, item)`` best first, score = max(ratio, (ratio + word overlap) / 2) >= ``floor``.
-
-        ``ratio`` is difflib's similarity to the title without its year; word overlap is the share of
-        typed words found in the title (a word of 3+ letters may be the start of a title word).
-        """
-        import difflib
-
-        words = _WORD.findall(folded)
-        overlap: dict[int, int] = {}
-        for w in set(words):
-            found = set(self._by_word.get(w, ()))
-            if len(w) >= 3:
-                for full in self._words.keys(w)[:200]:
-                    found.update(self._by_word[full])
-            for i in found:
-                overlap[i] = overlap.get(i, 0) + 1
-        # Most-overlapping candidates, plus close spellings (scanned over the whole catalog when small).
-        cands = set(sorted(overlap, key=lambda i: -overlap[i])[:300])
-        pool = self._bare if len(self._bare) <= 100_000 else [self._bare[i] for i in cands]
-        for bare in difflib.get_close_matches(folded, pool, n=20, cutoff=0.6):
-            cands.update(self._by_bare[bare])
-        out = []
-        for i in cands:
-            ratio = difflib.SequenceMatcher(None, folded, self._bare[i]).ratio()
-            share = overlap.get(i, 0) / max(len(set(words)), 1)
-            score = max(ratio, (ratio + share) / 2)
-            if score >= floor:
-                out.append((score, i))
-        return sorted(out, key=lambda s: (-s[0], len(self.titles[s[1]]), s[1]))
-
-
 def explain(model, tokenizer, history_titles: list[str], title: str, max_new_tokens: int = 40,
             sample: bool = False) -> str:
     """M6-Rec's explanation task: free text from the model on why ``title`` suits this history."""
@@ -344,13 +173,13 @@ class ChatSession:
             raise ChatError("add what? type a title, e.g. `add toy story`")
         how, items = self.matcher.match(text)
         if not items:
-            raise ChatError(f"no title matches {_shown(clean_text(text))}; try fewer words, or its first words")
+            raise ChatError(f"no title matches {shown(clean_text(text))}; try fewer words, or its first words")
         if len(items) == 1:
-            self._add(items[0], note=f" (closest match to {_shown(clean_text(text))})" if how == "fuzzy" else "")
+            self._add(items[0], note=f" (closest match to {shown(clean_text(text))})" if how == "fuzzy" else "")
             return
         more = len(items) > MAX_CHOICES
         self.pending = items[:MAX_CHOICES]
-        self.say(f"{'several titles start with' if how == 'prefix' else 'did you mean'} {_shown(clean_text(text))}:")
+        self.say(f"{'several titles start with' if how == 'prefix' else 'did you mean'} {shown(clean_text(text))}:")
         for n, i in enumerate(self.pending, 1):
             self.say(f"  {n}. {self.catalog[i].title}")
         self.say("type a number" + (" (more match: type more of the title)" if more else "") + ", anything else cancels")
@@ -371,7 +200,7 @@ class ChatSession:
             raise ChatError(f"user which id? e.g. `user {self.split.users[0] if self.split.users else '1'}`")
         if arg not in self.split.train:
             example = ", ".join(self.split.users[:3])
-            raise ChatError(f"unknown user {_shown(arg)} (ids look like {example})")
+            raise ChatError(f"unknown user {shown(arg)} (ids look like {example})")
         self.history, self.user, self.last = self.split.test_history(arg), arg, []
         recent = "; ".join(self.catalog[i].title for i in self.history[-3:])
         self.say(f"user {arg}: {len(self.history)} items, most recent: {recent}")
@@ -403,7 +232,7 @@ class ChatSession:
             return
         name, _, value = arg.partition(" ")
         if not value.strip():
-            raise ChatError(f"set {_shown(name)} to what? e.g. `set k 5`")
+            raise ChatError(f"set {shown(name)} to what? e.g. `set k 5`")
         self.apply(self.settings.with_value(name, value.strip()))
         name = ALIASES.get(name.lower(), name.lower())
         self.say(f"{name} = {getattr(self.settings, name)}")
@@ -504,7 +333,7 @@ class ChatSession:
         try:
             value = int(arg)
         except ValueError:
-            raise ChatError(f"{usage}: N must be a number, got {_shown(arg)}") from None
+            raise ChatError(f"{usage}: N must be a number, got {shown(arg)}") from None
         if n == 0:
             raise ChatError(f"{usage}: there are no {what}")
         if not 1 <= value <= n:
@@ -536,17 +365,7 @@ class ChatSession:
         if not arg:
             raise ChatError("load which file? e.g. `load session.json`")
         path = Path(arg).expanduser()
-        if not path.is_file():
-            raise ChatError(f"{path}: no such file")
-        if path.stat().st_size > MAX_SESSION_BYTES:
-            raise ChatError(f"{path}: too big for a session file")
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ChatError(f"{path}: not a session file ({' '.join(str(err).split())})") from None
-        if not isinstance(state, dict) or state.get("m6gen_chat") != 1:
-            raise ChatError(f"{path}: not a session file (written by `save`)")
-        self.load_state(state, str(path))
+        self.load_state(read_session(path), str(path))
 
     def load_state(self, state: dict, where: str = "session") -> None:
         """Restore ``state()`` output; items unknown to this catalog are skipped and counted."""
@@ -586,20 +405,6 @@ class ChatSession:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so a crash leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------- command line
