@@ -1,0 +1,376 @@
+"""Tests for m6gen.train / m6gen.train_data / m6gen.config on tiny models and a synthetic catalog (no downloads)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from m6gen.config import ConfigError, build_config
+from m6gen.train import TrainConfig, TrainError, load_trained, main, train
+from m6gen.train_data import (
+    IGNORE,
+    Example,
+    build_examples,
+    check_loss_paths,
+    collate,
+    loss_module,
+    pack,
+    plan_batches,
+    sample_steps,
+)
+from tests.tiny_lm import make_model, make_tokenizer
+
+N_ITEMS, N_USERS, LENGTH = 20, 30, 9
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls on a busy machine are hundreds of times slower with several OpenMP threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_synthetic(folder) -> None:
+    """20 items, 30 users; each history walks the catalog in order (item i is always followed by i+1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "items.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title"])
+        for i in range(N_ITEMS):
+            w.writerow([f"i{i}", f"Movie {chr(65 + i)} ({1980 + i})"])
+    with (folder / "interactions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "timestamp"])
+        for u in range(N_USERS):
+            for t in range(LENGTH):
+                w.writerow([f"u{u}", f"i{(u + t) % N_ITEMS}", t])
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """(model folder, data folder): a saved tiny Llama + tokenizer and the synthetic data set."""
+    root = tmp_path_factory.mktemp("tiny")
+    tok = make_tokenizer()
+    model = make_model(len(tok), hidden=32, layers=2)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    write_synthetic(root / "data")
+    return root / "model", root / "data"
+
+
+def tiny_config(tiny_dirs, out, **kw) -> TrainConfig:
+    model_dir, data_dir = tiny_dirs
+    base = dict(model=str(model_dir), data=str(data_dir), output_dir=str(out), template="titles", max_history=4,
+                examples_per_user=None, epochs=2, max_steps=None, batch_size=2, pack_len=128, lr=3e-2,
+                warmup_ratio=0.0, eval_every=0, eval_users=10, eval_beams=5, eval_at_start=False, progress=False,
+                lora_r=4, lora_alpha=8, lora_dropout=0.1, mixed_precision="no")  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def ex(prompt: list[int], target: list[int], user: str = "u", item: int = 0) -> Example:
+    return Example(user, 1, item, prompt, target)
+
+
+# ------------------------------------------------------------------------------ examples, packing, masking
+def test_collate_masks_prompt_tokens_and_restarts_positions():
+    a, b = ex([5, 6, 7], [8, 9, 1]), ex([10, 11], [12, 1])
+    batch = collate([[a, b]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 10, 11, 12, 1]]
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9, 1, IGNORE, IGNORE, 12, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3]]
+    assert (batch["n_tokens"], batch["n_targets"]) == (10, 5)
+    padded = collate([[a], [b]], pad_id=0)  # the shorter row is padded, padding carries no loss
+    assert padded["input_ids"][1].tolist() == [10, 11, 12, 1, 0, 0]
+    assert padded["labels"][1].tolist() == [IGNORE, IGNORE, 12, 1, IGNORE, IGNORE]
+    assert padded["position_ids"][1].tolist() == [0, 1, 2, 3, 0, 1]
+    assert padded["n_tokens"] == 10
+
+
+def test_pack_places_every_example_once_within_the_row_budget():
+    lengths = [50, 20, 90, 10, 60, 30, 130]
+    rows = pack(lengths, pack_len=100)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 100 or len(r) == 1 for r in rows)
+    assert rows == [[6], [2, 3], [4, 5], [0, 1]]  # first-fit decreasing: 130 | 90+10 | 60+30 | 50+20
+    batches = plan_batches(lengths, pack_len=100, batch_size=2, seed=3)
+    assert batches == plan_batches(lengths, pack_len=100, batch_size=2, seed=3)  # same order for --resume
+    assert sorted(i for b in batches for r in b for i in r) == list(range(len(lengths)))
+
+
+def test_sample_steps_limits_per_user_and_is_reproducible():
+    train_items = {"a": list(range(10)), "b": [1, 2], "c": [4]}
+    every = sample_steps(train_items, min_history=1, per_user=None)
+    assert every == [("a", s) for s in range(1, 10)] + [("b", 1)]  # "c" has no step with a history
+    assert sample_steps(train_items, min_history=3, per_user=None) == [("a", s) for s in range(3, 10)]
+    assert sample_steps(train_items, per_user=2, sampling="last") == [("a", 8), ("a", 9), ("b", 1)]
+    e0 = sample_steps(train_items, per_user=3, seed=1, epoch=0)
+    assert e0 == sample_steps(train_items, per_user=3, seed=1, epoch=0)
+    draws = {tuple(sample_steps(train_items, per_user=3, seed=1, epoch=e)) for e in range(5)}
+    assert len(draws) > 1  # a fresh draw each epoch
+    assert all(len([s for s in d if s[0] == "a"]) == 3 for d in draws)
+
+
+def test_packed_loss_equals_unpacked_loss():
+    import torch
+
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1)
+    rng = np.random.default_rng(0)
+    examples = [ex(rng.integers(3, len(tok), size=n).tolist(), rng.integers(3, len(tok), size=m).tolist() + [1])
+                for n, m in [(7, 3), (4, 5), (12, 2), (5, 4)]]  # fmt: skip
+    module = loss_module(model)
+    with torch.no_grad():
+        one_by_one = 0.0
+        for e in examples:  # reference: the model's own loss (mean over targets) times the count
+            b = collate([[e]], 0)
+            one_by_one += float(model(input_ids=b["input_ids"], labels=b["labels"]).loss) * b["n_targets"]
+        packed = collate([examples[:3], examples[3:]], 0)  # two packed rows, the second padded
+        loss, n = module(packed["input_ids"], packed["labels"], packed["position_ids"])
+    assert int(n) == sum(len(e.target_ids) for e in examples)
+    assert float(loss) == pytest.approx(one_by_one, rel=1e-5)
+    assert check_loss_paths(module, examples, 0) == (True, True)
+
+
+def tiny_arch(kind: str):
+    """A tiny random causal LM of another architecture (vocab 300)."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)  # fmt: skip
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=2,
+                                          eos_token_id=1)).eval()  # fmt: skip
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**small)).eval()
+    model = Gemma2ForCausalLM(Gemma2Config(**small, head_dim=8, final_logit_softcapping=2.0)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)  # logits large enough for the soft-capping to matter
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2", "gemma2"])
+def test_default_targets_and_loss_shortcuts_per_architecture(kind):
+    from m6gen.train import LLAMA_LIKE, resolve_target_modules
+
+    model = tiny_arch(kind)
+    assert resolve_target_modules(model, None) == (["c_attn", "c_proj", "c_fc"] if kind == "gpt2" else LLAMA_LIKE)
+    assert resolve_target_modules(model, ["all-linear"]) == ["all-linear"]
+    rng = np.random.default_rng(0)
+    examples = [ex(rng.integers(3, 300, size=n).tolist(), rng.integers(3, 300, size=m).tolist() + [1])
+                for n, m in [(7, 3), (4, 5), (12, 2)]]  # fmt: skip
+    fast_ok, packed_ok = check_loss_paths(loss_module(model), examples, 0)
+    assert packed_ok
+    # Gemma-2 soft-caps its logits after the output layer: the target-only shortcut must be refused.
+    assert fast_ok == (kind != "gemma2")
+
+
+def test_no_valid_or_test_item_in_any_training_example(tiny_dirs):
+    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.model import encode_targets
+    from m6gen.prompts import TemplateLibrary
+
+    tok = make_tokenizer()
+    ds = load_dataset(tiny_dirs[1])
+    split = leave_one_out(build_histories(ds))
+    template = TemplateLibrary(max_history=50).get("titles")
+    target_ids = encode_targets(tok, [template.render_target(it) for it in ds.catalog])
+    steps = sample_steps(split.train, per_user=None)
+    examples, dropped = build_examples(steps, split.train, ds.catalog, template, tok, target_ids)
+    assert dropped == 0 and len(examples) == N_USERS * (LENGTH - 3)
+    for e in examples:
+        held_out = {split.valid[e.user], split.test[e.user]}
+        assert e.item not in held_out and e.item in split.train[e.user]
+        prompt = tok.decode(e.prompt_ids)
+        assert not any(ds.catalog[i].title in prompt for i in held_out)
+        assert e.target_ids == target_ids[e.item]
+        assert tok.decode(e.target_ids[:-1]) == template.render_target(ds.catalog[e.item])
+
+
+# ------------------------------------------------------------------------------ training runs
+def read_log(path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def generate_top(model, tok, trie, prompts: list[str]) -> list[list[tuple[int, float]]]:
+    import torch
+
+    from m6gen.generate import constrained_beam_search
+    from m6gen.model import encode_prompts
+
+    with torch.no_grad():
+        hyps = constrained_beam_search(model, trie, encode_prompts(tok, prompts), 5, pad_token_id=tok.pad_token_id)
+    return [[(h.item, round(h.logprob, 4)) for h in hs] for hs in hyps]
+
+
+def test_short_run_lowers_loss_and_saved_adapter_generates_identically(tiny_dirs, tmp_path):
+    from m6gen.model import load_model, tokenizer_fingerprint
+    from m6gen.trie import CatalogTrie
+
+    out = tmp_path / "run"
+    summary = train(tiny_config(tiny_dirs, out, epochs=3, eval_every=40, eval_at_start=True, merge=True))
+    log = read_log(out / "train_log.csv")
+    assert [int(r["step"]) for r in log] == list(range(1, summary["steps"] + 1))
+    losses = np.array([float(r["loss"]) for r in log])
+    assert losses[-10:].mean() < 0.6 * losses[:10].mean()
+    assert all(float(r["tokens_per_s"]) > 0 and float(r["lr"]) > 0 for r in log)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "m6gen_config.json",
+                 "train_loss.png", "valid_log.csv", "train_summary.json", "trie/trie.npz", "merged/config.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "m6gen_config.json").read_text())
+    assert saved["config"]["template"] == "titles" and saved["config"]["max_history"] == 4
+    assert saved["config"]["data"] == str(tiny_dirs[1]) and saved["config"]["target_modules"]
+    assert summary["best"]["step"] == summary["adapter_from_step"]
+
+    model, tok, cfg = load_trained(out)
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(make_tokenizer())
+    trie, _ = CatalogTrie.load(out / "trie")
+    prompts = ["Movies watched, most recent last:\nMovie A (1980)\nMovie B (1981)\nNext:",
+               "Movies watched, most recent last:\nMovie K (1990)\nNext:"]  # fmt: skip
+    tuned = generate_top(model, tok, trie, prompts)
+    assert tuned == generate_top(load_trained(out)[0], tok, trie, prompts)  # loading is deterministic
+    assert tuned == generate_top(load_model(str(out / "merged")), tok, trie, prompts)  # merged == base + adapter
+    untuned = generate_top(load_model(cfg.model), tok, trie, prompts)
+    assert tuned != untuned
+
+
+def test_resume_after_a_kill_gives_the_weights_of_an_uninterrupted_run(tiny_dirs, tmp_path):
+    import torch
+
+    # dropout: the RNG state must be restored too; bf16 autocast: as deterministic as fp32
+    kw = dict(max_steps=9, save_every=3, eval_every=4, lora_dropout=0.2, mixed_precision="bf16")
+    train(tiny_config(tiny_dirs, tmp_path / "whole", **kw))
+
+    def kill_at_step_8(step, loss):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_dirs, tmp_path / "killed", **kw), step_callback=kill_at_step_8)
+    assert json.loads((tmp_path / "killed/checkpoints/latest.json").read_text())["last"] == "step-000006"
+    assert not (tmp_path / "killed/adapter_model.safetensors").exists()
+    with pytest.raises(TrainError, match="--resume"):
+        train(tiny_config(tiny_dirs, tmp_path / "killed", **kw))
+    summary = train(tiny_config(tiny_dirs, tmp_path / "killed", resume=True, **kw))
+    assert summary["steps"] == 9
+
+    whole, resumed = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "killed")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+    log = read_log(tmp_path / "killed/train_log.csv")
+    assert [int(r["step"]) for r in log] == list(range(1, 10))  # steps 7-8 redone once, none lost
+    assert [r["loss"] for r in log] == [r["loss"] for r in read_log(tmp_path / "whole/train_log.csv")]
+    assert [int(r["step"]) for r in read_log(tmp_path / "killed/valid_log.csv")] == [4, 8, 9]
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_current(tiny_dirs, tmp_path, monkeypatch):
+    import torch
+
+    kw = dict(max_steps=6, save_every=2, eval_every=0, lora_dropout=0.2)
+    train(tiny_config(tiny_dirs, tmp_path / "whole", **kw))
+    real_save = torch.save
+
+    def dies_in_step_4(obj, path, *a, **k):
+        if "step-000004" in str(path) and str(path).endswith("optimizer.pt"):
+            raise KeyboardInterrupt  # killed half-way through writing checkpoint 4
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", dies_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_dirs, tmp_path / "killed", **kw))
+    monkeypatch.setattr(torch, "save", real_save)
+    ck = tmp_path / "killed/checkpoints"
+    assert json.loads((ck / "latest.json").read_text())["last"] == "step-000002"
+    assert (ck / ".tmp-step-000004").is_dir() and not (ck / "step-000004").exists()
+    train(tiny_config(tiny_dirs, tmp_path / "killed", resume=True, **kw))
+    assert not (ck / ".tmp-step-000004").exists()  # the half-written folder is cleaned up
+    whole, resumed = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "killed")
+    assert all(torch.equal(whole[n], resumed[n]) for n in whole)
+
+
+# ------------------------------------------------------------------------------ bad input: one-line errors
+def run_main(capsys, argv) -> str:
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "Loading weights" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def tiny_argv(tiny_dirs, out, *extra) -> list[str]:
+    return ["--model", str(tiny_dirs[0]), "--data", str(tiny_dirs[1]), "--output-dir", str(out), "--max-history", "4",
+            "--max-steps", "1", "--eval-every", "0", "--no-eval-at-start", "--no-progress", *extra]  # fmt: skip
+
+
+def test_bad_inputs_give_one_line_errors(tiny_dirs, tmp_path, capsys):
+    assert "unknown template 'nope'" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a", "--template", "nope"))
+    assert "does not exist" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a", "--model", str(tmp_path / "no/such")))
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a", "--target-modules", "q_proj,c_attn"))
+    assert "c_attn" in err and "q_proj" in err.split("linear layers:")[1]
+    assert main(tiny_argv(tiny_dirs, tmp_path / "a")) == 0
+    capsys.readouterr()
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a", "--lr", "0.5"))
+    assert "holds a different run (lr: 0.001 there, 0.5 here)" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    assert "not an m6gen training output" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "other"))
+    assert "lora_r must be >= 1" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "b", "--lora-r", "0"))
+    (tmp_path / "c.yaml").write_text("lr: 0.01\nbogus: 1\n")
+    assert "unknown option 'bogus'" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "b", "--config", str(tmp_path / "c.yaml")))
+
+
+def test_config_file_then_flags(tmp_path):
+    from m6gen.train import make_parser
+    from m6gen.config import config_from_args
+
+    (tmp_path / "t.yaml").write_text("lr: 0.01\nmax-history: 7\ntarget_modules: [q_proj, v_proj]\nmax_steps: null\n")
+    cfg = config_from_args(TrainConfig, make_parser().parse_args(["--config", str(tmp_path / "t.yaml"), "--lr", "0.02"]))
+    assert (cfg.lr, cfg.max_history, cfg.target_modules, cfg.max_steps) == (0.02, 7, ["q_proj", "v_proj"], None)
+    cfg = config_from_args(TrainConfig, make_parser().parse_args(["--target-modules", "q_proj,k_proj", "--no-packing"]))
+    assert cfg.target_modules == ["q_proj", "k_proj"] and cfg.packing is False and cfg.lr == TrainConfig().lr
+    (tmp_path / "t.json").write_text(json.dumps({"lr": "fast"}))
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        config_from_args(TrainConfig, make_parser().parse_args(["--config", str(tmp_path / "t.json")]))
+    with pytest.raises(ConfigError, match="unknown option"):
+        build_config(TrainConfig, {"learning_rate": 1})
+
+
+@pytest.mark.smoke
+def test_real_default_model_trains_merges_and_reloads(tmp_path):
+    """Two steps on the GGUF default model and MovieLens-100K: saving, --merge and load_trained work on it."""
+    from m6gen.data import DataError, default_data_dir
+    from m6gen.model import ModelError, default_model_location, load_model
+    from m6gen.trie import CatalogTrie
+
+    try:
+        default_data_dir()
+        default_model_location()
+    except (DataError, ModelError) as err:
+        pytest.skip(f"default model or data not installed: {err}")
+    out = tmp_path / "real"
+    summary = train(TrainConfig(output_dir=str(out), max_steps=2, examples_per_user=1, batch_size=1, pack_len=256,
+                                eval_users=3, eval_beams=3, eval_at_start=False, merge=True, progress=False))  # fmt: skip
+    assert summary["steps"] == 2 and (out / "merged/model.safetensors").is_file()
+    model, tok, cfg = load_trained(out)
+    assert cfg.model == "default" and cfg.target_modules[0] == "q_proj"
+    trie, _ = CatalogTrie.load(out / "trie")
+    prompts = ["Movies watched, most recent last:\nToy Story (1995)\nHeat (1995)\nNext:"]
+    items = lambda m: [item for item, _ in generate_top(m, tok, trie, prompts)[0]]  # noqa: E731
+    assert items(model) == items(load_model(str(out / "merged")))
