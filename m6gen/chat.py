@@ -439,7 +439,7 @@ def _run(args) -> int:
         except ImportError:
             pass
     try:  # option values are checked before the slow model load
-        settings = ChatSettings(k=args.k, beams=args.beams, template=args.template, rank_by=args.rank_by)
+        settings = ChatSettings(k=args.k, beams=args.beams, template=args.template or "titles", rank_by=args.rank_by)
     except ChatError as err:
         raise UsageError(str(err)) from None
     t0 = time.time()

@@ -67,8 +67,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_template_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prompts")
     g.add_argument("--templates", default=None, help="extra folder of .jinja templates (searched before prompts/)")
-    g.add_argument("--template", default="titles", help="template name or .jinja path (default: titles)")
-    g.add_argument("--max-history", type=int, default=20, help="most recent items shown in the prompt")
+    g.add_argument("--template", default=None, help="template name or .jinja path (default: the trained model's, else titles)")
+    g.add_argument("--max-history", type=int, default=None, help="most recent items shown in the prompt (default: the trained model's, else 20)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -90,12 +90,29 @@ def load_data(args):
     return ds, split
 
 
+def resolve_template_args(args) -> None:
+    """Fill ``--template``/``--max-history`` left unset: a trained model's own, else the defaults."""
+    trained = _trained_dir(getattr(args, "model", None))
+    run = None
+    if trained is not None and (args.template is None or args.max_history is None):
+        from m6gen.train import read_run_config
+
+        run, _ = read_run_config(trained)
+    if args.template is None:
+        args.template = run.template if run is not None else "titles"
+        if run is not None and run.prompts_dir and getattr(args, "templates", None) is None:
+            args.templates = run.prompts_dir
+    if args.max_history is None:
+        args.max_history = run.max_history if run is not None else 20
+
+
 def load_recommender(args, catalog):
     """Model + tokenizer + template + trie from the shared model/template options."""
     from m6gen.model import load_model, load_tokenizer
     from m6gen.pipeline import RecommendConfig, Recommender
     from m6gen.prompts import TemplateLibrary
 
+    resolve_template_args(args)
     config = RecommendConfig(template=args.template, max_history=args.max_history, num_beams=args.beams,
                              batch_size=args.batch_size, rank_by=args.rank_by, dtype=args.dtype)
     template = TemplateLibrary(args.templates, max_history=args.max_history).load_template(args.template)
@@ -103,7 +120,7 @@ def load_recommender(args, catalog):
     if trained is not None:
         from m6gen.train import load_trained
 
-        model, tokenizer, _ = load_trained(trained, dtype=args.dtype)
+        model, tokenizer, _ = load_trained(trained, dtype=args.dtype, merge=True)  # merged: faster decoding
     else:
         tokenizer = load_tokenizer(args.model, args.gguf_file)
         model = load_model(args.model, args.gguf_file, dtype=args.dtype)
@@ -155,6 +172,7 @@ def cmd_prompts(args) -> int:
     ds, split = load_data(args)
     user = pick_users(split, args.user, 1)[0]
     history = [ds.catalog[i] for i in split.test_history(user)]
+    resolve_template_args(args)
     lib = TemplateLibrary(args.templates, max_history=args.max_history)
     tokenizer = _try_tokenizer(args.model) if args.chat_tokenizer else None
     for name in lib.names():
@@ -195,7 +213,7 @@ def cmd_demo(args) -> int:
     users = pick_users(split, args.users, args.n_users)
     histories = [split.test_history(u) for u in users]
     t0 = time.time()
-    results = rec.recommend(histories, RerankConfig(k=args.k), profiles=[ds.profiles.get(u, {}) for u in users], progress=True)
+    results = rec.recommend(histories, RerankConfig(k=args.k), profiles=[{**ds.profiles.get(u, {}), "user_id": u} for u in users], progress=True)
     elapsed = time.time() - t0
     for user, hist, res in zip(users, histories, results):
         target = split.test[user]

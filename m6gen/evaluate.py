@@ -52,7 +52,7 @@ def parse_weights(text: str) -> list[tuple[float, float]]:
     return settings
 
 
-def generate_cached(rec, users, histories, path: Path, progress: bool) -> dict[str, list[dict]]:
+def generate_cached(rec, users, histories, path: Path, progress: bool, profiles: dict | None = None) -> dict[str, list[dict]]:
     """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill."""
     from tqdm.auto import tqdm
 
@@ -64,7 +64,7 @@ def generate_cached(rec, users, histories, path: Path, progress: bool) -> dict[s
     bs = rec.config.batch_size
     for s in range(0, len(todo), bs):
         chunk = todo[s : s + bs]
-        beams = rec.generate([h for _, h in chunk])
+        beams = rec.generate([h for _, h in chunk], profiles=[{**(profiles or {}).get(u, {}), "user_id": u} for u, _ in chunk])
         append(path, "".join(json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog] for b in bl]}) + "\n"
                              for (u, _), bl in zip(chunk, beams)))
         bar.update(len(chunk))
@@ -115,7 +115,8 @@ def run(args) -> int:
 
     rec = load_recommender(args, ds.catalog)
     tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}"
-    cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress)
+    cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress,
+                             profiles=ds.profiles)
     beams = [np.array(cached[u], dtype=np.float64).reshape(-1, 4) for u in users]
     for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
         ranked = [b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams]
