@@ -114,7 +114,7 @@ def run(args) -> int:
         rows.update(base[args.split])
 
     rec = load_recommender(args, ds.catalog)
-    tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}"
+    tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{args.dtype}"
     cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress,
                              profiles=ds.profiles)
     beams = [np.array(cached[u], dtype=np.float64).reshape(-1, 4) for u in users]

@@ -10,7 +10,8 @@ keeps the best adapter and stops early. Checkpoints are written to a temporary f
 current by an atomic rename, so ``--resume`` continues a killed run at the next step, with the
 same data order. Output folder (Hugging Face layout): the LoRA adapter, tokenizer,
 ``m6gen_config.json``, ``trie/``, ``train_log.csv``, ``valid_log.csv``, ``train_loss.png``,
-``train_summary.json``, ``checkpoints/`` and, with ``--merge``, ``merged/``.
+``train_summary.json``, ``checkpoints/`` and, with ``--merge``, ``merged/``. The config and that folder
+(checks, checkpoints, logs, loading back) are handled in ``m6gen.train_io``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from m6gen.config import add_config_args, config_from_args, config_to_dict
+from m6gen.train_io import (CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic_text, check_output_dir,
+                            checkpoint_pointer, load_checkpoint, plot_log, resolve_paths, save_checkpoint)  # fmt: skip
+from m6gen.train_io import OPERATIONAL, load_trained, read_run_config  # noqa: F401  (re-exported for cli, tune, tests)
 
-CONFIG_FILE = "m6gen_config.json"
-# Options that may change between a run and its --resume: they do not change the weights.
-OPERATIONAL = {"resume", "overwrite", "merge", "log_every", "eval_batch_size", "output_dir", "progress", "threads"}
 LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS = {
     **{t: LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
@@ -38,95 +39,6 @@ DEFAULT_TARGETS = {
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
 }
-
-
-class TrainError(ValueError):
-    """A training option or output folder is unusable; the message says which and what to do."""
-
-
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text, **kw.pop("meta", {})}, **kw)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; written resolved to ``m6gen_config.json``."""
-
-    # data and prompts
-    data: str | None = _help("data folder (default: $M6GEN_DATA, else data/cache/ml-100k)", default=None)
-    data_format: str = _help("data format: auto, recbole, ml-100k, ml-1m, plain", default="auto")
-    template: str = _help("prompt template name (prompts/*.jinja) or path to a .jinja file", default="titles")
-    prompts_dir: str | None = _help("extra folder of templates, searched first", default=None)
-    max_history: int = _help("items shown in a prompt (the most recent ones)", default=10)
-    # model and LoRA
-    model: str = _help("'default' (SmolLM2-135M-Instruct GGUF), a hub id, a folder or a .gguf file", default="default")
-    gguf_file: str | None = _help("GGUF file name inside --model's folder", default=None)
-    lora_r: int = _help("LoRA rank", default=8)
-    lora_alpha: int = _help("LoRA alpha (scale = alpha / r)", default=16)
-    lora_dropout: float = _help("dropout on LoRA inputs", default=0.05)
-    target_modules: list[str] | None = _help("module names to adapt, or all-linear (default: per architecture)",
-                                             default=None)  # fmt: skip
-    # examples
-    min_history: int = _help("fewest history items in a training example", default=1)
-    examples_per_user: int | None = _help("next-item steps per user per epoch (none: all)", default=2)
-    step_sampling: str = _help("which steps: random (fresh each epoch) or last", default="random",
-                               meta={"choices": ["random", "last"]})  # fmt: skip
-    max_seq_len: int = _help("longest example in tokens (longer ones are dropped, counted in the log)", default=1024)
-    # optimization
-    epochs: int = _help("passes over the sampled examples", default=1)
-    max_steps: int | None = _help("stop after this many optimizer steps (none: epochs decide)", default=40)
-    batch_size: int = _help("packed rows per micro-batch", default=2)
-    pack_len: int = _help("tokens per packed row", default=512)
-    packing: bool = _help("pack several examples per row (position ids restart per example)", default=True)
-    grad_accum: int = _help("micro-batches per optimizer step", default=1)
-    lr: float = _help("peak learning rate", default=1e-3)
-    weight_decay: float = _help("AdamW weight decay", default=0.0)
-    warmup_ratio: float = _help("share of steps with linear warm-up", default=0.05)
-    lr_scheduler: str = _help("transformers scheduler: cosine, linear, constant_with_warmup, ...", default="cosine")
-    max_grad_norm: float = _help("gradient clipping (0: none)", default=1.0)
-    mixed_precision: str = _help("auto (bf16 where the CPU/GPU has native bf16), no, bf16 or fp16 (autocast)",
-                                 default="auto", meta={"choices": ["auto", "no", "bf16", "fp16"]})  # fmt: skip
-    seed: int = _help("seed of LoRA init, dropout, step sampling and batch order", default=0)
-    # validation and checkpoints
-    eval_every: int = _help("validate every N steps (0: only at the end)", default=20)
-    eval_users: int = _help("validation users (a fixed random subset)", default=100)
-    eval_beams: int = _help("beams of the constrained search (top-k = min(10, beams))", default=10)
-    eval_batch_size: int = _help("users per beam-search batch", default=16)
-    eval_at_start: bool = _help("validate the untuned model first (the baseline to beat)", default=True)
-    patience: int = _help("stop after this many validations without improvement (0: never)", default=3)
-    save_every: int | None = _help("checkpoint every N steps (none: at each validation)", default=None)
-    # output
-    output_dir: str = _help("output folder", default="runs/lora")
-    resume: bool = _help("continue the run in --output-dir from its last complete checkpoint", default=False)
-    overwrite: bool = _help("delete a previous m6gen run in --output-dir first", default=False)
-    merge: bool = _help("also save the adapter merged into the base weights (merged/)", default=False)
-    log_every: int = _help("write a train_log.csv row every N steps", default=1)
-    threads: int | None = _help("CPU threads for torch (none: torch's default; 1 is faster on a busy machine)",
-                                default=None)  # fmt: skip
-    progress: bool = _help("show a progress bar", default=True)
-
-    def __post_init__(self):
-        positive = ("max_history", "lora_r", "lora_alpha", "min_history", "max_seq_len", "epochs", "batch_size",
-                    "pack_len", "grad_accum", "eval_users", "eval_beams", "eval_batch_size", "log_every")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("examples_per_user", "max_steps", "save_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise TrainError(f"{name} must be >= 1 or none, got {getattr(self, name)}")
-        for name in ("eval_every", "patience"):
-            if getattr(self, name) < 0:
-                raise TrainError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.lora_dropout < 1:
-            raise TrainError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.lr <= 0:
-            raise TrainError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise TrainError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise TrainError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.step_sampling not in ("random", "last"):
-            raise TrainError(f"step_sampling must be random or last, got {self.step_sampling!r}")
 
 
 # ---------------------------------------------------------------------------------- model side
@@ -201,176 +113,6 @@ def validate(model, tokenizer, trie, split, catalog, template, users: list[str],
             ranked.extend([h.item for h in user_hyps][:k] for user_hyps in hyps)
     model.train(was_training)
     return ranked
-
-
-# ---------------------------------------------------------------------------------- run folder
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def resolve_paths(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the data folder, a local model and a template file made absolute, so the saved
-    config reloads from anywhere; a model path that does not exist fails here, before any loading."""
-    from m6gen.data import default_data_dir
-    from m6gen.model import resolve_model
-
-    absolute = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
-    data = absolute(cfg.data) if cfg.data else absolute(default_data_dir())
-    model = cfg.model
-    if model not in ("", "default") and Path(model).expanduser().exists():
-        model = absolute(model)
-    resolve_model(model, cfg.gguf_file)
-    template = absolute(cfg.template) if Path(cfg.template).expanduser().is_file() else cfg.template
-    prompts_dir = absolute(cfg.prompts_dir) if cfg.prompts_dir else None
-    return dataclasses.replace(cfg, data=data, model=model, template=template, prompts_dir=prompts_dir)
-
-
-def check_output_dir(cfg: TrainConfig) -> str:
-    """What to do with ``--output-dir``: "new", "resume" or "overwrite"; TrainError when it holds something else."""
-    out = Path(cfg.output_dir)
-    if (out / CONFIG_FILE).is_file():
-        old, _ = read_run_config(out)
-        diffs = [f"{f.name}: {getattr(old, f.name)!r} there, {getattr(cfg, f.name)!r} here"
-                 for f in dataclasses.fields(TrainConfig)
-                 if f.name not in OPERATIONAL and getattr(old, f.name) != getattr(cfg, f.name)
-                 and not (f.name == "target_modules" and cfg.target_modules is None)]  # fmt: skip
-        if cfg.overwrite:
-            return "overwrite"
-        if diffs:
-            more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
-            raise TrainError(f"{out}: holds a different run ({diffs[0]}{more}); "
-                             "choose another --output-dir or pass --overwrite")  # fmt: skip
-        if cfg.resume:
-            return "resume"
-        raise TrainError(f"{out}: holds this run already; pass --resume to continue it or --overwrite to start over")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TrainError(f"{out}: exists and is not an m6gen training output; choose another --output-dir")
-    return "new"
-
-
-def _pointer(out: Path) -> dict[str, str | None]:
-    path = out / "checkpoints" / "latest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def save_checkpoint(acc, out: Path, peft_model, optimizer, scheduler, state: dict, best: bool) -> None:
-    """Write a complete checkpoint, then make it current by renaming it and replacing ``latest.json``.
-
-    A kill at any moment leaves ``latest.json`` naming complete folders only; folders it no
-    longer names (older steps, a half-written ``.tmp-*``) are deleted afterwards.
-    """
-    import torch
-
-    ck = out / "checkpoints"
-    name = f"step-{state['step']:06d}"
-    tmp = ck / f".tmp-{name}"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(rng, tmp / f"rng-{acc.process_index}.pt")  # dropout streams differ per process
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        peft_model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(ck / name, ignore_errors=True)  # unreferenced leftover of a killed save
-        os.replace(tmp, ck / name)
-        old = _pointer(out)
-        _atomic_text(ck / "latest.json", json.dumps({"last": name, "best": name if best else old.get("best")}))
-        keep = set(_pointer(out).values())
-        for d in ck.iterdir():
-            if d.is_dir() and d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-def load_checkpoint(acc, folder: Path, peft_model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from a checkpoint folder; returns the trainer state."""
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng_file = folder / f"rng-{acc.process_index}.pt"
-    rng = torch.load(rng_file if rng_file.is_file() else folder / "rng-0.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((folder / "trainer_state.json").read_text())
-
-
-class CsvLog:
-    """A CSV log written row by row; on resume, rows after the checkpoint's step are dropped (they are redone)."""
-
-    def __init__(self, path: Path, columns: list[str], keep_until: int | None):
-        import csv
-        import io
-
-        rows = []
-        if keep_until is not None and path.is_file():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        _atomic_text(path, text.getvalue())
-        self.file = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, columns, extrasaction="ignore", lineterminator="\n")
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def plot_log(out: Path) -> Path:
-    """``train_loss.png``: loss per step (and a moving average), validation NDCG/HR below."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    with (out / "train_log.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    valid = []
-    if (out / "valid_log.csv").is_file():
-        with (out / "valid_log.csv").open(newline="") as f:
-            valid = list(csv.DictReader(f))
-    fig, axes = plt.subplots(2 if valid else 1, 1, figsize=(7, 6 if valid else 3.5), sharex=True, squeeze=False)
-    steps = np.array([int(r["step"]) for r in rows])
-    loss = np.array([float(r["loss"]) for r in rows])
-    ax = axes[0, 0]
-    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
-    if len(loss) >= 10:
-        w = max(len(loss) // 20, 5)
-        ax.plot(steps[w - 1 :], np.convolve(loss, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
-    ax.set_ylabel("target-token loss")
-    ax.legend()
-    if valid:
-        metrics = [c for c in valid[0] if c.startswith(("NDCG@", "HR@"))]
-        for m in metrics:
-            axes[1, 0].plot([int(r["step"]) for r in valid], [float(r[m]) for r in valid], marker="o", label=m)
-        axes[1, 0].set_ylabel("validation")
-        axes[1, 0].legend()
-    axes[-1, 0].set_xlabel("optimizer step")
-    fig.tight_layout()
-    path = out / "train_loss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------------- training
@@ -491,7 +233,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
                     "examples_per_epoch": len(examples[0][0]), "dropped_too_long": examples[0][1],
                     "total_steps": total_steps, "tokenizer": tokenizer_fingerprint(tokenizer), "world_size": world,
                     "m6gen_version": __version__}  # fmt: skip
-        _atomic_text(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
+        atomic_text(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
         build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
     acc.wait_for_everyone()
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
@@ -582,7 +324,7 @@ def train(cfg: TrainConfig, step_callback: Callable[[int, float], None] | None =
 
     state: dict[str, Any] = {"step": 0, "best": None, "bad_evals": 0, "stopped_early": False, "evals": [],
                              "train_seconds": 0.0, "train_tokens": 0}  # fmt: skip
-    pointer = _pointer(out) if run.mode == "resume" else {}
+    pointer = checkpoint_pointer(out) if run.mode == "resume" else {}
     if pointer.get("last"):
         state = load_checkpoint(acc, out / "checkpoints" / pointer["last"], run.model, optimizer, scheduler)
         acc.print(f"resuming {out} at step {state['step']} of {run.total_steps}")
@@ -645,7 +387,7 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     out, k = run.out, run.k
-    pointer = _pointer(out)
+    pointer = checkpoint_pointer(out)
     chosen = pointer.get("best") or pointer.get("last")
     if chosen:
         set_peft_model_state_dict(run.model, load_file(out / "checkpoints" / chosen / "adapter_model.safetensors"))
@@ -666,41 +408,9 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
             merged.save_pretrained(out / "merged")
             run.tokenizer.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")
-        _atomic_text(out / "train_summary.json", json.dumps(summary, indent=2))
+        atomic_text(out / "train_summary.json", json.dumps(summary, indent=2))
     run.acc.wait_for_everyone()
     return summary
-
-
-# ---------------------------------------------------------------------------------- loading back
-def read_run_config(output_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """(config, resolved extras) of a training run's folder."""
-    path = Path(output_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise TrainError(f"{output_dir}: not an m6gen training output ({CONFIG_FILE} missing)")
-    saved = json.loads(path.read_text())
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved["config"].items() if k in names}), saved.get("resolved", {})
-
-
-def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = False):
-    """(model, tokenizer, config) of a training output, ready for ``constrained_beam_search``.
-
-    Loads the base model named in ``m6gen_config.json`` plus the LoRA adapter (the best one
-    when validation ran); ``merge=True`` folds the adapter into the weights (faster decoding).
-    The catalog trie is in ``<output_dir>/trie`` (``m6gen.trie.CatalogTrie.load``).
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    from m6gen.model import load_model
-
-    cfg, _ = read_run_config(output_dir)
-    if not (Path(output_dir) / "adapter_config.json").is_file():
-        raise TrainError(f"{output_dir}: no adapter saved yet (the run did not finish; use --resume)")
-    tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
-    model = PeftModel.from_pretrained(load_model(cfg.model, cfg.gguf_file, dtype=dtype), str(output_dir))
-    model.eval()
-    return (model.merge_and_unload() if merge else model), tokenizer, cfg
 
 
 # ---------------------------------------------------------------------------------- CLI
