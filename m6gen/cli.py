@@ -75,7 +75,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF model id/path, .gguf file, or a trained m6gen output dir (default: SmolLM2-135M-Instruct)")
     g.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="model dtype; auto = bf16 where the device computes it natively, else float32")
     g.add_argument("--beams", type=int, default=20, help="beams (candidate items) per user")
     g.add_argument("--k", type=int, default=10, help="recommendations per user")
     g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")

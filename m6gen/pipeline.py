@@ -25,7 +25,7 @@ class RecommendConfig:
     batch_size: int = field(default=8, metadata={"help": "users decoded together"})
     rank_by: str = field(default="logprob", metadata={"help": f"beam score to rank by: one of {RANKINGS}"})
     exclude_seen: bool = field(default=True, metadata={"help": "never generate items from the user's history"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype: auto, float32 or bfloat16"})
 
     def __post_init__(self):
         if self.rank_by not in RANKINGS:

@@ -46,15 +46,9 @@ def resolve_precision(mode: str) -> str:
     """``auto``: bf16 on a GPU that supports it or a CPU with native bf16 (AVX512-BF16/AMX), else no."""
     if mode != "auto":
         return mode
-    import torch
+    from m6gen.model import native_bf16
 
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:  # private helpers; where missing, stay in fp32
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:
-        native = False
-    return "bf16" if native else "no"
+    return "bf16" if native_bf16() else "no"
 
 
 def linear_module_names(model) -> list[str]:
