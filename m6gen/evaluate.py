@@ -36,6 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="reranker settings 'diversity,novelty;...' evaluated as extra rows")
     p.add_argument("--baselines", default="Pop,SASRec", help="peers to include (comma list; '' for none)")
     p.add_argument("--sasrec-epochs", type=int, default=None, help="SASRec epochs (default: its config's)")
+    p.add_argument("--blend", default="0.5,1,2",
+                   help="weights w for extra rows ranking m6gen's beams by logprob + w * SASRec log-prob ('' for none)")
     p.add_argument("--out", default=None, help="output folder (default: the model folder, or runs/eval-default)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -110,7 +112,14 @@ def run(args) -> int:
             from m6gen.sasrec import SASRecConfig
 
             cfg = SASRecConfig(epochs=args.sasrec_epochs)
-        base = run_baselines(args.data, config=cfg, methods=methods, max_users=args.max_users, progress=not args.no_progress)
+        saved = out / "baselines" / "sasrec"
+        sasrec = None
+        if "SASRec" in methods and (saved / "sasrec.json").is_file() and not args.sasrec_epochs:
+            from m6gen.sasrec import SASRec
+
+            sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder (same data, train split)
+        base = run_baselines(args.data, config=cfg, methods=methods, max_users=args.max_users, model=sasrec,
+                             out_dir=out / "baselines", progress=not args.no_progress)
         rows.update(base[args.split])
 
     rec = load_recommender(args, ds.catalog)
@@ -121,6 +130,17 @@ def run(args) -> int:
     for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
         ranked = [b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams]
         rows[f"m6gen beams (rank by {name})"] = metrics(ranked)
+    blend = [float(w) for w in args.blend.split(",") if w.strip()] if "SASRec" in methods else []
+    if blend:
+        # A text-free collaborative signal on m6gen's candidates ("Decoding Matters"-style): the
+        # SASRec trained above scores each beam item; the beams are re-ranked by the sum.
+        from m6gen.sasrec import SASRec
+
+        sasrec = SASRec.load(out / "baselines" / "sasrec")
+        collab = sasrec.score_items(histories, [b[:, 0].astype(np.int64) for b in beams])
+        for w in blend:
+            ranked = [b[np.argsort(-(b[:, 1] + w * c), kind="stable"), 0].astype(np.int64) for b, c in zip(beams, collab)]
+            rows[f"m6gen beams + SASRec blend (w {w:g})"] = metrics(ranked)
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     for div, nov in weights:
         rcfg = RerankConfig(k=max(ks), diversity_weight=div, novelty_weight=nov)

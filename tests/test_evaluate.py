@@ -16,7 +16,9 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
     assert main(argv) == 0
     rows = json.loads((tmp_path / "eval_valid.json").read_text())
     assert {"Pop", "SASRec", "m6gen beams (rank by logprob)", "m6gen beams (rank by catalog)",
-            "m6gen reranked (div 0.5, nov 0)", "m6gen reranked (div 0, nov 0.5)"} <= set(rows)
+            "m6gen reranked (div 0.5, nov 0)", "m6gen reranked (div 0, nov 0.5)",
+            "m6gen beams + SASRec blend (w 1)"} <= set(rows)
+    assert (tmp_path / "baselines" / "sasrec" / "sasrec.json").is_file()
     for metrics in rows.values():
         assert 0.0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1.0
     assert (tmp_path / "tradeoff_valid.png").stat().st_size > 0
