@@ -78,7 +78,7 @@ class _ItemSets:
 
     def __init__(self, trie: CatalogTrie, sets: list[np.ndarray]):
         self.trie = trie
-        self.keys, _ = trie.banned_ranks(sets)
+        self.keys = trie.user_item_keys(sets)
 
     def count(self, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         return self.trie.count_in_subtrees(self.keys, users, nodes)

@@ -196,18 +196,12 @@ class CatalogTrie:
         child = starts + (np.arange(total) - seg_start)
         return parent_pos, child
 
-    def banned_ranks(self, items: list[np.ndarray] | list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-user banned item sets as one sorted key array for :meth:`subtree_alive`.
-
-        Returns ``(keys, n_banned)`` where ``keys`` holds ``user * n_items + rank`` sorted.
-        """
+    def user_item_keys(self, items: list[np.ndarray] | list[list[int]]) -> np.ndarray:
+        """Per-user item sets (one per user, in user order) as one sorted key array for
+        :meth:`count_in_subtrees`: ``user * n_items + sorted rank`` of each item."""
         n = self.n_items
-        parts = []
-        for u, its in enumerate(items):
-            ranks = np.unique(self.item_rank[np.asarray(its, dtype=np.int64)]) if len(its) else np.empty(0, np.int64)
-            parts.append(ranks + u * n)
-        keys = np.concatenate(parts) if parts else np.empty(0, np.int64)
-        return keys, np.array([len(p) for p in parts])
+        parts = [np.unique(self.item_rank[np.asarray(its, dtype=np.int64)]) + u * n for u, its in enumerate(items)]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def count_in_subtrees(self, keys: np.ndarray, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """How many of each user's keyed items lie below each node (two binary searches each)."""

@@ -75,7 +75,7 @@ def test_expand_many_nodes_at_once():
 def test_banned_subtrees_counted_per_user():
     seqs = [[1, 2, EOS], [1, 3, EOS], [4, EOS]]
     trie = CatalogTrie.from_sequences(seqs)
-    keys, _ = trie.banned_ranks([[0, 1], []])  # user 0 has seen both "1 ..." items
+    keys = trie.user_item_keys([[0, 1], []])  # user 0 has seen both "1 ..." items
     node = np.array([trie.walk([1])] * 2)
     counts = trie.count_in_subtrees(keys, np.array([0, 1]), node)
     assert counts.tolist() == [2, 0]
