@@ -175,7 +175,7 @@ def constrained_beam_search(
         if len(child) == 0:
             timing["constraint_s"] += time.perf_counter() - clock
             break
-        tokens = trie.node_token[child]
+        tokens = trie.node_token[child].astype(np.int64)
         step_lp = logp[torch.from_numpy(parent).to(device), torch.from_numpy(tokens).to(device)].double().cpu().numpy()
         step_cat = step_lp - _segment_logsumexp(step_lp, parent)
         cand_lp = beam_lp[parent] + step_lp

@@ -145,6 +145,33 @@ def encode_targets(tokenizer, targets: list[str]) -> list[list[int]]:
     return [seq + [eos] for seq in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
 
 
+def encode_targets_flat(tokenizer, targets: list[str], chunk: int = 8192):
+    """Like :func:`encode_targets`, as ragged numpy arrays ``(flat ids, offsets)``.
+
+    Tokenizes in chunks so a million titles never exist as a million Python lists at once
+    (that alone takes gigabytes), which keeps building a large catalog's trie within ~1 GB.
+    """
+    import numpy as np
+
+    eos = tokenizer.eos_token_id
+    flats, lengths = [], []
+    for start in range(0, len(targets), chunk):
+        ids = tokenizer(list(targets[start : start + chunk]), add_special_tokens=False,
+                        return_attention_mask=False)["input_ids"]
+        lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+        flat = np.full(int(lens.sum()), eos, dtype=np.int32)
+        ends = np.cumsum(lens)
+        body = np.ones(len(flat), dtype=bool)
+        body[ends - 1] = False  # the last slot of each title keeps EOS
+        flat[body] = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(body.sum()))
+        flats.append(flat)
+        lengths.append(lens)
+    lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return (np.concatenate(flats) if flats else np.zeros(0, dtype=np.int32)), offsets
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short id of a tokenizer's vocabulary, to tell whether a saved trie still matches."""
     vocab = tokenizer.get_vocab()
@@ -169,7 +196,7 @@ def build_catalog_trie(tokenizer, targets: list[str], cache_dir: str | Path | No
         trie, meta = CatalogTrie.load(cache_dir)
         if meta.get("targets_sha1") == digest and meta.get("tokenizer") == fingerprint:
             return trie
-    trie = CatalogTrie.from_sequences(encode_targets(tokenizer, targets))
+    trie = CatalogTrie.from_sequences(encode_targets_flat(tokenizer, targets))
     if cache_dir is not None:
         trie.save(cache_dir, {"targets_sha1": digest, "tokenizer": fingerprint, "eos": tokenizer.eos_token_id})
     return trie

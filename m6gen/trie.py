@@ -32,13 +32,13 @@ class CatalogTrie:
     Build it with :meth:`from_sequences`; ``sequence(i)`` gives back item ``i``'s token ids.
     """
 
-    first_child: np.ndarray  # (n_nodes,) int64: node id of the first child
+    first_child: np.ndarray  # (n_nodes,) int32: node id of the first child
     n_children: np.ndarray  # (n_nodes,) int32
-    node_token: np.ndarray  # (n_nodes,) int64: token on the edge into the node (-1 for the root)
-    node_item: np.ndarray  # (n_nodes,) int64: item index at a leaf, else -1
-    row_lo: np.ndarray  # (n_nodes,) int64: first sorted rank in the subtree
-    row_hi: np.ndarray  # (n_nodes,) int64: one past the last sorted rank in the subtree
-    item_rank: np.ndarray  # (n_items,) int64: sorted rank of each item
+    node_token: np.ndarray  # (n_nodes,) int32: token on the edge into the node (-1 for the root)
+    node_item: np.ndarray  # (n_nodes,) int32: item index at a leaf, else -1
+    row_lo: np.ndarray  # (n_nodes,) int32: first sorted rank in the subtree
+    row_hi: np.ndarray  # (n_nodes,) int32: one past the last sorted rank in the subtree
+    item_rank: np.ndarray  # (n_items,) int32: sorted rank of each item
     flat: np.ndarray  # concatenated token ids of all items, in item order
     offsets: np.ndarray  # (n_items + 1,) start of each item's ids in ``flat``
 
@@ -51,7 +51,7 @@ class CatalogTrie:
         non-empty and should end with the end marker; sequences must be distinct.
         """
         if isinstance(sequences, tuple):
-            flat, offsets = (np.asarray(a, dtype=np.int64) for a in sequences)
+            flat, offsets = np.asarray(sequences[0]), np.asarray(sequences[1], dtype=np.int64)
         else:
             lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
             offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
@@ -89,7 +89,8 @@ class CatalogTrie:
 
         # Row i opens a new node at each depth d with lcp[i] <= d < len_i; number them
         # breadth-first (depth-major, row order within a depth), so siblings are contiguous.
-        tokens, items, parents, lo = [np.array([-1])], [np.array([-1])], [np.array([-1])], [np.array([0])]
+        # Node arrays are int32 (a 1M-title catalog has ~10M nodes; int64 would double the memory).
+        tokens, items, parents, lo = ([np.array([v], dtype=np.int32)] for v in (-1, -1, -1, 0))
         depth_start = [0]
         next_id = 1
         containing = np.zeros(n_items, dtype=np.int64)  # node at depth d-1 holding each row (root)
@@ -99,11 +100,11 @@ class CatalogTrie:
             new_rows = rows[opens]
             ids = np.arange(next_id, next_id + len(new_rows))
             depth_start.append(next_id)
-            tokens.append(dense[new_rows, d].astype(np.int64))
-            parents.append(containing[new_rows])
-            lo.append(new_rows)
+            tokens.append(dense[new_rows, d].astype(np.int32))
+            parents.append(containing[new_rows].astype(np.int32))
+            lo.append(new_rows.astype(np.int32))
             is_leaf = sorted_len[new_rows] == d + 1
-            items.append(np.where(is_leaf, order[new_rows], -1))
+            items.append(np.where(is_leaf, order[new_rows], -1).astype(np.int32))
             # Forward-fill: each row now belongs to the latest node opened at or before it.
             marks = np.full(n_items, -1, dtype=np.int64)
             marks[new_rows] = ids
@@ -116,22 +117,25 @@ class CatalogTrie:
         node_item = np.concatenate(items)
         parent = np.concatenate(parents)
         row_lo = np.concatenate(lo)
+        del tokens, items, parents, lo
         n_nodes = next_id
         n_children = np.bincount(parent[1:], minlength=n_nodes).astype(np.int32)
-        # Children of a parent are contiguous and in node-id order: the first is the smallest id.
-        first_child = np.full(n_nodes, n_nodes, dtype=np.int64)
-        np.minimum.at(first_child, parent[1:], np.arange(1, n_nodes))
-        first_child[n_children == 0] = -1
+        # Children of a parent are contiguous and in node-id order (parents are non-decreasing
+        # along node ids), so the first child is where the parent's run starts.
+        first_child = np.full(n_nodes, -1, dtype=np.int32)
+        run_start = np.r_[1, np.flatnonzero(parent[2:] != parent[1:-1]) + 2]
+        first_child[parent[run_start]] = run_start
+        del parent
 
         # row_hi, bottom-up: a leaf covers its own row; an inner node ends where its last child ends.
-        row_hi = np.where(node_item >= 0, row_lo + 1, 0)
+        row_hi = np.where(node_item >= 0, row_lo + 1, 0).astype(np.int32)
         for d in range(max_len - 1, -1, -1):
             nodes = np.arange(depth_start[d], depth_start[d + 1])  # nodes whose tokens sit at position d-1
             inner = nodes[n_children[nodes] > 0]
             row_hi[inner] = row_hi[first_child[inner] + n_children[inner] - 1]
         row_hi[0] = n_items
 
-        item_rank = np.empty(n_items, dtype=np.int64)
+        item_rank = np.empty(n_items, dtype=np.int32)
         item_rank[order] = np.arange(n_items)
         return cls(first_child, n_children, node_token, node_item, row_lo, row_hi, item_rank, flat, offsets)
 
@@ -200,7 +204,7 @@ class CatalogTrie:
         """Per-user item sets (one per user, in user order) as one sorted key array for
         :meth:`count_in_subtrees`: ``user * n_items + sorted rank`` of each item."""
         n = self.n_items
-        parts = [np.unique(self.item_rank[np.asarray(its, dtype=np.int64)]) + u * n for u, its in enumerate(items)]
+        parts = [np.unique(self.item_rank[np.asarray(its, dtype=np.int64)]).astype(np.int64) + u * n for u, its in enumerate(items)]
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def count_in_subtrees(self, keys: np.ndarray, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ def trie_child(n: int) -> None:
     """Subprocess body: tokenize n synthetic titles with the default tokenizer, build the trie."""
     import random
 
-    from m6gen.model import encode_targets, load_tokenizer
+    from m6gen.model import encode_targets_flat, load_tokenizer
     from m6gen.trie import CatalogTrie
 
     tok = load_tokenizer()
@@ -61,7 +61,7 @@ def trie_child(n: int) -> None:
                    for _ in range(int(n * 1.05))})[:n]
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    seqs = encode_targets(tok, titles)
+    seqs = encode_targets_flat(tok, titles)  # chunked, as build_catalog_trie does
     t1 = time.perf_counter()
     trie = CatalogTrie.from_sequences(seqs)
     t2 = time.perf_counter()

@@ -137,3 +137,12 @@ def test_stats_are_reported(setup):
         constrained_beam_search(model, trie, prompts, 4, stats=stats)
     assert stats["steps"] >= 1 and stats["rows"] >= stats["steps"]
     assert stats["model_s"] > 0 and stats["constraint_s"] > 0
+
+
+def test_chunked_target_encoding_matches_plain(setup):
+    from m6gen.model import encode_targets, encode_targets_flat
+
+    tok = setup[0]
+    flat, offsets = encode_targets_flat(tok, TITLES, chunk=5)
+    plain = encode_targets(tok, TITLES)
+    assert [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(TITLES))] == plain
