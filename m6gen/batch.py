@@ -147,8 +147,29 @@ def merge_shards(output: Path, shards: list[Path]) -> None:
         shard.unlink()
 
 
+class _Processes:
+    """This process's rank among those started by ``accelerate launch`` or ``torchrun``.
+
+    Read from the launcher's environment (RANK, WORLD_SIZE), which both set on CPU and GPU alike;
+    the barrier before merging uses a gloo process group, which needs no GPU.
+    """
+
+    def __init__(self):
+        self.index = int(os.environ.get("RANK", "0"))
+        self.count = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.index == 0
+
+    def wait_for_everyone(self) -> None:
+        if self.count == 1:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+
+
 def run(args) -> int:
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from m6gen.cli import item_features, load_data, load_recommender
@@ -158,12 +179,12 @@ def run(args) -> int:
     if output.suffix not in (".jsonl", ".csv"):
         raise UserListError(f"{output}: --output must end in .jsonl or .csv")
     output.parent.mkdir(parents=True, exist_ok=True)
-    state = PartialState()
+    state = _Processes()
     ds, split = load_data(args)
     users = read_user_ids(args.users_file, set(split.train)) if args.users_file else split.users
-    if state.num_processes > 1:  # each process writes its own shard, merged at the end
-        users = users[state.process_index :: state.num_processes]
-        target = output.with_name(f"{output.stem}.shard{state.process_index}of{state.num_processes}{output.suffix}")
+    if state.count > 1:  # each process writes its own shard, merged at the end
+        users = users[state.index :: state.count]
+        target = output.with_name(f"{output.stem}.shard{state.index}of{state.count}{output.suffix}")
     else:
         target = output
     finished = set(done_users(target))
@@ -175,8 +196,8 @@ def run(args) -> int:
     rec = load_recommender(args, ds.catalog)
     rec.features = item_features(ds, split)
     rcfg = RerankConfig(k=args.k, diversity_weight=args.diversity, novelty_weight=args.novelty)
-    bar = tqdm(total=len(users), initial=len(users) - len(todo), desc=f"recommend[{state.process_index}]",
-               unit="user", disable=args.no_progress or not state.is_local_main_process and state.num_processes > 1)
+    bar = tqdm(total=len(users), initial=len(users) - len(todo), desc=f"recommend[{state.index}]",
+               unit="user", disable=args.no_progress)
     for s in range(0, len(todo), args.batch_size):
         chunk = todo[s : s + args.batch_size]
         histories = [history_of(u) for u in chunk]
@@ -184,13 +205,13 @@ def run(args) -> int:
         append(target, format_records(chunk, results, ds.catalog, output.suffix.lstrip(".")))
         bar.update(len(chunk))
     bar.close()
-    if state.num_processes > 1:
+    if state.count > 1:
         state.wait_for_everyone()
-        if state.is_main_process:
-            merge_shards(output, [output.with_name(f"{output.stem}.shard{i}of{state.num_processes}{output.suffix}")
-                                  for i in range(state.num_processes)])
-    if state.is_main_process:
-        print(f"wrote {len(users) if state.num_processes == 1 else 'all'} users to {output}", file=sys.stderr)
+        if state.is_main:
+            merge_shards(output, [output.with_name(f"{output.stem}.shard{i}of{state.count}{output.suffix}")
+                                  for i in range(state.count)])
+    if state.is_main:
+        print(f"wrote {len(users) if state.count == 1 else 'all'} users to {output}", file=sys.stderr)
     return 0
 
 

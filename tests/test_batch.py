@@ -83,3 +83,15 @@ def test_bad_users_file_is_one_line_error(world, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "ids.txt:1" in err[-1]
     assert run(world, tmp_path / "x.txt") == 2
+
+
+def test_merge_shards_keeps_one_csv_header(tmp_path):
+    from m6gen.batch import merge_shards
+
+    out = tmp_path / "recs.csv"
+    shards = [tmp_path / "recs.shard0of2.csv", tmp_path / "recs.shard1of2.csv"]
+    shards[0].write_text("user_id,rank\nu0,1\n")
+    shards[1].write_text("user_id,rank\nu1,1\n")
+    merge_shards(out, shards)
+    assert out.read_text() == "user_id,rank\nu0,1\nu1,1\n"
+    assert not any(s.exists() for s in shards)
