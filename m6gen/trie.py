@@ -67,11 +67,14 @@ class CatalogTrie:
             raise ValueError("token ids must be non-negative")
         max_len = int(lengths.max())
 
-        # Dense (n_items, max_len) matrix padded with -1, which sorts before every token.
-        dtype = np.int32 if flat.max() < 2**31 - 1 else np.int64
-        dense = np.full((n_items, max_len), -1, dtype=dtype)
+        # Dense (n_items, max_len) matrix of token + 1, padded with 0 (sorts before every token);
+        # uint16 where the vocabulary allows (most do): it is the largest array built here.
+        top = int(flat.max()) + 1
+        dtype = np.uint16 if top < 2**16 else np.int32 if top < 2**31 else np.int64
+        dense = np.zeros((n_items, max_len), dtype=dtype)
         col = np.arange(len(flat)) - np.repeat(offsets[:-1], lengths)
-        dense[np.repeat(np.arange(n_items), lengths), col] = flat
+        dense[np.repeat(np.arange(n_items), lengths), col] = flat + 1
+        del col
         order = np.lexsort(dense.T[::-1])  # lexicographic order of rows
         dense = dense[order]
         sorted_len = lengths[order]
@@ -90,7 +93,10 @@ class CatalogTrie:
         # Row i opens a new node at each depth d with lcp[i] <= d < len_i; number them
         # breadth-first (depth-major, row order within a depth), so siblings are contiguous.
         # Node arrays are int32 (a 1M-title catalog has ~10M nodes; int64 would double the memory).
-        tokens, items, parents, lo = ([np.array([v], dtype=np.int32)] for v in (-1, -1, -1, 0))
+        # Preallocated (no per-depth lists to concatenate): row i opens len_i - lcp_i nodes.
+        n_nodes = 1 + int((sorted_len - lcp).sum())
+        node_token, node_item, parent, row_lo = (np.empty(n_nodes, dtype=np.int32) for _ in range(4))
+        node_token[0], node_item[0], parent[0], row_lo[0] = -1, -1, -1, 0
         depth_start = [0]
         next_id = 1
         containing = np.zeros(n_items, dtype=np.int64)  # node at depth d-1 holding each row (root)
@@ -98,27 +104,21 @@ class CatalogTrie:
         for d in range(max_len):
             opens = (lcp <= d) & (sorted_len > d)
             new_rows = rows[opens]
-            ids = np.arange(next_id, next_id + len(new_rows))
+            end = next_id + len(new_rows)
             depth_start.append(next_id)
-            tokens.append(dense[new_rows, d].astype(np.int32))
-            parents.append(containing[new_rows].astype(np.int32))
-            lo.append(new_rows.astype(np.int32))
-            is_leaf = sorted_len[new_rows] == d + 1
-            items.append(np.where(is_leaf, order[new_rows], -1).astype(np.int32))
+            node_token[next_id:end] = dense[new_rows, d].astype(np.int64) - 1
+            parent[next_id:end] = containing[new_rows]
+            row_lo[next_id:end] = new_rows
+            node_item[next_id:end] = np.where(sorted_len[new_rows] == d + 1, order[new_rows], -1)
             # Forward-fill: each row now belongs to the latest node opened at or before it.
             marks = np.full(n_items, -1, dtype=np.int64)
-            marks[new_rows] = ids
+            marks[new_rows] = np.arange(next_id, end)
             containing = np.maximum.accumulate(marks)
-            next_id += len(new_rows)
+            next_id = end
         depth_start.append(next_id)
-        del dense
+        del dense, containing, marks
+        assert next_id == n_nodes
 
-        node_token = np.concatenate(tokens)
-        node_item = np.concatenate(items)
-        parent = np.concatenate(parents)
-        row_lo = np.concatenate(lo)
-        del tokens, items, parents, lo
-        n_nodes = next_id
         n_children = np.bincount(parent[1:], minlength=n_nodes).astype(np.int32)
         # Children of a parent are contiguous and in node-id order (parents are non-decreasing
         # along node ids), so the first child is where the parent's run starts.
