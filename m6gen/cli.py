@@ -175,7 +175,11 @@ def cmd_prompts(args) -> int:
     history = [ds.catalog[i] for i in split.test_history(user)]
     resolve_template_args(args)
     lib = TemplateLibrary(args.templates, max_history=args.max_history)
-    tokenizer = _try_tokenizer(args.model) if args.chat_tokenizer else None
+    tokenizer = None
+    if args.chat_tokenizer:  # chat-style templates render through the model's own chat template
+        from m6gen.model import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
     for name in lib.names():
         tpl = lib.get(name)
         prompt = tpl.render_prompt(history, user={**ds.profiles.get(user, {}), "user_id": user}, tokenizer=tokenizer)
@@ -183,12 +187,6 @@ def cmd_prompts(args) -> int:
         print(f"===== template {name!r}: {tpl.description}")
         print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
     return 0
-
-
-def _try_tokenizer(model):
-    from m6gen.model import load_tokenizer
-
-    return load_tokenizer(model)
 
 
 def cmd_demo(args) -> int:
