@@ -169,7 +169,8 @@ class PromptTemplate:
             history: the user's items, oldest first; only the last ``max_history`` are shown.
             user: profile fields (``user_id`` included when known); ``user.user_id`` is "" when absent.
             k: how many recommendations are asked for (templates may mention it).
-            tokenizer: a Hugging Face tokenizer whose chat template ``chat(...)`` uses; None: plain fallback.
+            tokenizer: a Hugging Face tokenizer whose chat template ``chat(...)`` uses and whose
+                end-of-text token ``eos`` is; None: plain fallback chat layout, ``eos`` empty.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -181,6 +182,9 @@ class PromptTemplate:
             "user": {"user_id": "", **(user or {})},
             "k": k,
             "chat": _chat_helper(tokenizer),
+            # The end-of-text token as text ("" without a tokenizer): a history written as targets
+            # each closed by it reads exactly like the decoder's outputs (see prompts/sequence.jinja).
+            "eos": (getattr(tokenizer, "eos_token", None) or "") if tokenizer is not None else "",
         }
         return self._render_block("prompt", variables)
 

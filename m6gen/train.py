@@ -2,7 +2,8 @@
 
     m6gen train --output-dir runs/lora                    # default model, ML-100K, a few minutes on CPU
     python -m m6gen.train --config train.yaml --lr 1e-3   # flags override the file
-    accelerate launch -m m6gen.train --output-dir runs/lora --mixed-precision bf16   # several GPUs (DDP)
+    accelerate launch --multi_gpu -m m6gen.train --output-dir runs/lora   # several GPUs (DDP)
+    torchrun --nproc_per_node 2 -m m6gen.train --output-dir runs/lora     # several CPU processes (DDP, gloo)
 
 Examples come from the train split only (``m6gen.train_data``); the loss is on target tokens
 only. Validation HR@10/NDCG@10 with trie-constrained beam search every ``--eval-every`` steps
@@ -31,6 +32,8 @@ from m6gen.train_io import (CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic
                             checkpoint_pointer, load_checkpoint, plot_log, resolve_paths, save_checkpoint)  # fmt: skip
 from m6gen.train_io import OPERATIONAL, load_trained, read_run_config  # noqa: F401  (re-exported for cli, tune, tests)
 
+# accelerate's engines that shard weights or optimizer state; checkpoints and validation here assume DDP.
+SHARDED = ("FSDP", "DEEPSPEED")
 LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS = {
     **{t: LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
@@ -170,7 +173,13 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     mode = check_output_dir(cfg)
     precision = resolve_precision(cfg.mixed_precision)
     AcceleratorState._reset_state()  # accelerate keeps one global state: let a second run in a process choose again
-    acc = Accelerator(mixed_precision=precision)
+    # On a machine without an accelerator, accelerate sets up several processes (torchrun, mpirun)
+    # only when told cpu=True; without it every process would train alone on all the data.
+    acc = Accelerator(mixed_precision=precision, cpu=not torch.accelerator.is_available())
+    if acc.distributed_type.value in SHARDED:
+        raise TrainError(f"{acc.distributed_type.value} is not supported yet (its sharded weights and optimizer state "
+                         "need sharded checkpoints and lock-step validation): launch with DDP, e.g. "
+                         "accelerate launch --multi_gpu -m m6gen.train, or torchrun")  # fmt: skip
     out = Path(cfg.output_dir)
     if mode == "overwrite" and acc.is_main_process:
         shutil.rmtree(out)
@@ -191,12 +200,24 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
 
     target_texts = [template.render_target(it) for it in dataset.catalog]
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
+    history = cfg.history_packing != "off" and td.is_token_incremental(template, tokenizer, dataset.catalog,
+                                                                       target_ids, split.train)  # fmt: skip
+    if cfg.history_packing == "on" and not history:
+        raise TrainError(f"history packing needs a token-incremental template (a prompt followed by the next target "
+                         f"is the next prompt, as in prompts/sequence.jinja); {template.path} is not")  # fmt: skip
     examples = []
     for epoch in range(cfg.epochs):
-        steps = td.sample_steps(split.train, min_history=cfg.min_history, per_user=cfg.examples_per_user,
-                                sampling=cfg.step_sampling, seed=cfg.seed, epoch=epoch)  # fmt: skip
-        examples.append(td.build_examples(steps, split.train, dataset.catalog, template, tokenizer, target_ids,
-                                          profiles=dataset.profiles, max_len=cfg.max_seq_len))  # fmt: skip
+        sample = dict(min_history=cfg.min_history, per_user=cfg.examples_per_user, sampling=cfg.step_sampling,
+                      seed=cfg.seed, epoch=epoch)  # fmt: skip
+        build = dict(profiles=dataset.profiles, max_len=cfg.max_seq_len)
+        if history:
+            blocks = td.sample_blocks(split.train, block=cfg.history_block, **sample)
+            examples.append(td.build_block_examples(blocks, split.train, dataset.catalog, template, tokenizer,
+                                                    target_ids, **build))  # fmt: skip
+        else:
+            steps = td.sample_steps(split.train, **sample)
+            examples.append(td.build_examples(steps, split.train, dataset.catalog, template, tokenizer, target_ids,
+                                              **build))  # fmt: skip
     if not examples[0][0]:
         raise TrainError(f"{cfg.data}: no training examples (users need more than "
                          f"min_history={cfg.min_history} train items)")  # fmt: skip
@@ -223,15 +244,17 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         name, gguf = resolve_model(cfg.model, cfg.gguf_file)
         resolved = {"model_path": name, "gguf_file": gguf, "template_path": str(template.path), "precision": precision,
-                    "packing": packing, "fast_head": fast_ok, "n_items": len(dataset.catalog), "n_users": n_users,
-                    "examples_per_epoch": len(examples[0][0]), "dropped_too_long": examples[0][1],
+                    "packing": packing, "history_packing": history, "fast_head": fast_ok, "n_items": len(dataset.catalog), "n_users": n_users,
+                    "examples_per_epoch": len(examples[0][0]),
+                    "steps_per_epoch": sum(len(x.items) for x in examples[0][0]), "dropped_too_long": examples[0][1],
                     "total_steps": total_steps, "tokenizer": tokenizer_fingerprint(tokenizer), "world_size": world,
                     "m6gen_version": __version__}  # fmt: skip
         atomic_text(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
         build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
     acc.wait_for_everyone()
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
-    acc.print(f"{n_users} users, {len(dataset.catalog)} items; {len(examples[0][0])} examples/epoch "
+    acc.print(f"{n_users} users, {len(dataset.catalog)} items; {len(examples[0][0])} examples/epoch teaching "
+              f"{sum(len(x.items) for x in examples[0][0])} next items{' (history packing)' if history else ''} "
               f"({examples[0][1]} too long dropped), {total_steps} steps of {n_steps}; LoRA on "
               f"{', '.join(cfg.target_modules)}; packing {'on' if packing else 'off'}; precision {precision}")  # fmt: skip
     return Run(cfg, acc, out, mode, template, dataset, split, tokenizer, peft_model, trie, module, packing, epochs,

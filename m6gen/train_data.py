@@ -6,6 +6,14 @@ separately (``m6gen.model.encode_prompts`` / ``encode_targets``) and joined as i
 the constrained decoder sees them. Only ``Split.train`` items are read: valid/test items never
 enter an example, as prompt or as target.
 
+History packing: where the template is *token-incremental* -- the ids of the prompt for
+t_1..t_i equal the ids of the prompt for t_1..t_{i-1} followed by t_i's target ids, as in
+``prompts/sequence.jinja`` -- one sequence can carry a block of consecutive next items: the prompt
+shows the ``max_history`` items before the block, and the block's targets follow one another,
+every one of them in the loss. Each target then sees exactly what an example of its own would
+show it (plus the block's earlier items), for a fraction of the tokens: one forward pass teaches
+many steps. :func:`is_token_incremental` checks a template on real histories before it is used.
+
 Packing: several examples share one row of at most ``pack_len`` tokens; position ids restart at
 0 for each example, which makes Hugging Face models (attention mask left as None) block attention
 between examples, and their labels are -100 outside targets, so the loss equals the unpacked one.
@@ -25,13 +33,18 @@ IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 @dataclass(frozen=True)
 class Example:
-    """One next-item step of one user, as token ids."""
+    """Consecutive next-item steps of one user as token ids: one step, or a block (history packing)."""
 
     user: str
-    step: int  # index of the target in the user's train items (its history is items[:step])
-    item: int  # catalog index of the target
+    step: int  # index of the first target in the user's train items (its history is items[:step])
+    items: tuple[int, ...]  # catalog indices of the targets, in order
     prompt_ids: list[int]
-    target_ids: list[int]  # title ids + EOS
+    target_ids: list[int]  # each target's title ids + EOS, concatenated
+
+    @property
+    def item(self) -> int:
+        """The first (for a one-step example: the only) target."""
+        return self.items[0]
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.target_ids)
@@ -98,17 +111,104 @@ def build_examples(
     ``target_ids[i]`` are item i's target ids (``encode_targets`` of its rendered target), computed
     once for the catalog and shared with the trie.
     """
-    if not steps:
+    return build_block_examples([(u, s, s + 1) for u, s in steps], train, catalog, template, tokenizer, target_ids,
+                                profiles=profiles, max_len=max_len)  # fmt: skip
+
+
+def is_token_incremental(template, tokenizer, catalog, target_ids: list[list[int]],
+                         histories: dict[str, list[int]], *, users: int = 4) -> bool:  # fmt: skip
+    """Whether prompt ids of ``h + [x]`` == prompt ids of ``h`` + ``target_ids[x]`` on real histories.
+
+    Checked for every history length below ``max_history`` (beyond it the window slides and no
+    prompt is a prefix of the next) of the first ``users`` users with enough items. Only then does
+    a history-packed sequence show each target what its own example would.
+    """
+    from m6gen.model import encode_prompts
+
+    window = template.max_history or 8
+    checked = 0
+    for user, items in histories.items():
+        n = min(len(items), window)
+        if n < 2:
+            continue
+        prompts = render_prompts(template, catalog, [items[:j] for j in range(1, n + 1)], [user] * n,
+                                 tokenizer=tokenizer)  # fmt: skip
+        ids = encode_prompts(tokenizer, prompts)
+        if any(ids[j] != ids[j - 1] + target_ids[items[j]] for j in range(1, n)):
+            return False
+        checked += 1
+        if checked == users:
+            break
+    return checked > 0
+
+
+def sample_blocks(
+    train: dict[str, list[int]],
+    *,
+    block: int,
+    min_history: int = 1,
+    per_user: int | None = None,
+    sampling: str = "random",
+    seed: int = 0,
+    epoch: int = 0,
+) -> list[tuple[str, int, int]]:
+    """History packing's (user, start, end) blocks of one epoch: targets ``train[user][start:end]``.
+
+    Every step ``i >= min_history`` of a user lies in exactly one block of at most ``block`` steps.
+    With ``sampling="random"`` the first block's length is drawn each epoch (so a step's position
+    in its block, and the context it sees, change between epochs) and ``per_user`` blocks are drawn;
+    with "last" blocks are aligned to the end of the history and the most recent ones kept.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    if min_history < 1:
+        raise ValueError(f"min_history must be >= 1, got {min_history}")
+    if sampling not in ("last", "random"):
+        raise ValueError(f"sampling must be 'last' or 'random', got {sampling!r}")
+    rng = np.random.default_rng([seed, epoch, 2])
+    out = []
+    for user, items in train.items():
+        n = len(items)
+        if n <= min_history:
+            continue
+        first = int(rng.integers(1, block + 1)) if sampling == "random" else (n - min_history) % block or block
+        cuts = [min_history, *range(min_history + first, n, block), n]
+        blocks = [(user, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+        if per_user is not None and len(blocks) > per_user:
+            keep = range(len(blocks) - per_user, len(blocks)) if sampling == "last" else \
+                np.sort(rng.choice(len(blocks), per_user, replace=False))  # fmt: skip
+            blocks = [blocks[j] for j in keep]
+        out.extend(blocks)
+    return out
+
+
+def build_block_examples(
+    blocks: list[tuple[str, int, int]],
+    train: dict[str, list[int]],
+    catalog,
+    template,
+    tokenizer,
+    target_ids: list[list[int]],
+    *,
+    profiles: dict[str, dict[str, str]] | None = None,
+    max_len: int | None = None,
+) -> tuple[list[Example], int]:
+    """Examples of blocks ``(user, start, end)``: the prompt of ``train[u][:start]``, then the targets
+    ``start..end-1``; returns (examples, number dropped for exceeding ``max_len``).
+
+    A one-step block is an ordinary example, right for any template; longer blocks (history
+    packing) need a template :func:`is_token_incremental` accepts.
+    """
+    if not blocks:
         return [], 0
-    prompts = render_prompts(template, catalog, [train[u][:s] for u, s in steps], [u for u, _ in steps],
+    prompts = render_prompts(template, catalog, [train[u][:a] for u, a, _ in blocks], [u for u, _, _ in blocks],
                              profiles, tokenizer)  # fmt: skip
     from m6gen.model import encode_prompts
 
-    prompt_ids = encode_prompts(tokenizer, prompts)
     examples, dropped = [], 0
-    for (u, s), p in zip(steps, prompt_ids):
-        item = train[u][s]
-        ex = Example(u, s, item, p, target_ids[item])
+    for (u, a, b), p in zip(blocks, encode_prompts(tokenizer, prompts)):
+        items = tuple(train[u][a:b])
+        ex = Example(u, a, items, p, [t for i in items for t in target_ids[i]])
         if max_len is not None and len(ex) > max_len:
             dropped += 1
             continue

@@ -43,7 +43,8 @@ class TrainConfig:
                                              default=None)  # fmt: skip
     # examples
     min_history: int = _help("fewest history items in a training example", default=1)
-    examples_per_user: int | None = _help("next-item steps per user per epoch (none: all)", default=2)
+    examples_per_user: int | None = _help("examples per user per epoch: next-item steps, or blocks with history "
+                                          "packing (none: all)", default=2)  # fmt: skip
     step_sampling: str = _help("which steps: random (fresh each epoch) or last", default="random",
                                meta={"choices": ["random", "last"]})  # fmt: skip
     max_seq_len: int = _help("longest example in tokens (longer ones are dropped, counted in the log)", default=1024)
@@ -53,6 +54,11 @@ class TrainConfig:
     batch_size: int = _help("packed rows per micro-batch", default=2)
     pack_len: int = _help("tokens per packed row", default=512)
     packing: bool = _help("pack several examples per row (position ids restart per example)", default=True)
+    history_packing: str = _help("teach a block of consecutive next items per sequence: auto (when the template "
+                                 "is token-incremental, e.g. sequence), on (required) or off", default="auto",
+                                 meta={"choices": ["auto", "on", "off"]})
+    history_block: int = _help("next items per history-packed sequence (after the max_history items before them)",
+                               default=20)  # fmt: skip
     grad_accum: int = _help("micro-batches per optimizer step", default=1)
     lr: float = _help("peak learning rate", default=1e-3)
     weight_decay: float = _help("AdamW weight decay", default=0.0)
@@ -82,7 +88,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("max_history", "lora_r", "lora_alpha", "min_history", "max_seq_len", "epochs", "batch_size",
-                    "pack_len", "grad_accum", "eval_users", "eval_beams", "eval_batch_size", "log_every")  # fmt: skip
+                    "pack_len", "grad_accum", "history_block", "eval_users", "eval_beams", "eval_batch_size", "log_every")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -100,6 +106,8 @@ class TrainConfig:
             raise TrainError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.history_packing not in ("auto", "on", "off"):
+            raise TrainError(f"history_packing must be auto, on or off, got {self.history_packing!r}")
         if self.step_sampling not in ("random", "last"):
             raise TrainError(f"step_sampling must be random or last, got {self.step_sampling!r}")
 

@@ -11,7 +11,8 @@ so a busy machine slows both alike. "loop" is the wall time between consecutive 
 loss. ``--hf-loss`` also times the usual ``model(..., labels=...).loss`` (full-vocabulary logits
 at every position) to show what the target-only output layer saves. The epoch projection is the
 measured seconds per token times the tokens of one epoch: as configured (``--examples-per-user``)
-and with every next-item step of every user.
+with every next-item step of every user, and with every step taught by history packing
+(``prompts/sequence.jinja`` unless the configured template is token-incremental itself).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-loss", action="store_true", help="also time the standard full-logits loss")
     for flag, kind, default in [("--model", str, "default"), ("--data", str, None), ("--template", str, "titles"),
                                 ("--max-history", int, None), ("--examples-per-user", int, None),
+                                ("--history-block", int, None),
                                 ("--batch-size", int, None), ("--pack-len", int, None), ("--lora-r", int, None),
                                 ("--mixed-precision", str, None), ("--threads", int, None)]:  # fmt: skip
         p.add_argument(flag, type=kind, default=default)
@@ -131,6 +133,19 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     every_tokens = sum(len(e) for e in every)
     print(f"one epoch over every next-item step ({len(every)} examples, {every_tokens} tokens): "
           f"{every_tokens / tok_s['loop'] / 3600:.1f} h")  # fmt: skip
+    # The same steps taught by history packing (a token-incremental template, blocks of --history-block).
+    from m6gen.prompts import TemplateLibrary
+
+    name = template.name if td.is_token_incremental(template, tok, ds.catalog, target_ids, split.train) else "sequence"
+    seq = TemplateLibrary(cfg.prompts_dir, max_history=cfg.max_history).load_template(name)
+    seq_targets = encode_targets(tok, [seq.render_target(it) for it in ds.catalog])
+    blocks = td.sample_blocks(split.train, block=cfg.history_block, min_history=cfg.min_history, per_user=None)
+    packed, _ = td.build_block_examples(blocks, split.train, ds.catalog, seq, tok, seq_targets, profiles=ds.profiles,
+                                        max_len=cfg.max_seq_len)  # fmt: skip
+    packed_tokens = sum(len(e) for e in packed)
+    print(f"the same with history packing (template {name}, {cfg.history_block} steps per sequence, "
+          f"{len(packed)} sequences, {packed_tokens} tokens, {every_tokens / packed_tokens:.1f}x fewer): "
+          f"{packed_tokens / tok_s['loop'] / 3600:.1f} h at the tokens/s above")  # fmt: skip
     return 0
 
 

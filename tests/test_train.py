@@ -13,12 +13,14 @@ from m6gen.train import TrainConfig, TrainError, load_trained, main, train
 from m6gen.train_data import (
     IGNORE,
     Example,
+    build_block_examples,
     build_examples,
     check_loss_paths,
     collate,
     loss_module,
     pack,
     plan_batches,
+    sample_blocks,
     sample_steps,
 )
 from tests.tiny_lm import make_model, make_tokenizer
@@ -82,8 +84,21 @@ def adapter_weights(folder):
     return load_file(folder / "adapter_model.safetensors")
 
 
+def tiny_world(tiny_dirs, template_name: str, max_history: int = 50):
+    """(tokenizer, dataset, split, template, target ids) on the synthetic data."""
+    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.model import encode_targets
+    from m6gen.prompts import TemplateLibrary
+
+    tok = make_tokenizer()
+    ds = load_dataset(tiny_dirs[1])
+    template = TemplateLibrary(max_history=max_history).get(template_name)
+    target_ids = encode_targets(tok, [template.render_target(it) for it in ds.catalog])
+    return tok, ds, leave_one_out(build_histories(ds)), template, target_ids
+
+
 def ex(prompt: list[int], target: list[int], user: str = "u", item: int = 0) -> Example:
-    return Example(user, 1, item, prompt, target)
+    return Example(user, 1, (item,), prompt, target)
 
 
 # ------------------------------------------------------------------------------ examples, packing, masking
@@ -146,6 +161,72 @@ def test_packed_loss_equals_unpacked_loss():
     assert check_loss_paths(module, examples, 0) == (True, True)
 
 
+# ------------------------------------------------------------------------------ history packing
+def test_sample_blocks_cover_every_step_once():
+    train_items = {"a": list(range(23)), "b": list(range(3)), "c": [7]}
+    for sampling in ("random", "last"):
+        for epoch in range(3):
+            blocks = sample_blocks(train_items, block=5, min_history=2, sampling=sampling, epoch=epoch)
+            for user, items in train_items.items():
+                steps = [i for u, a, b in blocks if u == user for i in range(a, b)]
+                assert steps == list(range(2, len(items)))  # in order, each once, none before min_history
+            assert all(1 <= b - a <= 5 for _, a, b in blocks)
+    last = sample_blocks(train_items, block=5, min_history=2, sampling="last")
+    assert [(a, b) for u, a, b in last if u == "a"] == [(2, 3), (3, 8), (8, 13), (13, 18), (18, 23)]
+    firsts = {sample_blocks(train_items, block=5, epoch=e)[0][2] for e in range(20)}
+    assert len(firsts) > 1  # the first block's length is drawn per epoch
+    limited = sample_blocks(train_items, block=5, min_history=2, per_user=2, sampling="last")
+    assert [(a, b) for u, a, b in limited if u == "a"] == [(13, 18), (18, 23)]
+    assert sample_blocks(train_items, block=5, per_user=2, seed=4) == sample_blocks(train_items, block=5, per_user=2,
+                                                                                    seed=4)  # fmt: skip
+
+
+def test_token_incremental_templates(tiny_dirs):
+    from m6gen.train_data import is_token_incremental
+
+    for name, expected in [("sequence", True), ("titles", False), ("titles_genres", False), ("instruct", False)]:
+        tok, ds, split, template, target_ids = tiny_world(tiny_dirs, name, max_history=6)
+        assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train) is expected, name
+
+
+def test_history_packed_block_teaches_each_step_as_its_own_example_would(tiny_dirs):
+    """One block = the sum of the one-step examples of its targets (a window wide enough to show all)."""
+    import torch
+
+    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, "sequence")
+    blocks = sample_blocks(split.train, block=3, min_history=1)
+    examples, dropped = build_block_examples(blocks, split.train, ds.catalog, template, tok, target_ids)
+    assert dropped == 0 and sum(len(e.items) for e in examples) == N_USERS * (LENGTH - 3)
+    for e in examples:  # no valid/test item anywhere
+        assert not {split.valid[e.user], split.test[e.user]} & (set(e.items) | set(split.train[e.user][: e.step]))
+        assert list(e.items) == split.train[e.user][e.step : e.step + len(e.items)]
+    steps = [(e.user, e.step + j) for e in examples[:6] for j in range(len(e.items))]
+    singles, _ = build_examples(steps, split.train, ds.catalog, template, tok, target_ids)
+    module = loss_module(make_model(len(tok), seed=2))
+    with torch.no_grad():
+        b = collate([examples[:3], examples[3:6]], tok.pad_token_id)
+        block_loss, block_n = module(b["input_ids"], b["labels"], b["position_ids"])
+        s = collate([[x] for x in singles], tok.pad_token_id)
+        single_loss, single_n = module(s["input_ids"], s["labels"], s["position_ids"])
+    assert int(block_n) == int(single_n)
+    assert float(block_loss) == pytest.approx(float(single_loss), rel=1e-4)
+    assert sum(len(x) for x in examples[:6]) < 0.6 * sum(len(x) for x in singles)  # the point: fewer tokens
+
+
+def test_train_with_history_packing(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "seq"
+    summary = train(tiny_config(tiny_dirs, out, template="sequence", history_block=3, epochs=2))
+    resolved = json.loads((out / "m6gen_config.json").read_text())["resolved"]
+    assert resolved["history_packing"] is True
+    assert resolved["steps_per_epoch"] == N_USERS * (LENGTH - 3) and resolved["examples_per_epoch"] < N_USERS * 3
+    log = read_log(out / "train_log.csv")
+    assert len(log) == summary["steps"] and float(log[-1]["loss"]) < float(log[0]["loss"])
+    off = train(tiny_config(tiny_dirs, tmp_path / "off", template="sequence", history_packing="off", max_steps=1))
+    assert off["examples_per_epoch"] == N_USERS * (LENGTH - 3)
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "x", "--history-packing", "on"))
+    assert "history packing needs a token-incremental template" in err and "titles.jinja" in err
+
+
 def tiny_arch(kind: str):
     """A tiny random causal LM of another architecture (vocab 300)."""
     import torch
@@ -182,15 +263,7 @@ def test_default_targets_and_loss_shortcuts_per_architecture(kind):
 
 
 def test_no_valid_or_test_item_in_any_training_example(tiny_dirs):
-    from m6gen.data import build_histories, leave_one_out, load_dataset
-    from m6gen.model import encode_targets
-    from m6gen.prompts import TemplateLibrary
-
-    tok = make_tokenizer()
-    ds = load_dataset(tiny_dirs[1])
-    split = leave_one_out(build_histories(ds))
-    template = TemplateLibrary(max_history=50).get("titles")
-    target_ids = encode_targets(tok, [template.render_target(it) for it in ds.catalog])
+    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, "titles")
     steps = sample_steps(split.train, per_user=None)
     examples, dropped = build_examples(steps, split.train, ds.catalog, template, tok, target_ids)
     assert dropped == 0 and len(examples) == N_USERS * (LENGTH - 3)
@@ -317,6 +390,42 @@ def run_main(capsys, argv) -> str:
 def tiny_argv(tiny_dirs, out, *extra) -> list[str]:
     return ["--model", str(tiny_dirs[0]), "--data", str(tiny_dirs[1]), "--output-dir", str(out), "--max-history", "4",
             "--max-steps", "1", "--eval-every", "0", "--no-eval-at-start", "--no-progress", *extra]  # fmt: skip
+
+
+def test_two_processes_train_exactly_like_one_with_accumulation(tiny_dirs, tmp_path):
+    """torchrun with 2 CPU processes (DDP over gloo) = 1 process accumulating their 2 micro-batches."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = ["--lora-dropout", "0", "--max-steps", "3", "--batch-size", "1", "--examples-per-user", "none",
+            "--threads", "1", "--mixed-precision", "no"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "m6gen.train"]
+    two = subprocess.run([*torchrun, *tiny_argv(tiny_dirs, tmp_path / "two", *args)], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert main(tiny_argv(tiny_dirs, tmp_path / "one", *args, "--grad-accum", "2")) == 0
+    resolved = json.loads((tmp_path / "two" / "m6gen_config.json").read_text())["resolved"]
+    assert resolved["world_size"] == 2
+    a, b = adapter_weights(tmp_path / "two"), adapter_weights(tmp_path / "one")
+    assert set(a) == set(b) and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(float(abs(a[k]).max()) > 0 for k in a if "lora_B" in k)  # trained, not the zero init
+    losses = lambda d: [float(r["loss"]) for r in read_log(d / "train_log.csv")]  # noqa: E731
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_sharding_engines_are_refused_in_one_line(tiny_dirs, tmp_path, capsys, monkeypatch, engine):
+    """Checkpoints and validation assume DDP; FSDP/DeepSpeed (GPU-only in accelerate) must stop before training."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType[engine]))
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a"))
+    assert f"{engine} is not supported yet" in err and "launch with DDP" in err
+    assert not (tmp_path / "a").exists()
 
 
 def test_bad_inputs_give_one_line_errors(tiny_dirs, tmp_path, capsys):
