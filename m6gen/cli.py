@@ -71,7 +71,8 @@ def add_template_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-history", type=int, default=None, help="most recent items shown in the prompt (default: the trained model's, else 20)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
+    """Model and decoding options; ``prior=False`` leaves out --sasrec (commands with their own SASRec)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF model id/path, .gguf file, or a trained m6gen output dir (default: SmolLM2-135M-Instruct)")
     g.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
@@ -81,6 +82,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=int, default=10, help="recommendations per user")
     g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")
     g.add_argument("--batch-size", type=int, default=8, help="users decoded together")
+    if not prior:
+        return
+    g.add_argument("--sasrec", default=None,
+                   help="a saved SASRec folder (m6gen eval writes <out>/baselines/sasrec) whose log-probabilities "
+                        "join the beam search as an item prior")
+    g.add_argument("--sasrec-weight", type=float, default=1.0, help="weight of the SASRec prior (with --sasrec)")
 
 
 def load_data(args):
@@ -125,7 +132,20 @@ def load_recommender(args, catalog):
     else:
         tokenizer = load_tokenizer(args.model, args.gguf_file)
         model = load_model(args.model, args.gguf_file, dtype=args.dtype)
-    return Recommender(model, tokenizer, catalog, template, config)
+    prior = None
+    if getattr(args, "sasrec", None):
+        from pathlib import Path
+
+        from m6gen.sasrec import SASRec
+
+        if not (Path(args.sasrec) / "sasrec.json").is_file():
+            raise UsageError(f"--sasrec {args.sasrec}: no saved SASRec there (sasrec.json missing)")
+        sasrec = SASRec.load(args.sasrec)
+        if sasrec.n_items != len(catalog):
+            raise UsageError(f"--sasrec {args.sasrec}: trained on {sasrec.n_items} items, the catalog has {len(catalog)}")
+        prior = sasrec.score
+    return Recommender(model, tokenizer, catalog, template, config, prior=prior,
+                       prior_weight=getattr(args, "sasrec_weight", 1.0))
 
 
 def _trained_dir(model: str | None):

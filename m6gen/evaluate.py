@@ -29,7 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
     from m6gen.cli import add_data_args, add_model_args, add_template_args
 
     p = argparse.ArgumentParser(prog="m6gen eval", description="Full-ranking evaluation against Pop and SASRec.")
-    add_data_args(p), add_template_args(p), add_model_args(p)
+    add_data_args(p), add_template_args(p), add_model_args(p, prior=False)
     p.add_argument("--split", default="test", choices=["test", "valid"], help="evaluate on the test or validation item")
     p.add_argument("--max-users", type=int, default=None, help="only the first N users (default: all)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
@@ -38,6 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--sasrec-epochs", type=int, default=None, help="SASRec epochs (default: its config's)")
     p.add_argument("--blend", default="0.5,1,2",
                    help="weights w for extra rows ranking m6gen's beams by logprob + w * SASRec log-prob ('' for none)")
+    p.add_argument("--decode-blend", default="",
+                   help="weights w for extra rows whose beams are searched with w * SASRec log-prob added token by "
+                        "token through the trie (one decoding per w; '' for none)")
     p.add_argument("--out", default=None, help="output folder (default: the model folder, or runs/eval-default)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -54,8 +57,12 @@ def parse_weights(text: str) -> list[tuple[float, float]]:
     return settings
 
 
-def generate_cached(rec, users, histories, path: Path, progress: bool, profiles: dict | None = None) -> dict[str, list[dict]]:
-    """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill."""
+def generate_cached(rec, users, histories, path: Path, progress: bool, profiles: dict | None = None,
+                    prior=None, prior_weight: float = 1.0) -> dict[str, list[list[float]]]:  # fmt: skip
+    """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
+
+    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``).
+    """
     from tqdm.auto import tqdm
 
     from m6gen.batch import append, done_users
@@ -66,8 +73,10 @@ def generate_cached(rec, users, histories, path: Path, progress: bool, profiles:
     bs = rec.config.batch_size
     for s in range(0, len(todo), bs):
         chunk = todo[s : s + bs]
-        beams = rec.generate([h for _, h in chunk], profiles=[{**(profiles or {}).get(u, {}), "user_id": u} for u, _ in chunk])
-        append(path, "".join(json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog] for b in bl]}) + "\n"
+        beams = rec.generate([h for _, h in chunk], profiles=[{**(profiles or {}).get(u, {}), "user_id": u} for u, _ in chunk],
+                             prior=prior, prior_weight=prior_weight)  # fmt: skip
+        append(path, "".join(json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior]
+                                                                 for b in bl]}) + "\n"
                              for (u, _), bl in zip(chunk, beams)))
         bar.update(len(chunk))
     bar.close()
@@ -126,7 +135,9 @@ def run(args) -> int:
     tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{args.dtype}"
     cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress,
                              profiles=ds.profiles)
-    beams = [np.array(cached[u], dtype=np.float64).reshape(-1, 4) for u in users]
+    # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
+    beams = [np.array([b[:4] + [b[4] if len(b) > 4 else 0.0] for b in cached[u]], dtype=np.float64).reshape(-1, 5)
+             for u in users]  # fmt: skip
     for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
         ranked = [b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams]
         rows[f"m6gen beams (rank by {name})"] = metrics(ranked)
@@ -142,6 +153,22 @@ def run(args) -> int:
             ranked = [b[np.argsort(-(b[:, 1] + w * c), kind="stable"), 0].astype(np.int64) for b, c in zip(beams, collab)]
             rows[f"m6gen beams + SASRec blend (w {w:g})"] = metrics(ranked)
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
+    decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
+    if decode_blend:
+        if "SASRec" not in methods:
+            raise UsageError("--decode-blend needs the SASRec baseline (keep SASRec in --baselines)")
+        from m6gen.sasrec import SASRec
+
+        sasrec = SASRec.load(out / "baselines" / "sasrec")
+        for w in decode_blend:
+            blended = generate_cached(rec, users, histories, out / f"beams_{tag}-sasrec{w:g}.jsonl",
+                                      progress=not args.no_progress, profiles=ds.profiles, prior=sasrec.score,
+                                      prior_weight=w)  # fmt: skip
+            ranked = []
+            for u in users:
+                b = np.array(blended[u], dtype=np.float64).reshape(-1, 5)
+                ranked.append(b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64))
+            rows[f"m6gen + SASRec in decoding (w {w:g})"] = metrics(ranked)
     for div, nov in weights:
         rcfg = RerankConfig(k=max(ks), diversity_weight=div, novelty_weight=nov)
         ranked = [rerank(b[:, 0].astype(np.int64), b[:, score_col], seen=s, features=features, config=rcfg).item_ids

@@ -12,6 +12,13 @@ Why a custom loop rather than ``generate`` with ``prefix_allowed_tokens_fn``:
 Three scores per item: ``logprob`` (sum of token log-probabilities), ``normalized`` (divided by
 the number of tokens) and ``catalog`` (each step's probability renormalized over the tokens the
 trie allows, i.e. the item's probability under the model restricted to the catalog).
+
+An optional item prior (e.g. SASRec's log-probabilities, a text-free collaborative signal as in
+"Decoding Matters") joins the search itself: a beam at trie node n carries log P_prior(subtree of n),
+which telescopes along a title into log P_prior(item), so the search ranks by
+``score + prior_weight * prior`` at every step and explores the items the prior favours even where
+the model's first tokens would have pruned them. Reported as ``prior`` (renormalized over the
+items the user may get).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Hypothesis:
     normalized: float
     catalog: float
     n_tokens: int
+    prior: float = 0.0  # log P_prior(item), renormalized over the user's allowed items (0 without a prior)
 
     def score(self, rank_by: str) -> float:
         return getattr(self, rank_by)
@@ -73,6 +81,34 @@ def _segment_logsumexp(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
     return np.repeat(lse, lengths)
 
 
+class _PriorMass:
+    """Per-user prior probability mass of every trie subtree: cumulative sums in the trie's sorted order."""
+
+    def __init__(self, trie: CatalogTrie, log_prior: np.ndarray, banned: list[np.ndarray] | None,
+                 allowed: list[np.ndarray] | None):  # fmt: skip
+        log_prior = np.asarray(log_prior, dtype=np.float64)
+        if log_prior.ndim != 2 or log_prior.shape[1] != trie.n_items:
+            raise ValueError(f"prior must be (users, {trie.n_items} items) log-scores, got shape {log_prior.shape}")
+        p = np.exp(log_prior - log_prior.max(axis=1, keepdims=True))  # (U, I)
+        for u in range(len(p)):
+            if banned is not None:
+                p[u, np.asarray(banned[u], dtype=np.int64)] = 0.0
+            if allowed is not None:
+                keep = np.zeros(trie.n_items, dtype=bool)
+                keep[np.asarray(allowed[u], dtype=np.int64)] = True
+                p[u, ~keep] = 0.0
+        ordered = np.zeros_like(p)
+        ordered[:, trie.item_rank] = p  # column r = the item with sorted rank r
+        self.cum = np.zeros((len(p), trie.n_items + 1))
+        np.cumsum(ordered, axis=1, out=self.cum[:, 1:])
+        self.trie = trie
+        self.root = self.log_mass(np.arange(len(p)), np.zeros(len(p), dtype=np.int64))
+
+    def log_mass(self, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        mass = self.cum[users, self.trie.row_hi[nodes]] - self.cum[users, self.trie.row_lo[nodes]]
+        return np.log(np.maximum(mass, 1e-300))
+
+
 class _ItemSets:
     """Per-user item sets as sorted keys for subtree counting (see ``CatalogTrie.count_in_subtrees``)."""
 
@@ -95,6 +131,8 @@ def constrained_beam_search(
     search_by: str = "logprob",
     pad_token_id: int = 0,
     max_new_tokens: int | None = None,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 1.0,
     stats: dict | None = None,
 ) -> list[list[Hypothesis]]:
     """Up to ``num_beams`` distinct catalog items per prompt, best first by ``search_by``.
@@ -108,6 +146,9 @@ def constrained_beam_search(
         search_by: "logprob" or "catalog": the beam objective, also the returned order.
             (Rank by "normalized" afterwards with :func:`rank_hypotheses`.)
         max_new_tokens: cap on generated tokens (default: the trie's depth, so every title can end).
+        prior: (users, items) log-scores of an item prior (e.g. SASRec log-probabilities); the
+            search ranks by ``search_by`` score + ``prior_weight`` * log P_prior(item), applied
+            token by token through the trie (see the module docstring). Results are in that order.
         stats: if given, filled with seconds spent in the model (``model_s``) and in the
             constraint bookkeeping (``constraint_s``), the number of ``steps`` and ``rows`` run.
     """
@@ -132,6 +173,9 @@ def constrained_beam_search(
         allowed_sets = _ItemSets(trie, allowed)
     else:
         allowed_sets = None
+    if prior_weight < 0:
+        raise ValueError(f"prior_weight must be >= 0 (scores must only fall as a beam grows), got {prior_weight}")
+    prior_mass = _PriorMass(trie, prior, banned, allowed) if prior is not None else None
     max_steps = trie.max_depth if max_new_tokens is None else min(max_new_tokens, trie.max_depth)
     device = next(model.parameters()).device
     cache_kwarg = _cache_kwarg(model)
@@ -160,7 +204,7 @@ def constrained_beam_search(
     beam_len = np.zeros(n_users, dtype=np.int64)
     # Finished items: at most ``num_beams`` per user, the best by the search score.
     pool_user = np.empty(0, dtype=np.int64)
-    pool = {name: np.empty(0) for name in ("item", "lp", "cat", "len")}
+    pool = {name: np.empty(0) for name in ("item", "lp", "cat", "len", "pr", "score")}
 
     for step in range(max_steps):
         clock = time.perf_counter()
@@ -182,6 +226,11 @@ def constrained_beam_search(
         cand_cat = beam_cat[parent] + step_cat
         cand_len = beam_len[parent] + 1
         cand_score = cand_lp if search_by == "logprob" else cand_cat
+        if prior_mass is not None:  # log P_prior(subtree of child): the sum of the steps' prior terms
+            cand_pr = prior_mass.log_mass(users, child) - prior_mass.root[users]
+            cand_score = cand_score + prior_weight * cand_pr
+        else:
+            cand_pr = np.zeros(len(child))
 
         # Leaves (end marker reached) join the pool; keep each user's best ``num_beams``.
         done = trie.node_item[child] >= 0
@@ -190,7 +239,9 @@ def constrained_beam_search(
         pool["lp"] = np.r_[pool["lp"], cand_lp[done]]
         pool["cat"] = np.r_[pool["cat"], cand_cat[done]]
         pool["len"] = np.r_[pool["len"], cand_len[done]]
-        pool_score = pool["lp"] if search_by == "logprob" else pool["cat"]
+        pool["pr"] = np.r_[pool["pr"], cand_pr[done]]
+        pool["score"] = np.r_[pool["score"], cand_score[done]]
+        pool_score = pool["score"]
         best = _top_per_user(pool_user, pool_score, num_beams)
         pool_user = pool_user[best]
         pool = {k: v[best] for k, v in pool.items()}
@@ -228,8 +279,7 @@ def constrained_beam_search(
     if stats is not None:
         stats.update(timing)
     results: list[list[Hypothesis]] = [[] for _ in range(n_users)]
-    pool_score = pool["lp"] if search_by == "logprob" else pool["cat"]
-    for j in np.lexsort((-pool_score, pool_user)):
+    for j in np.lexsort((-pool["score"], pool_user)):
         results[int(pool_user[j])].append(
             Hypothesis(
                 item=int(pool["item"][j]),
@@ -237,6 +287,7 @@ def constrained_beam_search(
                 normalized=float(pool["lp"][j] / pool["len"][j]),
                 catalog=float(pool["cat"][j]),
                 n_tokens=int(pool["len"][j]),
+                prior=float(pool["pr"][j]),
             )
         )
     return results

@@ -39,7 +39,10 @@ class Recommender:
     """A causal LM, its tokenizer, a prompt template and the catalog trie, ready to recommend."""
 
     def __init__(self, model, tokenizer, catalog: Catalog, template, config: RecommendConfig | None = None,
-                 trie=None, trie_cache: str | Path | None = None, features: ItemFeatures | None = None):
+                 trie=None, trie_cache: str | Path | None = None, features: ItemFeatures | None = None,
+                 prior=None, prior_weight: float = 1.0):  # fmt: skip
+        """``prior``: optional function from histories to (users, items) log-scores, e.g. ``SASRec.score``,
+        searched with weight ``prior_weight`` by :meth:`recommend` (see :meth:`generate`)."""
         from m6gen.model import build_catalog_trie
 
         self.model, self.tokenizer, self.catalog, self.template = model, tokenizer, catalog, template
@@ -48,6 +51,7 @@ class Recommender:
         self.targets = [template.render_target(item) for item in catalog]
         self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
         self.features = features
+        self.prior, self.prior_weight = prior, prior_weight
 
     def prompts(self, histories: list[list[int]], profiles: list[dict] | None = None) -> list[str]:
         profiles = profiles or [{} for _ in histories]
@@ -57,8 +61,15 @@ class Recommender:
         ]
 
     def generate(self, histories: list[list[int]], profiles: list[dict] | None = None,
-                 allowed: list[np.ndarray] | None = None, progress: bool = False) -> list[list[Hypothesis]]:
-        """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``."""
+                 allowed: list[np.ndarray] | None = None, progress: bool = False, prior=None,
+                 prior_weight: float = 1.0) -> list[list[Hypothesis]]:  # fmt: skip
+        """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``.
+
+        ``prior``: a function from a batch of histories to (users, items) log-scores (e.g.
+        ``SASRec.score``), blended into the search with ``prior_weight`` (see
+        :func:`m6gen.generate.constrained_beam_search`); the beams then come in the search's
+        order, ``rank_by`` score + ``prior_weight`` * log-prior.
+        """
         import torch
         from tqdm.auto import tqdm
 
@@ -78,8 +89,10 @@ class Recommender:
                     self.model, self.trie, prompt_ids, cfg.num_beams, banned=banned,
                     allowed=allowed[s : s + cfg.batch_size] if allowed is not None else None,
                     search_by=search_by, pad_token_id=self.tokenizer.pad_token_id,
+                    prior=prior(hist) if prior is not None else None, prior_weight=prior_weight,
                 )
-            out.extend(rank_hypotheses(b, cfg.rank_by) for b in beams)
+            out.extend(b if prior is not None and cfg.rank_by != "normalized" else rank_hypotheses(b, cfg.rank_by)
+                       for b in beams)  # fmt: skip
             bar.update(len(hist))
         bar.close()
         return out
@@ -89,9 +102,11 @@ class Recommender:
         """Final top-k per history: beams reranked for accuracy, diversity and novelty."""
         rcfg = rerank_config or RerankConfig()
         results = []
-        for hist, beams in zip(histories, self.generate(histories, profiles, progress=progress)):
+        generated = self.generate(histories, profiles, progress=progress, prior=self.prior, prior_weight=self.prior_weight)
+        w = self.prior_weight if self.prior is not None else 0.0
+        for hist, beams in zip(histories, generated):
             ids = np.array([h.item for h in beams], dtype=np.int64)
             # The reranker calibrates with a softmax over log-scores; feed it the ranking score.
-            scores = np.array([h.score(self.config.rank_by) for h in beams], dtype=np.float64)
+            scores = np.array([h.score(self.config.rank_by) + w * h.prior for h in beams], dtype=np.float64)
             results.append(rerank(ids, scores, seen=set(hist), features=self.features, config=rcfg))
         return results

@@ -24,7 +24,7 @@ def make_parser() -> argparse.ArgumentParser:
     from m6gen.cli import add_data_args, add_model_args
 
     p = argparse.ArgumentParser(prog="m6gen tune-prompts", description="Leaderboard of prompt templates on validation.")
-    add_data_args(p), add_model_args(p)
+    add_data_args(p), add_model_args(p, prior=False)
     p.add_argument("--templates", default=None, help="extra folder of .jinja templates (searched before prompts/)")
     p.add_argument("--only", default=None, help="comma list of template names (default: all)")
     p.add_argument("--history", default="20", help="comma list of history lengths to try (the knob search)")

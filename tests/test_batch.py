@@ -95,3 +95,34 @@ def test_merge_shards_keeps_one_csv_header(tmp_path):
     merge_shards(out, shards)
     assert out.read_text() == "user_id,rank\nu0,1\nu1,1\n"
     assert not any(s.exists() for s in shards)
+
+
+def test_sasrec_prior_steers_recommendations(world, tmp_path):
+    """--sasrec joins SASRec's log-probabilities to the search; a heavy weight returns SASRec's own top-k."""
+    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.sasrec import SASRecConfig, fit
+
+    data, _ = world
+    ds = load_dataset(data)
+    split = leave_one_out(build_histories(ds))
+    sasrec = fit(split, len(ds.catalog), SASRecConfig(epochs=2, hidden=16), valid=False, progress=False)
+    sasrec.save(tmp_path / "sasrec")
+    out = tmp_path / "recs.jsonl"
+    assert run(world, out, "--sasrec", str(tmp_path / "sasrec"), "--sasrec-weight", "1000", "--beams", "6") == 0
+    records = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    users = [r["user_id"] for r in records]
+    histories = [split.train[u] + [split.valid[u], split.test[u]] for u in users]  # recommend reads whole histories
+    expected = sasrec.recommend(histories, k=3)
+    ids = [it.item_id for it in ds.catalog]
+    assert [[i["item_id"] for i in r["items"]] for r in records] == [[ids[j] for j in e] for e in expected]
+    assert "no saved SASRec" in capsys_error(world, tmp_path / "x.jsonl", "--sasrec", str(tmp_path))
+
+
+def capsys_error(world, out, *extra) -> str:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert run(world, out, *extra) == 2
+    return err.getvalue()

@@ -30,6 +30,25 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
     assert cache.read_text().splitlines() == lines
 
 
+def test_sasrec_in_decoding_rows(world, tmp_path):  # noqa: F811
+    """--decode-blend searches with SASRec's log-probs; a huge weight makes the beams SASRec's own top items."""
+    data, model_dir = world
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--split", "valid", "--out", str(tmp_path),
+            "--baselines", "SASRec", "--sasrec-epochs", "2", "--weights", "", "--blend", "", "--decode-blend",
+            "0.5,10000", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "eval_valid.json").read_text())
+    assert {"m6gen + SASRec in decoding (w 0.5)", "m6gen + SASRec in decoding (w 10000)"} <= set(rows)
+    for k in ("HR@5", "NDCG@5"):  # 6 beams: the top 5 must be SASRec's top 5
+        assert rows["m6gen + SASRec in decoding (w 10000)"][k] == pytest.approx(rows["SASRec"][k])
+    beams = [json.loads(x)["beams"] for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()]
+    assert all(len(b) == 6 and all(len(x) == 5 and x[4] < 0 for x in b) for b in beams)
+    with pytest.raises(UsageError, match="decode-blend needs the SASRec"):
+        from m6gen.evaluate import make_parser, run
+
+        run(make_parser().parse_args([*argv[:-7], "--baselines", "Pop", "--weights", "", "--decode-blend", "1"]))
+
+
 def test_bad_weights():
     assert parse_weights("0.1,0;0,0.2") == [(0.1, 0.0), (0.0, 0.2)]
     with pytest.raises(UsageError, match="--weights"):

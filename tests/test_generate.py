@@ -79,6 +79,43 @@ def test_candidate_subset(setup):
         assert sorted(h.item for h in res) == [0, 9]
 
 
+def test_prior_in_the_search_equals_blending_every_item(setup):
+    """Exhaustive search with an item prior = every item scored by logprob + w * renormalized log-prior."""
+    _, trie, model, prompts = setup
+    rng = np.random.default_rng(0)
+    prior = rng.normal(size=(len(prompts), len(TITLES))) * 3
+    banned = [np.array([1, 7]), np.array([], dtype=np.int64), np.array([0])]
+    for w in (0.0, 0.5, 2.0):
+        results = run(model, trie, prompts, len(TITLES), banned=banned, prior=prior, prior_weight=w)
+        for u, (prompt, got) in enumerate(zip(prompts, results)):
+            ok = np.setdiff1d(np.arange(len(TITLES)), banned[u])
+            log_prior = prior[u, ok] - np.log(np.exp(prior[u, ok]).sum())
+            with torch.no_grad():
+                lp = np.array([h.logprob for h in score_items(model, trie, prompt, ok.tolist())])
+            expected = ok[np.argsort(-(lp + w * log_prior), kind="stable")]
+            assert [h.item for h in got] == expected.tolist()
+            by_item = dict(zip(ok.tolist(), log_prior))
+            assert [h.prior for h in got] == pytest.approx([by_item[h.item] for h in got], abs=1e-9)
+
+
+def test_a_strong_prior_steers_a_narrow_search(setup):
+    """Few beams: the model alone misses the prior's favourites; with a heavy prior they are found."""
+    _, trie, model, prompts = setup
+    plain = run(model, trie, prompts, 3)
+    prior = np.full((len(prompts), len(TITLES)), -20.0)
+    favourites = [[h.item for h in run(model, trie, [p], len(TITLES))[0][-3:]] for p in prompts]  # the model's worst
+    for u, fav in enumerate(favourites):
+        prior[u, fav] = 0.0
+    steered = run(model, trie, prompts, 3, prior=prior, prior_weight=5.0)
+    for u, fav in enumerate(favourites):
+        assert sorted(h.item for h in steered[u]) == sorted(fav)
+        assert sorted(h.item for h in plain[u]) != sorted(fav)
+    with pytest.raises(ValueError, match="prior must be"):
+        run(model, trie, prompts, 3, prior=prior[:, :4])
+    with pytest.raises(ValueError, match="prior_weight"):
+        run(model, trie, prompts, 3, prior=prior, prior_weight=-1.0)
+
+
 def test_rank_by_normalized(setup):
     _, trie, model, prompts = setup
     hyps = run(model, trie, prompts[:1], len(TITLES))[0]
