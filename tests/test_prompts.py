@@ -7,7 +7,7 @@ import pytest
 from m6gen.catalog import Item
 from m6gen.prompts import DEFAULT_FOLDER, ENV_VAR, PromptTemplate, TemplateError, TemplateLibrary
 
-SHIPPED = ["instruct", "titles", "titles_genres"]
+SHIPPED = ["instruct", "sequence", "titles", "titles_genres"]
 
 TOY = Item(0, "1", "Toy Story (1995)", year=1995, genres=("Animation", "Children's", "Comedy"))
 HEAT = Item(1, "6", "Heat (1995)", year=1995, genres=("Action", "Crime", "Thriller"))
@@ -167,7 +167,7 @@ def test_env_var_folder(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_available(lib):
-    with pytest.raises(TemplateError, match=r"unknown template 'nope'.*instruct, titles, titles_genres"):
+    with pytest.raises(TemplateError, match=r"unknown template 'nope'.*instruct, sequence, titles, titles_genres"):
         lib.get("nope")
     with pytest.raises(TemplateError, match="not found"):
         lib.load_template("no/such/file.jinja")

@@ -47,6 +47,19 @@ def test_catalog_trie_round_trips_every_title(real):
         assert trie.lookup(seq) == i
 
 
+def test_sequence_template_is_token_incremental_on_the_real_tokenizer(real):
+    """History packing's precondition holds for SmolLM2's tokenizer on MovieLens titles; titles' does not."""
+    from m6gen.model import encode_targets
+    from m6gen.prompts import TemplateLibrary
+    from m6gen.train_data import is_token_incremental
+
+    ds, split, tok = real
+    for name, expected in (("sequence", True), ("titles", False)):
+        tpl = TemplateLibrary(max_history=20).get(name)
+        target_ids = encode_targets(tok, [tpl.render_target(it) for it in ds.catalog])
+        assert is_token_incremental(tpl, tok, ds.catalog, target_ids, split.train, users=20) is expected, name
+
+
 def test_default_model_recommends_catalog_items(real):
     from m6gen.model import load_model
     from m6gen.pipeline import RecommendConfig, Recommender
