@@ -88,7 +88,8 @@ def run(args) -> int:
 
 
 def short_train(args, template: str, max_history: int):
-    """A short LoRA run for one template; returns the tuned model."""
+    """A short LoRA run for one template; returns the tuned model (its run folder is removed)."""
+    import shutil
     import tempfile
 
     from m6gen.train import load_trained
@@ -101,9 +102,12 @@ def short_train(args, template: str, max_history: int):
         argv += ["--model", args.model]
     if args.data:
         argv += ["--data", args.data]
-    if train_main(argv) != 0:
-        raise RuntimeError(f"training with template {template!r} failed")
-    return load_trained(out, dtype=args.dtype)[0]
+    try:
+        if train_main(argv) != 0:
+            raise RuntimeError(f"training with template {template!r} failed")
+        return load_trained(out, dtype=args.dtype, merge=True)[0]  # merged: weights in memory, folder not needed
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def record_best(path: Path, template: str, max_history: int) -> None:

@@ -26,3 +26,18 @@ def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_pa
 
     args = parse_with_config(batch_parser(), ["--config", str(cfg), "--output", "x.jsonl", "--k", "7"])
     assert args.template == saved["template"] and args.max_history == saved["max_history"] and args.k == 7
+
+
+def test_short_training_per_template_leaves_no_run_folders(world, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """--train-steps: a short LoRA run per template (history packing where the template allows), folders removed."""
+    import tempfile
+
+    data, model_dir = world
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--only", "titles,sequence",
+            "--history", "3", "--max-users", "4", "--train-steps", "2", "--write-config", ""]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "titles (history 3)" in out and "sequence (history 3)" in out and "after 2 LoRA steps" in out
+    assert "(history packing)" in out  # the sequence template's run packed whole blocks
+    assert not list(tmp_path.glob("m6gen-tune-*"))
