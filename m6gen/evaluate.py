@@ -115,6 +115,7 @@ def run(args) -> int:
 
     rows: dict[str, dict[str, float]] = {}
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
     if methods:
         cfg = None
         if args.sasrec_epochs:
@@ -122,7 +123,6 @@ def run(args) -> int:
 
             cfg = SASRecConfig(epochs=args.sasrec_epochs)
         saved = out / "baselines" / "sasrec"
-        sasrec = None
         if "SASRec" in methods and (saved / "sasrec.json").is_file() and not args.sasrec_epochs:
             from m6gen.sasrec import SASRec
 
@@ -130,6 +130,10 @@ def run(args) -> int:
         base = run_baselines(args.data, config=cfg, methods=methods, max_users=args.max_users, model=sasrec,
                              out_dir=out / "baselines", progress=not args.no_progress)
         rows.update(base[args.split])
+        if "SASRec" in methods and sasrec is None:
+            from m6gen.sasrec import SASRec
+
+            sasrec = SASRec.load(saved)  # the one run_baselines just trained and saved
 
     rec = load_recommender(args, ds.catalog)
     tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{args.dtype}"
@@ -141,13 +145,10 @@ def run(args) -> int:
     for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
         ranked = [b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams]
         rows[f"m6gen beams (rank by {name})"] = metrics(ranked)
-    blend = [float(w) for w in args.blend.split(",") if w.strip()] if "SASRec" in methods else []
+    blend = [float(w) for w in args.blend.split(",") if w.strip()] if sasrec is not None else []
     if blend:
         # A text-free collaborative signal on m6gen's candidates ("Decoding Matters"-style): the
-        # SASRec trained above scores each beam item; the beams are re-ranked by the sum.
-        from m6gen.sasrec import SASRec
-
-        sasrec = SASRec.load(out / "baselines" / "sasrec")
+        # SASRec above scores each beam item; the beams are re-ranked by the sum.
         collab = sasrec.score_items(histories, [b[:, 0].astype(np.int64) for b in beams])
         for w in blend:
             ranked = [b[np.argsort(-(b[:, 1] + w * c), kind="stable"), 0].astype(np.int64) for b, c in zip(beams, collab)]
@@ -155,11 +156,8 @@ def run(args) -> int:
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
     if decode_blend:
-        if "SASRec" not in methods:
+        if sasrec is None:
             raise UsageError("--decode-blend needs the SASRec baseline (keep SASRec in --baselines)")
-        from m6gen.sasrec import SASRec
-
-        sasrec = SASRec.load(out / "baselines" / "sasrec")
         for w in decode_blend:
             blended = generate_cached(rec, users, histories, out / f"beams_{tag}-sasrec{w:g}.jsonl",
                                       progress=not args.no_progress, profiles=ds.profiles, prior=sasrec.score,

@@ -28,20 +28,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from m6gen.config import add_config_args, config_from_args, config_to_dict
+from m6gen.lora import LLAMA_LIKE, resolve_target_modules  # noqa: F401  (LLAMA_LIKE re-exported for tests)
 from m6gen.train_io import (CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic_text, check_output_dir,
                             checkpoint_pointer, load_checkpoint, plot_log, resolve_paths, save_checkpoint)  # fmt: skip
 from m6gen.train_io import OPERATIONAL, load_trained, read_run_config  # noqa: F401  (re-exported for cli, tune, tests)
 
 # accelerate's engines that shard weights or optimizer state; checkpoints and validation here assume DDP.
 SHARDED = ("FSDP", "DEEPSPEED")
-LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULT_TARGETS = {
-    **{t: LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                               "smollm3", "olmo", "olmo2", "granite", "phi")},  # fmt: skip
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-}
 
 
 # ---------------------------------------------------------------------------------- model side
@@ -52,35 +45,6 @@ def resolve_precision(mode: str) -> str:
     from m6gen.model import native_bf16
 
     return "bf16" if native_bf16() else "no"
-
-
-def linear_module_names(model) -> list[str]:
-    """Short names (last dotted part) of the model's linear layers, the output layer excluded."""
-    import torch
-
-    head = model.get_output_embeddings()
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-             if m is not head and (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D")}  # fmt: skip
-    return sorted(names)
-
-
-def resolve_target_modules(model, requested: list[str] | None) -> list[str]:
-    """The LoRA target modules: ``requested`` (checked against the model) or the architecture's default."""
-    available = linear_module_names(model)
-    if requested is None:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-        model_type = model.config.model_type
-        wanted = DEFAULT_TARGETS.get(model_type) or PEFT_DEFAULTS.get(model_type) or ["all-linear"]
-        present = [m for m in wanted if m in available]
-        return present if present else ["all-linear"]
-    if requested == ["all-linear"]:
-        return requested
-    missing = [m for m in requested if m not in available]
-    if missing:
-        raise TrainError(f"LoRA target module(s) {', '.join(missing)} not in {model.config.model_type} model; "
-                         f"its linear layers: {', '.join(available)} (or all-linear)")  # fmt: skip
-    return list(requested)
 
 
 def validate(model, tokenizer, trie, split, catalog, template, users: list[str], *, k: int = 10, num_beams: int = 10,
