@@ -3,6 +3,7 @@
     m6gen train --output-dir runs/lora                    # default model, ML-100K, a few minutes on CPU
     python -m m6gen.train --config train.yaml --lr 1e-3   # flags override the file
     accelerate launch --multi_gpu -m m6gen.train --output-dir runs/lora   # several GPUs (DDP)
+    accelerate launch --use_fsdp --fsdp_version 2 -m m6gen.train ...      # several GPUs, sharded weights
     torchrun --nproc_per_node 2 -m m6gen.train --output-dir runs/lora     # several CPU processes (DDP, gloo)
 
 Examples come from the train split only (``m6gen.train_data``); the loss is on target tokens
@@ -29,12 +30,13 @@ from typing import Any, Callable
 
 from m6gen.config import add_config_args, config_from_args, config_to_dict
 from m6gen.lora import LLAMA_LIKE, resolve_target_modules  # noqa: F401  (LLAMA_LIKE re-exported for tests)
-from m6gen.train_io import (CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic_text, check_output_dir,
-                            checkpoint_pointer, load_checkpoint, plot_log, resolve_paths, save_checkpoint)  # fmt: skip
+from m6gen.train_io import (ADAPTER_FILES, CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic_text, check_output_dir,
+                            checkpoint_pointer, load_checkpoint, load_init_adapter, plot_log, resolve_paths,
+                            save_checkpoint)  # fmt: skip
 from m6gen.train_io import OPERATIONAL, load_trained, read_run_config  # noqa: F401  (re-exported for cli, tune, tests)
 
-# accelerate's engines that shard weights or optimizer state; checkpoints and validation here assume DDP.
-SHARDED = ("FSDP", "DEEPSPEED")
+# DeepSpeed wraps the model in its own engine, whose checkpoints and forward this module does not handle.
+REFUSED = ("DEEPSPEED",)
 
 
 # ---------------------------------------------------------------------------------- model side
@@ -91,12 +93,17 @@ class Run:
     tokenizer: Any
     model: Any  # the peft model
     trie: Any
-    module: Any  # the target-only loss module around ``model``
+    module: Any  # the target-only loss module around ``model`` (after ``train`` prepares it: the wrapped one)
     packing: bool  # several examples per row (off when the model's loss differs with it)
     epochs: list[tuple[list, list]]  # per epoch: (examples, micro-batches of rows of example indices)
     total_steps: int
     val_users: list[str]
     k: int  # metrics at k = min(10, eval_beams)
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process holds a shard of every weight; forwards gather them from all processes."""
+        return self.acc.distributed_type.value == "FSDP"
 
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, step within it) of optimizer step ``step`` (0-based)."""
@@ -140,10 +147,12 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     # On a machine without an accelerator, accelerate sets up several processes (torchrun, mpirun)
     # only when told cpu=True; without it every process would train alone on all the data.
     acc = Accelerator(mixed_precision=precision, cpu=not torch.accelerator.is_available())
-    if acc.distributed_type.value in SHARDED:
-        raise TrainError(f"{acc.distributed_type.value} is not supported yet (its sharded weights and optimizer state "
-                         "need sharded checkpoints and lock-step validation): launch with DDP, e.g. "
-                         "accelerate launch --multi_gpu -m m6gen.train, or torchrun")  # fmt: skip
+    if acc.distributed_type.value in REFUSED:
+        raise TrainError(f"{acc.distributed_type.value} is not supported yet (its engine needs its own checkpoints): "
+                         "launch with DDP or FSDP, e.g. accelerate launch --multi_gpu -m m6gen.train, or torchrun")  # fmt: skip
+    if acc.distributed_type.value == "FSDP" and not acc.is_fsdp2:
+        raise TrainError("FSDP version 1 is not supported (validation gathers weights the FSDP2 way): "
+                         "launch with --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)")  # fmt: skip
     out = Path(cfg.output_dir)
     if mode == "overwrite" and acc.is_main_process:
         shutil.rmtree(out)
@@ -161,6 +170,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                       task_type="CAUSAL_LM")  # fmt: skip
     peft_model = get_peft_model(base, lora)
+    if cfg.init_adapter:
+        load_init_adapter(peft_model, cfg.init_adapter, cfg)
 
     target_texts = [template.render_target(it) for it in dataset.catalog]
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
@@ -212,6 +223,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
                     "examples_per_epoch": len(examples[0][0]),
                     "steps_per_epoch": sum(len(x.items) for x in examples[0][0]), "dropped_too_long": examples[0][1],
                     "total_steps": total_steps, "tokenizer": tokenizer_fingerprint(tokenizer), "world_size": world,
+                    "engine": acc.distributed_type.value,
                     "m6gen_version": __version__}  # fmt: skip
         atomic_text(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
         build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
@@ -235,12 +247,21 @@ def run_validation(run: Run) -> dict[str, float]:
     from m6gen.metrics import hit_rate_at_k, ndcg_at_k
 
     t0 = time.perf_counter()
-    mine = run.val_users[run.acc.process_index :: run.acc.num_processes]
-    with run.acc.autocast():
-        ranked = validate(run.model, run.tokenizer, run.trie, run.split, run.dataset.catalog, run.template, mine,
-                          k=run.k, num_beams=run.cfg.eval_beams, batch_size=run.cfg.eval_batch_size,
-                          profiles=run.dataset.profiles)  # fmt: skip
-    by_user = dict(gather_object(list(zip(mine, ranked))))
+    # Under FSDP every forward gathers weights from all processes, so all of them must run the same
+    # forwards: each decodes every user (same inputs, same weights, hence the same beam steps).
+    # The root's own weights (embeddings, output layer) are gathered once for the whole search.
+    mine = run.val_users if run.sharded else run.val_users[run.acc.process_index :: run.acc.num_processes]
+    if run.sharded:
+        run.module.unshard()
+    try:
+        with run.acc.autocast():
+            ranked = validate(run.model, run.tokenizer, run.trie, run.split, run.dataset.catalog, run.template, mine,
+                              k=run.k, num_beams=run.cfg.eval_beams, batch_size=run.cfg.eval_batch_size,
+                              profiles=run.dataset.profiles)  # fmt: skip
+    finally:
+        if run.sharded:
+            run.module.reshard()
+    by_user = dict(zip(mine, ranked)) if run.sharded else dict(gather_object(list(zip(mine, ranked))))
     ranked_all = [by_user[u] for u in run.val_users]
     targets = np.array([run.split.valid[u] for u in run.val_users])
     return {f"HR@{run.k}": hit_rate_at_k(ranked_all, targets, run.k),
@@ -265,7 +286,7 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float
         batch = collate(rows, run.tokenizer.pad_token_id)
         with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
             loss_sum, _ = module(*(batch[key].to(acc.device) for key in ("input_ids", "labels", "position_ids")))
-            # The sum over all target tokens of the step / their count (DDP averages over processes,
+            # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,
             # hence the factor world): packing, batching and accumulation leave the loss unchanged.
             acc.backward(loss_sum * (world / n_targets))
         stats[0] += float(loss_sum.detach())
@@ -302,12 +323,14 @@ def train(cfg: TrainConfig, step_callback: Callable[[int, float], None] | None =
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * run.total_steps),
                               num_training_steps=run.total_steps)  # fmt: skip
     module, optimizer = acc.prepare(run.module, optimizer)
+    run.module = module
+    sharded = module if run.sharded else None  # checkpoints gather and scatter the trainable state through it
 
     state: dict[str, Any] = {"step": 0, "best": None, "bad_evals": 0, "stopped_early": False, "evals": [],
                              "train_seconds": 0.0, "train_tokens": 0}  # fmt: skip
     pointer = checkpoint_pointer(out) if run.mode == "resume" else {}
     if pointer.get("last"):
-        state = load_checkpoint(acc, out / "checkpoints" / pointer["last"], run.model, optimizer, scheduler)
+        state = load_checkpoint(acc, out / "checkpoints" / pointer["last"], run.model, optimizer, scheduler, sharded)
         acc.print(f"resuming {out} at step {state['step']} of {run.total_steps}")
     keep = state["step"] if run.mode == "resume" else None
     if acc.is_main_process:
@@ -322,7 +345,7 @@ def train(cfg: TrainConfig, step_callback: Callable[[int, float], None] | None =
         improved = state["best"] is None or row[f"NDCG@{k}"] > state["best"][f"NDCG@{k}"]
         state["best"], state["bad_evals"] = (row, 0) if improved else (state["best"], state["bad_evals"] + 1)
         state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
-        save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=improved)
+        save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=improved, sharded=sharded)
 
     bar = tqdm(total=run.total_steps, initial=state["step"], disable=not (acc.is_main_process and cfg.progress),
                unit="step", desc="train", dynamic_ncols=True)  # fmt: skip
@@ -353,7 +376,7 @@ def train(cfg: TrainConfig, step_callback: Callable[[int, float], None] | None =
                 evaluate_and_save(step)
                 module.train()
             elif cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=False)
+                save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=False, sharded=sharded)
     finally:
         bar.close()
         if acc.is_main_process:
@@ -370,7 +393,10 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
     out, k = run.out, run.k
     pointer = checkpoint_pointer(out)
     chosen = pointer.get("best") or pointer.get("last")
-    if chosen:
+    if run.sharded and not chosen:  # no checkpoint yet: gather the weights as they are (all processes)
+        save_checkpoint(run.acc, out, run.model, None, None, dict(state), best=False, sharded=run.module)
+        chosen = checkpoint_pointer(out)["last"]
+    if chosen and not run.sharded:
         set_peft_model_state_dict(run.model, load_file(out / "checkpoints" / chosen / "adapter_model.safetensors"))
     summary = {
         "output_dir": str(out), "steps": state["step"], "total_steps": run.total_steps,
@@ -381,11 +407,16 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
         "train_tokens_per_s": round(state["train_tokens"] / max(state["train_seconds"], 1e-9), 1),
     }  # fmt: skip
     if run.acc.is_main_process:
-        run.model.save_pretrained(out)
+        if run.sharded:  # the processes hold shards: use the chosen checkpoint's adapter files
+            for name in ADAPTER_FILES:
+                if (out / "checkpoints" / chosen / name).is_file():
+                    shutil.copy2(out / "checkpoints" / chosen / name, out / name)
+        else:
+            run.model.save_pretrained(out)
         run.tokenizer.save_pretrained(out)
         plot_log(out)
         if run.cfg.merge:
-            merged = run.model.merge_and_unload()
+            merged = load_trained(out, merge=True)[0] if run.sharded else run.model.merge_and_unload()
             merged.save_pretrained(out / "merged")
             run.tokenizer.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")

@@ -12,6 +12,8 @@ from typing import Any
 
 CONFIG_FILE = "m6gen_config.json"
 # Options that may change between a run and its --resume: they do not change the weights.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # what peft's save_pretrained writes
+SHARDED_WEIGHTS = "trainable_state.pt"  # FSDP checkpoints: the gathered LoRA weights under the wrapped module's names
 OPERATIONAL = {"resume", "overwrite", "merge", "log_every", "eval_batch_size", "output_dir", "progress", "threads"}
 
 
@@ -41,6 +43,9 @@ class TrainConfig:
     lora_dropout: float = _help("dropout on LoRA inputs", default=0.05)
     target_modules: list[str] | None = _help("module names to adapt, or all-linear (default: per architecture)",
                                              default=None)  # fmt: skip
+    init_adapter: str | None = _help("start the LoRA weights from this adapter (an m6gen run folder or a peft "
+                                     "adapter folder; same rank and target modules) with a fresh optimizer and "
+                                     "schedule, e.g. to train a finished run further", default=None)  # fmt: skip
     # examples
     min_history: int = _help("fewest history items in a training example", default=1)
     examples_per_user: int | None = _help("examples per user per epoch: next-item steps, or blocks with history "
@@ -134,7 +139,12 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     resolve_model(model, cfg.gguf_file)
     template = absolute(cfg.template) if Path(cfg.template).expanduser().is_file() else cfg.template
     prompts_dir = absolute(cfg.prompts_dir) if cfg.prompts_dir else None
-    return dataclasses.replace(cfg, data=data, model=model, template=template, prompts_dir=prompts_dir)
+    init_adapter = absolute(cfg.init_adapter) if cfg.init_adapter else None
+    if init_adapter and not (Path(init_adapter) / "adapter_config.json").is_file():
+        raise TrainError(f"--init-adapter {cfg.init_adapter}: no adapter_config.json there (not a finished run "
+                         "or peft adapter folder)")  # fmt: skip
+    return dataclasses.replace(cfg, data=data, model=model, template=template, prompts_dir=prompts_dir,
+                               init_adapter=init_adapter)  # fmt: skip
 
 
 def check_output_dir(cfg: TrainConfig) -> str:
@@ -166,11 +176,26 @@ def checkpoint_pointer(out: Path) -> dict[str, str | None]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def save_checkpoint(acc, out: Path, peft_model, optimizer, scheduler, state: dict, best: bool) -> None:
+def gather_trainable(sharded, optimizer=None) -> tuple[dict, dict]:
+    """(trainable weights, optimizer state) of an FSDP-wrapped module, whole, on the main process.
+
+    Every process must call it (the shards are gathered); only the LoRA weights are gathered, not
+    the frozen base model. Keys are the wrapped module's parameter names.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)  # fmt: skip
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(sharded, options=options)
+    return weights, (get_optimizer_state_dict(sharded, optimizer, options=options) if optimizer is not None else {})
+
+
+def save_checkpoint(acc, out: Path, peft_model, optimizer, scheduler, state: dict, best: bool, sharded=None) -> None:
     """Write a complete checkpoint, then make it current by renaming it and replacing ``latest.json``.
 
     A kill at any moment leaves ``latest.json`` naming complete folders only; folders it no
-    longer names (older steps, a half-written ``.tmp-*``) are deleted afterwards.
+    longer names (older steps, a half-written ``.tmp-*``) are deleted afterwards. ``sharded``:
+    the FSDP-wrapped loss module, whose weights and optimizer state are gathered first.
     """
     import torch
 
@@ -184,10 +209,18 @@ def save_checkpoint(acc, out: Path, peft_model, optimizer, scheduler, state: dic
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save(rng, tmp / f"rng-{acc.process_index}.pt")  # dropout streams differ per process
     acc.wait_for_everyone()
+    if sharded is not None:
+        weights, optimizer_state = gather_trainable(sharded, optimizer)
     if acc.is_main_process:
-        peft_model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if sharded is None:
+            peft_model.save_pretrained(tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        else:  # the loss module holds the peft model as ``.model``: its names less that prefix are peft's
+            peft_model.save_pretrained(tmp, state_dict={k.removeprefix("model."): v for k, v in weights.items()})
+            torch.save(weights, tmp / SHARDED_WEIGHTS)
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(ck / name, ignore_errors=True)  # unreferenced leftover of a killed save
         os.replace(tmp, ck / name)
@@ -200,14 +233,27 @@ def save_checkpoint(acc, out: Path, peft_model, optimizer, scheduler, state: dic
     acc.wait_for_everyone()
 
 
-def load_checkpoint(acc, folder: Path, peft_model, optimizer, scheduler) -> dict:
+def load_checkpoint(acc, folder: Path, peft_model, optimizer, scheduler, sharded=None) -> dict:
     """Restore weights, optimizer, scheduler and RNG from a checkpoint folder; returns the trainer state."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    if sharded is None:
+        if (folder / SHARDED_WEIGHTS).is_file():
+            raise TrainError(f"{folder}: written by an FSDP run; resume it the way it was launched")
+        set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    else:  # every process reads the whole state and keeps its shards
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)  # fmt: skip
+
+        if not (folder / SHARDED_WEIGHTS).is_file():
+            raise TrainError(f"{folder}: written by a run without FSDP; resume it the way it was launched")
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(sharded, torch.load(folder / SHARDED_WEIGHTS, weights_only=True), options=options)
+        set_optimizer_state_dict(sharded, optimizer, torch.load(folder / "optimizer.pt", weights_only=True),
+                                 options=options)  # fmt: skip
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng_file = folder / f"rng-{acc.process_index}.pt"
     rng = torch.load(rng_file if rng_file.is_file() else folder / "rng-0.pt", weights_only=True)
@@ -293,6 +339,24 @@ def read_run_config(output_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]
     saved = json.loads(path.read_text())
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved["config"].items() if k in names}), saved.get("resolved", {})
+
+
+def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
+    """Copy the LoRA weights saved in ``folder`` into ``peft_model``; TrainError when their shapes differ."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    saved = json.loads((Path(folder) / "adapter_config.json").read_text())
+    ours = sorted(cfg.target_modules)
+    theirs = saved.get("target_modules")
+    theirs = sorted(theirs) if isinstance(theirs, list) else [theirs]
+    if saved.get("r") != cfg.lora_r or theirs != ours:
+        raise TrainError(f"--init-adapter {folder}: its LoRA has r={saved.get('r')} on {', '.join(map(str, theirs))}; "
+                         f"this run has r={cfg.lora_r} on {', '.join(ours)}")  # fmt: skip
+    result = set_peft_model_state_dict(peft_model, load_peft_weights(folder, device="cpu"))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise TrainError(f"--init-adapter {folder}: its weights do not fit this model "
+                         f"({(missing or result.unexpected_keys)[0]} ...)")  # fmt: skip
 
 
 def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = False):

@@ -354,6 +354,40 @@ def test_resume_after_a_kill_gives_the_weights_of_an_uninterrupted_run(tiny_dirs
     assert [int(r["step"]) for r in read_log(tmp_path / "killed/valid_log.csv")] == [4, 8, 9]
 
 
+def test_init_adapter_starts_from_a_finished_run(tiny_dirs, tmp_path, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    from m6gen.model import load_model
+    from m6gen.train_io import load_init_adapter, resolve_paths
+
+    first = tmp_path / "first"
+    train(tiny_config(tiny_dirs, first, epochs=2))
+    saved = adapter_weights(first)
+    # The LoRA weights of a new model become exactly the saved ones.
+    cfg = tiny_config(tiny_dirs, tmp_path / "x", init_adapter=str(first), target_modules=["q_proj", "k_proj", "v_proj",
+                      "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+    peft_model = get_peft_model(load_model(cfg.model), LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules))
+    load_init_adapter(peft_model, str(first), cfg)
+    loaded = get_peft_model_state_dict(peft_model)
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+    # A run started from it begins where the first one ended, not at an untuned model's loss.
+    second = tmp_path / "second"
+    train(tiny_config(tiny_dirs, second, init_adapter=str(first), max_steps=3))
+    first_log, second_log = read_log(first / "train_log.csv"), read_log(second / "train_log.csv")
+    assert float(second_log[0]["loss"]) < 0.6 * float(first_log[0]["loss"])
+    assert json.loads((second / "m6gen_config.json").read_text())["config"]["init_adapter"] == str(first)
+
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "c", "--init-adapter", str(first), "--lora-r", "2"))
+    assert "--init-adapter" in err and "r=4" in err and "r=2" in err
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "c", "--init-adapter", str(tmp_path)))
+    assert "no adapter_config.json" in err
+    with pytest.raises(TrainError, match="no adapter_config.json"):
+        resolve_paths(tiny_config(tiny_dirs, tmp_path / "c", init_adapter=str(tmp_path / "nope")))
+
+
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_current(tiny_dirs, tmp_path, monkeypatch):
     import torch
 
@@ -416,15 +450,62 @@ def test_two_processes_train_exactly_like_one_with_accumulation(tiny_dirs, tmp_p
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
 
 
-@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
-def test_sharding_engines_are_refused_in_one_line(tiny_dirs, tmp_path, capsys, monkeypatch, engine):
-    """Checkpoints and validation assume DDP; FSDP/DeepSpeed (GPU-only in accelerate) must stop before training."""
+def test_fsdp_trains_like_one_process_and_resumes_after_a_kill(tiny_dirs, tmp_path):
+    """FSDP2 on 2 CPU processes (forced, see tests/fsdp_train.py): sharded LoRA weights and optimizer state.
+
+    Same update as 1 process accumulating both micro-batches; validation runs in lock-step on both
+    processes; a killed run resumes from its gathered checkpoint to the weights of an unkilled one.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = ["--lora-dropout", "0", "--max-steps", "4", "--batch-size", "1", "--examples-per-user", "none",
+            "--threads", "1", "--mixed-precision", "no", "--eval-every", "2", "--eval-users", "6", "--merge"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "tests.fsdp_train"]  # fmt: skip
+
+    def launch(out, *extra, kill_at=0):
+        return subprocess.run([*torchrun, *tiny_argv(tiny_dirs, out, *args, *extra)], capture_output=True, text=True,
+                              env={**env, "M6GEN_TEST_KILL_AT": str(kill_at)}, timeout=300)  # fmt: skip
+
+    fsdp = launch(tmp_path / "fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert main(tiny_argv(tiny_dirs, tmp_path / "one", *args, "--grad-accum", "2")) == 0
+    a, b = adapter_weights(tmp_path / "fsdp"), adapter_weights(tmp_path / "one")
+    assert set(a) == set(b) and all(np.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert any(float(abs(a[k]).max()) > 0 for k in a if "lora_B" in k)  # trained, not the zero init
+    losses = lambda d: [float(r["loss"]) for r in read_log(d / "train_log.csv")]  # noqa: E731
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    valid = lambda d: [(r["step"], r["NDCG@10"]) for r in read_log(d / "valid_log.csv")]  # noqa: E731
+    assert valid(tmp_path / "fsdp") == valid(tmp_path / "one")  # steps 2 and 4, same metrics
+    assert (tmp_path / "fsdp/merged/config.json").is_file()
+    assert json.loads((tmp_path / "fsdp/m6gen_config.json").read_text())["resolved"]["engine"] == "FSDP"
+
+    killed = launch(tmp_path / "killed", kill_at=3)
+    assert killed.returncode != 0 and not (tmp_path / "killed/adapter_model.safetensors").exists()
+    resumed = launch(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout + resumed.stderr
+    c = adapter_weights(tmp_path / "killed")
+    assert all(np.allclose(a[k], c[k], atol=1e-6) for k in a)
+    assert [int(r["step"]) for r in read_log(tmp_path / "killed/train_log.csv")] == [1, 2, 3, 4]
+
+
+def test_deepspeed_and_fsdp1_are_refused_in_one_line(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """DeepSpeed's engine (GPU-only in accelerate) needs its own checkpoints; FSDP1 shards differently."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType[engine]))
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
     err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a"))
-    assert f"{engine} is not supported yet" in err and "launch with DDP" in err
+    assert "DEEPSPEED is not supported yet" in err and "DDP or FSDP" in err
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: False))
+    assert "fsdp_version 2" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a"))
     assert not (tmp_path / "a").exists()
 
 
