@@ -1,5 +1,7 @@
 """m6gen tune-prompts: leaderboard over templates and history lengths; best recorded in a config."""
 
+import numpy as np
+import pytest
 import yaml
 from test_batch import world  # noqa: F401  (shared fixture: tiny data folder + tiny model)
 
@@ -15,7 +17,7 @@ def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_pa
             "--history", "2,5", "--max-users", "6", "--write-config", str(cfg)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("(history ") >= 4 and "best: " in out
+    assert out.count("(history ") >= 4 and "best: " in out and "coverage@10" in out
     saved = yaml.safe_load(cfg.read_text())
     assert saved["template"] in {"titles", "titles_genres"} and saved["max_history"] in {2, 5}
     assert saved["beams"] == 4 and saved["k"] == 3
@@ -41,3 +43,18 @@ def test_short_training_per_template_leaves_no_run_folders(world, tmp_path, caps
     assert "titles (history 3)" in out and "sequence (history 3)" in out and "after 2 LoRA steps" in out
     assert "(history packing)" in out  # the sequence template's run packed whole blocks
     assert not list(tmp_path.glob("m6gen-tune-*"))
+
+
+def test_score_template_known_answers():
+    from types import SimpleNamespace
+
+    from m6gen.tune import score_template
+
+    beam = lambda *items: [SimpleNamespace(item=i) for i in items]  # noqa: E731
+    rec = SimpleNamespace(generate=lambda hs: [beam(3, 1), beam(3, 2)], prompts=lambda hs: ["a b", "a b c d"],
+                          tokenizer=lambda text: {"input_ids": text.split()}, catalog=list(range(8)))  # fmt: skip
+    row = score_template(rec, [[0], [0]], np.array([1, 5]))
+    assert row["HR@10"] == pytest.approx(0.5)  # user 0 finds item 1 at rank 2
+    assert row["NDCG@10"] == pytest.approx(0.5 / np.log2(3))
+    assert row["coverage@10"] == pytest.approx(3 / 8)  # items 1, 2, 3 of 8
+    assert row["prompt_tokens"] == pytest.approx(3.0)
