@@ -392,7 +392,7 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
 
     out, k = run.out, run.k
     pointer = checkpoint_pointer(out)
-    chosen = pointer.get("best") or pointer.get("last")
+    chosen = (pointer.get("best") if run.cfg.final_adapter == "best" else None) or pointer.get("last")
     if run.sharded and not chosen:  # no checkpoint yet: gather the weights as they are (all processes)
         save_checkpoint(run.acc, out, run.model, None, None, dict(state), best=False, sharded=run.module)
         chosen = checkpoint_pointer(out)["last"]

@@ -14,7 +14,8 @@ CONFIG_FILE = "m6gen_config.json"
 # Options that may change between a run and its --resume: they do not change the weights.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # what peft's save_pretrained writes
 SHARDED_WEIGHTS = "trainable_state.pt"  # FSDP checkpoints: the gathered LoRA weights under the wrapped module's names
-OPERATIONAL = {"resume", "overwrite", "merge", "log_every", "eval_batch_size", "output_dir", "progress", "threads"}
+OPERATIONAL = {"resume", "overwrite", "merge", "final_adapter", "log_every", "eval_batch_size", "output_dir", "progress",
+               "threads"}  # fmt: skip
 
 
 class TrainError(ValueError):
@@ -81,6 +82,8 @@ class TrainConfig:
     eval_at_start: bool = _help("validate the untuned model first (the baseline to beat)", default=True)
     patience: int = _help("stop after this many validations without improvement (0: never)", default=3)
     save_every: int | None = _help("checkpoint every N steps (none: at each validation)", default=None)
+    final_adapter: str = _help("adapter the output folder holds: best (highest validation NDCG, on few users a "
+                               "noisy choice) or last", default="best", meta={"choices": ["best", "last"]})  # fmt: skip
     # output
     output_dir: str = _help("output folder", default="runs/lora")
     resume: bool = _help("continue the run in --output-dir from its last complete checkpoint", default=False)
@@ -113,6 +116,8 @@ class TrainConfig:
             raise TrainError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.history_packing not in ("auto", "on", "off"):
             raise TrainError(f"history_packing must be auto, on or off, got {self.history_packing!r}")
+        if self.final_adapter not in ("best", "last"):
+            raise TrainError(f"final_adapter must be best or last, got {self.final_adapter!r}")
         if self.step_sampling not in ("random", "last"):
             raise TrainError(f"step_sampling must be random or last, got {self.step_sampling!r}")
 

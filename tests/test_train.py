@@ -388,6 +388,21 @@ def test_init_adapter_starts_from_a_finished_run(tiny_dirs, tmp_path, capsys):
         resolve_paths(tiny_config(tiny_dirs, tmp_path / "c", init_adapter=str(tmp_path / "nope")))
 
 
+def test_final_adapter_last_keeps_the_last_checkpoint_not_the_best(tiny_dirs, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    # a learning rate too small to change any ranking: no validation beats the untuned one (step 0)
+    kw = dict(max_steps=4, eval_every=2, eval_at_start=True, lr=1e-7, final_adapter="last")
+    summary = train(tiny_config(tiny_dirs, out, **kw))
+    assert json.loads((out / "checkpoints/latest.json").read_text()) == {"last": "step-000004", "best": "step-000000"}
+    assert summary["adapter_from_step"] == 4
+    last = adapter_weights(out / "checkpoints/step-000004")
+    assert all(torch.equal(last[k], v) for k, v in adapter_weights(out).items())
+    with pytest.raises(TrainError, match="final_adapter"):
+        tiny_config(tiny_dirs, out, final_adapter="first")
+
+
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_current(tiny_dirs, tmp_path, monkeypatch):
     import torch
 
