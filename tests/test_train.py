@@ -465,7 +465,7 @@ def test_two_processes_train_exactly_like_one_with_accumulation(tiny_dirs, tmp_p
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
 
 
-def test_fsdp_trains_like_one_process_and_resumes_after_a_kill(tiny_dirs, tmp_path):
+def test_fsdp_trains_like_one_process_and_resumes_after_a_kill(tiny_dirs, tmp_path, capsys):
     """FSDP2 on 2 CPU processes (forced, see tests/fsdp_train.py): sharded LoRA weights and optimizer state.
 
     Same update as 1 process accumulating both micro-batches; validation runs in lock-step on both
@@ -498,6 +498,9 @@ def test_fsdp_trains_like_one_process_and_resumes_after_a_kill(tiny_dirs, tmp_pa
     assert valid(tmp_path / "fsdp") == valid(tmp_path / "one")  # steps 2 and 4, same metrics
     assert (tmp_path / "fsdp/merged/config.json").is_file()
     assert json.loads((tmp_path / "fsdp/m6gen_config.json").read_text())["resolved"]["engine"] == "FSDP"
+    capsys.readouterr()
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "fsdp", *args, "--resume"))  # one process, no FSDP
+    assert "written by an FSDP run" in err
 
     killed = launch(tmp_path / "killed", kill_at=3)
     assert killed.returncode != 0 and not (tmp_path / "killed/adapter_model.safetensors").exists()
