@@ -7,7 +7,9 @@ Every method ranks the whole catalog minus the user's history, for the same user
 m6gen's list is its beams (so HR@K for K > --beams counts what the beams did not reach as misses).
 Generated beams are cached as JSONL in the output folder (appended per batch, resumed after a
 kill), so re-running with other reranker weights costs no generation. Writes ``eval_<split>``
-.md/.csv/.json tables and ``tradeoff_<split>.png`` next to the model (or in ``--out``).
+.md/.csv/.json tables and ``tradeoff_<split>.png`` next to the model (or in ``--out``); with SASRec in
+the run, also ``eval_<split>_vs_sasrec``: each m6gen row's NDCG@10 as a ratio to SASRec's with a
+paired-bootstrap 95% interval, since a ratio measured on a few hundred users is noisy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from m6gen.cli import UsageError
 
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
+VERSUS_METRICS = ["ratio", "ratio_low", "ratio_high", "diff", "diff_low", "diff_high", "p_not_better"]
 TABLE_METRICS = ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20", "ILD@10", "Novelty@10", "Coverage@10"]
 
 
@@ -91,7 +94,7 @@ def run(args) -> int:
     from m6gen.baselines import run_baselines
     from m6gen.cli import item_features, load_data, load_recommender
     from m6gen.data import item_popularity, user_frequency
-    from m6gen.metrics import evaluate_rankings, format_table, write_results
+    from m6gen.metrics import evaluate_rankings, format_table, paired_bootstrap, per_user_scores, write_results
     from m6gen.rerank import RerankConfig, rerank
 
     weights = parse_weights(args.weights)
@@ -112,6 +115,12 @@ def run(args) -> int:
     def metrics(ranked):
         return evaluate_rankings(ranked, targets, ks=ks, features=features, user_freq=user_freq, n_users=len(split.train),
                                  n_items=n_items, seen=seen)
+
+    per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
+
+    def add_row(name: str, ranked) -> None:
+        rows[name] = metrics(ranked)
+        per_user[name] = per_user_scores(ranked, targets, 10)["NDCG"]
 
     rows: dict[str, dict[str, float]] = {}
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
@@ -134,6 +143,8 @@ def run(args) -> int:
             from m6gen.sasrec import SASRec
 
             sasrec = SASRec.load(saved)  # the one run_baselines just trained and saved
+        if sasrec is not None:  # the same lists run_baselines scored, kept per user
+            per_user["SASRec"] = per_user_scores(sasrec.recommend(histories, max(ks), exclude=seen), targets, 10)["NDCG"]
 
     rec = load_recommender(args, ds.catalog)
     tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{args.dtype}"
@@ -144,7 +155,7 @@ def run(args) -> int:
              for u in users]  # fmt: skip
     for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
         ranked = [b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams]
-        rows[f"m6gen beams (rank by {name})"] = metrics(ranked)
+        add_row(f"m6gen beams (rank by {name})", ranked)
     blend = [float(w) for w in args.blend.split(",") if w.strip()] if sasrec is not None else []
     if blend:
         # A text-free collaborative signal on m6gen's candidates ("Decoding Matters"-style): the
@@ -152,7 +163,7 @@ def run(args) -> int:
         collab = sasrec.score_items(histories, [b[:, 0].astype(np.int64) for b in beams])
         for w in blend:
             ranked = [b[np.argsort(-(b[:, 1] + w * c), kind="stable"), 0].astype(np.int64) for b, c in zip(beams, collab)]
-            rows[f"m6gen beams + SASRec blend (w {w:g})"] = metrics(ranked)
+            add_row(f"m6gen beams + SASRec blend (w {w:g})", ranked)
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
     if decode_blend:
@@ -166,16 +177,22 @@ def run(args) -> int:
             for u in users:
                 b = np.array(blended[u], dtype=np.float64).reshape(-1, 5)
                 ranked.append(b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64))
-            rows[f"m6gen + SASRec in decoding (w {w:g})"] = metrics(ranked)
+            add_row(f"m6gen + SASRec in decoding (w {w:g})", ranked)
     for div, nov in weights:
         rcfg = RerankConfig(k=max(ks), diversity_weight=div, novelty_weight=nov)
         ranked = [rerank(b[:, 0].astype(np.int64), b[:, score_col], seen=s, features=features, config=rcfg).item_ids
                   for b, s in zip(beams, seen)]
-        rows[f"m6gen reranked (div {div:g}, nov {nov:g})"] = metrics([np.asarray(r, dtype=np.int64) for r in ranked])
+        add_row(f"m6gen reranked (div {div:g}, nov {nov:g})", [np.asarray(r, dtype=np.int64) for r in ranked])
 
     print(f"\n{args.split} split, {len(users)} users, whole catalog ({n_items} items) ranked, history excluded:\n")
     print(format_table(rows, TABLE_METRICS))
     written = write_results(out / f"eval_{args.split}", rows)
+    if "SASRec" in per_user:
+        versus = {name: paired_bootstrap(v, per_user["SASRec"]) for name, v in per_user.items() if name != "SASRec"}
+        print(f"\nNDCG@10 against SASRec on the same users (paired bootstrap over users, 10,000 resamples, 95% intervals;"
+              f" p_not_better = share of resamples where the row is not above SASRec):\n")
+        print(format_table(versus, VERSUS_METRICS))
+        written += write_results(out / f"eval_{args.split}_vs_sasrec", versus, VERSUS_METRICS)
     plot_tradeoff(rows, out / f"tradeoff_{args.split}.png")
     (out / f"eval_{args.split}_config.json").write_text(json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str))
     print(f"\nwrote {', '.join(str(p) for p in written)} and {out / f'tradeoff_{args.split}.png'}")

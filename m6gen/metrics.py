@@ -67,6 +67,41 @@ def per_user_scores(ranked: Sequence[Ranking], targets: np.ndarray, k: int) -> d
     }
 
 
+def paired_bootstrap(
+    method: np.ndarray, reference: np.ndarray, *, n_resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """How sure is "method beats reference"? Paired bootstrap over users of two per-user score arrays.
+
+    Users are resampled with replacement (the same users for both, so per-user difficulty cancels);
+    percentile intervals at ``level``. Returns ``ratio`` (mean method / mean reference, nan if the
+    reference mean is 0) with ``ratio_low``/``ratio_high``, ``diff`` (mean difference) with
+    ``diff_low``/``diff_high``, and ``p_not_better``: the share of resamples where the method's mean is
+    not above the reference's (a one-sided bootstrap p-value for "method is better").
+    """
+    a = np.asarray(method, dtype=np.float64).reshape(-1)
+    b = np.asarray(reference, dtype=np.float64).reshape(-1)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"need two non-empty per-user arrays of equal length, got {len(a)} and {len(b)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    sums_a, sums_b = np.empty(n_resamples), np.empty(n_resamples)
+    for s in range(0, n_resamples, 1000):  # chunks keep the (resamples, users) index matrix small
+        idx = rng.integers(0, len(a), size=(min(1000, n_resamples - s), len(a)))
+        sums_a[s : s + len(idx)], sums_b[s : s + len(idx)] = a[idx].sum(axis=1), b[idx].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(sums_b > 0, sums_a / sums_b, np.nan)
+    tail = (1.0 - level) / 2 * 100
+    diffs = (sums_a - sums_b) / len(a)
+    ratio = float(a.mean() / b.mean()) if b.mean() > 0 else float("nan")
+    ratio_low, ratio_high = (np.nanpercentile(ratios, [tail, 100 - tail]) if np.isfinite(ratios).any()
+                             else (float("nan"), float("nan")))  # fmt: skip
+    diff_low, diff_high = np.percentile(diffs, [tail, 100 - tail])
+    return {"ratio": ratio, "ratio_low": float(ratio_low), "ratio_high": float(ratio_high),
+            "diff": float(a.mean() - b.mean()), "diff_low": float(diff_low), "diff_high": float(diff_high),
+            "p_not_better": float(np.mean(diffs <= 0))}  # fmt: skip
+
+
 def hit_rate_at_k(ranked: Sequence[Ranking], targets: np.ndarray, k: int) -> float:
     """Share of users whose target is in their top-k (= Recall@k with one target)."""
     return float(per_user_scores(ranked, targets, k)["HR"].mean())

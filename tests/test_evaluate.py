@@ -22,6 +22,13 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
     for metrics in rows.values():
         assert 0.0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1.0
     assert (tmp_path / "tradeoff_valid.png").stat().st_size > 0
+    versus = json.loads((tmp_path / "eval_valid_vs_sasrec.json").read_text())
+    assert "SASRec" not in versus and set(versus) == set(rows) - {"Pop", "SASRec"}
+    for name, v in versus.items():  # the ratio is the table's own NDCG@10s, inside its interval
+        if rows["SASRec"]["NDCG@10"] > 0:
+            assert v["ratio"] == pytest.approx(rows[name]["NDCG@10"] / rows["SASRec"]["NDCG@10"])
+            assert v["ratio_low"] <= v["ratio"] + 1e-12 and v["ratio"] <= v["ratio_high"] + 1e-12
+        assert v["diff"] == pytest.approx(rows[name]["NDCG@10"] - rows["SASRec"]["NDCG@10"])
     cache = next(tmp_path.glob("beams_valid-*.jsonl"))
     lines = cache.read_text().splitlines()
     assert len(lines) == 6 and all(len(json.loads(x)["beams"]) == 6 for x in lines)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from m6gen.metrics import (
+    paired_bootstrap,
     catalog_coverage,
     duplicate_rate,
     evaluate_rankings,
@@ -140,3 +141,23 @@ def test_write_results(tmp_path):
     data = json.loads(paths[2].read_text())
     assert data["mmr"] == {"HR@10": 0.125, "NDCG@10": None}
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["results.csv", "results.json", "results.md"]
+
+
+def test_paired_bootstrap_known_answers():
+    ref = np.array([0.0, 1.0, 0.5, 0.0, 0.25, 1.0])
+    same = paired_bootstrap(ref, ref, n_resamples=500)
+    assert same["ratio"] == same["ratio_low"] == same["ratio_high"] == 1.0
+    assert same["diff"] == same["diff_low"] == same["diff_high"] == 0.0
+    assert same["p_not_better"] == 1.0  # never above itself
+    pos = ref + 0.125  # no all-zero resample, so every one has method > reference
+    double = paired_bootstrap(2 * pos, pos, n_resamples=500)  # x2 is exact in floating point: every resample says 2
+    assert double["ratio"] == double["ratio_low"] == double["ratio_high"] == 2.0
+    assert double["p_not_better"] == 0.0 and double["diff"] == pytest.approx(pos.mean())
+    # one user flips from a miss to a hit out of 4: diff 0.25; resamples without that user give 0
+    a, b = np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(4)
+    r = paired_bootstrap(a, b, n_resamples=4000, seed=1)
+    assert math.isnan(r["ratio"]) and r["diff"] == 0.25 and r["diff_low"] == 0.0
+    assert r["p_not_better"] == pytest.approx((3 / 4) ** 4, abs=0.03)  # P(user 1 never drawn in 4 draws)
+    assert paired_bootstrap(pos, ref, n_resamples=300, seed=5) == paired_bootstrap(pos, ref, n_resamples=300, seed=5)
+    with pytest.raises(ValueError, match="equal length"):
+        paired_bootstrap(a, b[:3])
