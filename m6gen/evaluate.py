@@ -24,6 +24,7 @@ import numpy as np
 from m6gen.cli import UsageError
 
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
+VERSUS_RESAMPLES, VERSUS_LEVEL = 10_000, 0.95
 VERSUS_METRICS = ["ratio", "ratio_low", "ratio_high", "diff", "diff_low", "diff_high", "p_not_better"]
 TABLE_METRICS = ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20", "ILD@10", "Novelty@10", "Coverage@10"]
 
@@ -116,13 +117,13 @@ def run(args) -> int:
         return evaluate_rankings(ranked, targets, ks=ks, features=features, user_freq=user_freq, n_users=len(split.train),
                                  n_items=n_items, seen=seen)
 
+    rows: dict[str, dict[str, float]] = {}
     per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
 
     def add_row(name: str, ranked) -> None:
         rows[name] = metrics(ranked)
         per_user[name] = per_user_scores(ranked, targets, 10)["NDCG"]
 
-    rows: dict[str, dict[str, float]] = {}
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
     sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
     if methods:
@@ -188,9 +189,10 @@ def run(args) -> int:
     print(format_table(rows, TABLE_METRICS))
     written = write_results(out / f"eval_{args.split}", rows)
     if "SASRec" in per_user:
-        versus = {name: paired_bootstrap(v, per_user["SASRec"]) for name, v in per_user.items() if name != "SASRec"}
-        print(f"\nNDCG@10 against SASRec on the same users (paired bootstrap over users, 10,000 resamples, 95% intervals;"
-              f" p_not_better = share of resamples where the row is not above SASRec):\n")
+        versus = {name: paired_bootstrap(v, per_user["SASRec"], n_resamples=VERSUS_RESAMPLES, level=VERSUS_LEVEL)
+                  for name, v in per_user.items() if name != "SASRec"}  # fmt: skip
+        print(f"\nNDCG@10 against SASRec on the same users (paired bootstrap over users, {VERSUS_RESAMPLES:,} resamples,"
+              f" {VERSUS_LEVEL:.0%} intervals; p_not_better = share of resamples where the row is not above SASRec):\n")
         print(format_table(versus, VERSUS_METRICS))
         written += write_results(out / f"eval_{args.split}_vs_sasrec", versus, VERSUS_METRICS)
     plot_tradeoff(rows, out / f"tradeoff_{args.split}.png")

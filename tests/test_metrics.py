@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from m6gen.metrics import (
-    paired_bootstrap,
     catalog_coverage,
     duplicate_rate,
     evaluate_rankings,
@@ -18,6 +17,7 @@ from m6gen.metrics import (
     mrr_at_k,
     ndcg_at_k,
     novelty,
+    paired_bootstrap,
     per_user_scores,
     seen_rate,
     target_ranks,
