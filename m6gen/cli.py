@@ -78,6 +78,8 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
     g.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="model dtype; auto = bf16 where the device computes it natively, else float32")
+    g.add_argument("--device", default="auto",
+                   help="where the model runs: auto (the GPU or other accelerator torch sees, else cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--beams", type=int, default=20, help="beams (candidate items) per user")
     g.add_argument("--k", type=int, default=10, help="recommendations per user")
     g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")
@@ -128,10 +130,10 @@ def load_recommender(args, catalog):
     if trained is not None:
         from m6gen.train import load_trained
 
-        model, tokenizer, _ = load_trained(trained, dtype=args.dtype, merge=True)  # merged: faster decoding
+        model, tokenizer, _ = load_trained(trained, dtype=args.dtype, merge=True, device=args.device)  # merged: faster decoding
     else:
         tokenizer = load_tokenizer(args.model, args.gguf_file)
-        model = load_model(args.model, args.gguf_file, dtype=args.dtype)
+        model = load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
     prior = None
     if getattr(args, "sasrec", None):
         from pathlib import Path

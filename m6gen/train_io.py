@@ -364,11 +364,11 @@ def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
                          f"({(missing or result.unexpected_keys)[0]} ...)")  # fmt: skip
 
 
-def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = False):
+def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = False, device: str = "cpu"):
     """(model, tokenizer, config) of a training output, ready for ``constrained_beam_search``.
 
-    Loads the base model named in ``m6gen_config.json`` plus the LoRA adapter (the best one
-    when validation ran); ``merge=True`` folds the adapter into the weights (faster decoding).
+    Loads the base model named in ``m6gen_config.json`` onto ``device`` plus the LoRA adapter (the
+    best one when validation ran); ``merge=True`` folds the adapter into the weights (faster decoding).
     The catalog trie is in ``<output_dir>/trie`` (``m6gen.trie.CatalogTrie.load``).
     """
     from peft import PeftModel
@@ -380,6 +380,6 @@ def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = F
     if not (Path(output_dir) / "adapter_config.json").is_file():
         raise TrainError(f"{output_dir}: no adapter saved yet (the run did not finish; use --resume)")
     tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
-    model = PeftModel.from_pretrained(load_model(cfg.model, cfg.gguf_file, dtype=dtype), str(output_dir))
+    model = PeftModel.from_pretrained(load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device), str(output_dir))
     model.eval()
     return (model.merge_and_unload() if merge else model), tokenizer, cfg

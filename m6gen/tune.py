@@ -64,7 +64,7 @@ def run(args) -> int:
     names = [n.strip() for n in args.only.split(",")] if args.only else lib.names()
     lengths = [int(x) for x in args.history.split(",")]
     tokenizer = load_tokenizer(args.model, args.gguf_file)
-    base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype)
+    base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
     rows: dict[str, dict[str, float]] = {}
     for name in names:
         for max_history in lengths:
@@ -106,7 +106,7 @@ def short_train(args, template: str, max_history: int):
     try:
         if train_main(argv) != 0:
             raise RuntimeError(f"training with template {template!r} failed")
-        return load_trained(out, dtype=args.dtype, merge=True)[0]  # merged: weights in memory, folder not needed
+        return load_trained(out, dtype=args.dtype, merge=True, device=args.device)[0]  # merged: weights in memory, folder not needed
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

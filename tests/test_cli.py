@@ -35,3 +35,17 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):  # noqa: F811
     assert "unknown user id" in capsys.readouterr().err
     assert main(["demo", "--data", str(data), "--model", str(tmp_path / "missing"), "--n-users", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_there_is_one_line(world, capsys):  # noqa: F811
+    import torch
+
+    data, model_dir = world
+    wanted = "cpu:0" if torch.accelerator.is_available() else "cuda"  # cpu:0 is always there: then it must run
+    code = main(["demo", "--data", str(data), "--model", str(model_dir), "--beams", "4", "--k", "3", "--n-users", "1",
+                 "--device", wanted])  # fmt: skip
+    if wanted == "cuda":
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0] == "error: device 'cuda': not available here (torch sees only the cpu)"
+    else:
+        assert code == 0

@@ -1,0 +1,41 @@
+"""Where and in which dtype a model runs: --device and --dtype resolution, without a model."""
+
+import pytest
+import torch
+
+from m6gen.model import ModelError, resolve_device, resolve_dtype
+
+HAS_ACCELERATOR = torch.accelerator.is_available()
+
+
+def test_cpu_is_always_there():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    assert resolve_dtype("float32", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
+
+
+@pytest.mark.skipif(HAS_ACCELERATOR, reason="auto picks the accelerator on this machine")
+def test_auto_without_an_accelerator_is_the_cpu():
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not HAS_ACCELERATOR, reason="needs a GPU or other accelerator")
+def test_auto_with_an_accelerator_is_that_accelerator():
+    assert resolve_device("auto").type == torch.accelerator.current_accelerator().type
+
+
+@pytest.mark.skipif(HAS_ACCELERATOR, reason="the machine has an accelerator")
+def test_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(ModelError, match=r"device 'cuda': not available here \(torch sees only the cpu\)"):
+        resolve_device("cuda")
+    with pytest.raises(ModelError, match="device 'mps:0': not available here"):
+        resolve_device("mps:0")
+
+
+def test_a_misspelt_device_is_a_clear_error():
+    with pytest.raises(ModelError, match="device 'gpu0': not a device name"):
+        resolve_device("gpu0")
+
+
+def test_auto_dtype_follows_the_device():
+    assert resolve_dtype("auto", "meta") == torch.float32  # not CUDA, not the CPU: fp32 unless asked for
