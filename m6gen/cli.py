@@ -102,60 +102,32 @@ def load_data(args):
 
 def resolve_template_args(args) -> None:
     """Fill ``--template``/``--max-history`` left unset: a trained model's own, else the defaults."""
-    trained = _trained_dir(getattr(args, "model", None))
-    run = None
-    if trained is not None and (args.template is None or args.max_history is None):
-        from m6gen.train import read_run_config
+    from m6gen.pipeline import run_prompt_defaults
 
-        run, _ = read_run_config(trained)
+    run = None
+    if args.template is None or args.max_history is None:
+        from m6gen.train_io import trained_run_config
+
+        run = trained_run_config(getattr(args, "model", None))
+    defaults = run_prompt_defaults(run)
     if args.template is None:
-        args.template = run.template if run is not None else "titles"
+        args.template = defaults["template"]
         if run is not None and run.prompts_dir and getattr(args, "templates", None) is None:
             args.templates = run.prompts_dir
     if args.max_history is None:
-        args.max_history = run.max_history if run is not None else 20
+        args.max_history = defaults["max_history"]
 
 
 def load_recommender(args, catalog):
-    """Model + tokenizer + template + trie from the shared model/template options."""
-    from m6gen.model import load_model, load_tokenizer
+    """``Recommender.from_pretrained`` with the shared model/template options."""
     from m6gen.pipeline import RecommendConfig, Recommender
-    from m6gen.prompts import TemplateLibrary
 
     resolve_template_args(args)
     config = RecommendConfig(template=args.template, max_history=args.max_history, num_beams=args.beams,
                              batch_size=args.batch_size, rank_by=args.rank_by, dtype=args.dtype)
-    template = TemplateLibrary(args.templates, max_history=args.max_history).load_template(args.template)
-    trained = _trained_dir(args.model)
-    if trained is not None:
-        from m6gen.train import load_trained
-
-        model, tokenizer, _ = load_trained(trained, dtype=args.dtype, merge=True, device=args.device)  # merged: faster decoding
-    else:
-        tokenizer = load_tokenizer(args.model, args.gguf_file)
-        model = load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
-    prior = None
-    if getattr(args, "sasrec", None):
-        from pathlib import Path
-
-        from m6gen.sasrec import SASRec
-
-        if not (Path(args.sasrec) / "sasrec.json").is_file():
-            raise UsageError(f"--sasrec {args.sasrec}: no saved SASRec there (sasrec.json missing)")
-        sasrec = SASRec.load(args.sasrec)
-        if sasrec.n_items != len(catalog):
-            raise UsageError(f"--sasrec {args.sasrec}: trained on {sasrec.n_items} items, the catalog has {len(catalog)}")
-        prior = sasrec.score
-    return Recommender(model, tokenizer, catalog, template, config, prior=prior,
-                       prior_weight=getattr(args, "sasrec_weight", 1.0))
-
-
-def _trained_dir(model: str | None):
-    from pathlib import Path
-
-    if model and (Path(model) / "m6gen_config.json").is_file():
-        return model
-    return None
+    return Recommender.from_pretrained(args.model, catalog, config, templates=args.templates, gguf_file=args.gguf_file,
+                                       device=args.device, sasrec=getattr(args, "sasrec", None),
+                                       sasrec_weight=getattr(args, "sasrec_weight", 1.0))  # fmt: skip
 
 
 def item_features(ds, split):

@@ -120,7 +120,8 @@ def resolve_device(device: str = "auto"):
     except (RuntimeError, ValueError):
         raise ModelError(f"device {device!r}: not a device name (cpu, cuda, cuda:1, mps, auto)") from None
     if target.type != "cpu" and (present is None or present.type != target.type):
-        raise ModelError(f"device {device!r}: not available here (torch sees {present.type if present else 'only the cpu'})")
+        seen = present.type if present is not None else "only the cpu"
+        raise ModelError(f"device {device!r}: not available here (torch sees {seen})")
     return target
 
 

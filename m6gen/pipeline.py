@@ -53,6 +53,39 @@ class Recommender:
         self.features = features
         self.prior, self.prior_weight = prior, prior_weight
 
+    @classmethod
+    def from_pretrained(cls, model: str | Path | None, catalog: Catalog, config: RecommendConfig | None = None, *,
+                        templates: str | Path | None = None, gguf_file: str | None = None, device: str = "auto",
+                        sasrec: str | Path | None = None, sasrec_weight: float = 1.0,
+                        features: ItemFeatures | None = None) -> Recommender:  # fmt: skip
+        """Load a model and make it a recommender over ``catalog``.
+
+        ``model``: an m6gen training folder (its LoRA adapter merged in for speed; its template and
+        history length unless ``config`` is given), a Hugging Face model id or folder, a ``.gguf``
+        file, or None for the default SmolLM2-135M-Instruct. ``templates``: an extra folder searched
+        before ``prompts/``. ``device``: auto (the GPU or other accelerator torch sees, else the CPU),
+        cpu, cuda, cuda:1, mps. ``sasrec``: a saved SASRec folder (``m6gen eval`` writes
+        ``<model>/baselines/sasrec``) whose log-probabilities join the search with ``sasrec_weight``.
+        """
+        from m6gen.model import load_model, load_tokenizer
+        from m6gen.prompts import TemplateLibrary
+        from m6gen.train_io import load_trained, trained_run_config
+
+        run = trained_run_config(model)
+        if config is None:
+            config = RecommendConfig(**run_prompt_defaults(run))
+        if templates is None and run is not None and config.template == run.template:
+            templates = run.prompts_dir  # the run's own template may live outside prompts/
+        template = TemplateLibrary(templates, max_history=config.max_history).load_template(config.template)
+        if run is not None:
+            lm, tokenizer, _ = load_trained(model, dtype=config.dtype, merge=True, device=device)
+        else:
+            model = None if model is None else str(model)
+            tokenizer = load_tokenizer(model, gguf_file)
+            lm = load_model(model, gguf_file, dtype=config.dtype, device=device)
+        prior = load_sasrec(sasrec, len(catalog)).score if sasrec is not None else None
+        return cls(lm, tokenizer, catalog, template, config, features=features, prior=prior, prior_weight=sasrec_weight)
+
     def prompts(self, histories: list[list[int]], profiles: list[dict] | None = None) -> list[str]:
         profiles = profiles or [{} for _ in histories]
         return [
@@ -110,3 +143,23 @@ class Recommender:
             scores = np.array([h.score(self.config.rank_by) + w * h.prior for h in beams], dtype=np.float64)
             results.append(rerank(ids, scores, seen=set(hist), features=self.features, config=rcfg))
         return results
+
+
+def run_prompt_defaults(run) -> dict:
+    """``template`` and ``max_history`` of a training run's config (None: the package defaults)."""
+    if run is None:
+        return {"template": RecommendConfig.template, "max_history": RecommendConfig.max_history}
+    return {"template": run.template, "max_history": run.max_history}
+
+
+def load_sasrec(folder: str | Path, n_items: int):
+    """A saved SASRec for a catalog of ``n_items``; a one-line :class:`ModelError` when it is not one."""
+    from m6gen.model import ModelError
+    from m6gen.sasrec import SASRec
+
+    if not (Path(folder) / "sasrec.json").is_file():
+        raise ModelError(f"sasrec {folder}: no saved SASRec there (sasrec.json missing)")
+    sasrec = SASRec.load(folder)
+    if sasrec.n_items != n_items:
+        raise ModelError(f"sasrec {folder}: trained on {sasrec.n_items} items, the catalog has {n_items}")
+    return sasrec

@@ -346,6 +346,13 @@ def read_run_config(output_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]
     return TrainConfig(**{k: v for k, v in saved["config"].items() if k in names}), saved.get("resolved", {})
 
 
+def trained_run_config(model: str | Path | None) -> TrainConfig | None:
+    """The training config when ``model`` is an m6gen run folder, else None (a model id, a path, a .gguf)."""
+    if model is None or not (Path(model) / CONFIG_FILE).is_file():
+        return None
+    return read_run_config(model)[0]
+
+
 def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
     """Copy the LoRA weights saved in ``folder`` into ``peft_model``; TrainError when their shapes differ."""
     from peft import load_peft_weights, set_peft_model_state_dict

@@ -46,6 +46,6 @@ def test_a_device_that_is_not_there_is_one_line(world, capsys):  # noqa: F811
                  "--device", wanted])  # fmt: skip
     if wanted == "cuda":
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and err[0] == "error: device 'cuda': not available here (torch sees only the cpu)"
+        assert code == 2 and err == ["error: device 'cuda': not available here (torch sees only the cpu)"]
     else:
         assert code == 0

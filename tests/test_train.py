@@ -582,3 +582,33 @@ def test_real_default_model_trains_merges_and_reloads(tmp_path):
     prompts = ["Movies watched, most recent last:\nToy Story (1995)\nHeat (1995)\nNext:"]
     items = lambda m: [item for item, _ in generate_top(m, tok, trie, prompts)[0]]  # noqa: E731
     assert items(model) == items(load_model(str(out / "merged")))
+
+
+def test_from_pretrained_loads_a_run_with_its_own_template_and_equals_manual_assembly(tiny_dirs, tmp_path):
+    from m6gen.model import ModelError, load_model
+    from m6gen.pipeline import RecommendConfig, Recommender
+    from m6gen.prompts import TemplateLibrary
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_dirs, out, epochs=1, template="sequence", max_history=3))
+    tok, ds, split, _, _ = tiny_world(tiny_dirs, "titles")
+    histories = [split.test_history(u) for u in split.users[:4]]
+
+    rec = Recommender.from_pretrained(out, ds.catalog, device="cpu")  # no config: the run's template and history
+    assert (rec.config.template, rec.config.max_history) == ("sequence", 3) and rec.template.max_history == 3
+    config = RecommendConfig(template="sequence", max_history=3, num_beams=5, dtype="float32")  # as load_trained
+    rec = Recommender.from_pretrained(out, ds.catalog, config, device="cpu")
+    by_hand = Recommender(load_trained(out, merge=True)[0], tok, ds.catalog,
+                          TemplateLibrary(max_history=3).get("sequence"), config)  # fmt: skip
+    def beams(r):
+        return [[(h.item, round(h.logprob, 5)) for h in b] for b in r.generate(histories)]
+
+    assert beams(rec) == beams(by_hand) and all(len(b) == 5 for b in beams(rec))
+
+    config = RecommendConfig(num_beams=5, dtype="float32")
+    plain = Recommender.from_pretrained(tiny_dirs[0], ds.catalog, config, device="cpu")
+    assert plain.config.template == "titles"  # a plain model folder: the package defaults
+    untuned = Recommender(load_model(str(tiny_dirs[0])), tok, ds.catalog, TemplateLibrary().get("titles"), config)
+    assert beams(plain) == beams(untuned)
+    with pytest.raises(ModelError, match="no saved SASRec there"):
+        Recommender.from_pretrained(out, ds.catalog, sasrec=tmp_path)
