@@ -84,6 +84,10 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
     g.add_argument("--k", type=int, default=10, help="recommendations per user")
     g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")
     g.add_argument("--batch-size", type=int, default=8, help="users decoded together")
+    g.add_argument("--candidates", default=None,
+                   help="a saved SASRec folder as retriever: prompts list its top --n-candidates items and m6gen ranks "
+                        "them (default: the retriever a model trained with m6gen train --candidates used)")
+    g.add_argument("--n-candidates", type=int, default=None, help="retrieved items per user (default: the trained model's, else 20)")
     if not prior:
         return
     g.add_argument("--sasrec", default=None,
@@ -105,7 +109,7 @@ def resolve_template_args(args) -> None:
     from m6gen.pipeline import run_prompt_defaults
 
     run = None
-    if args.template is None or args.max_history is None:
+    if args.template is None or args.max_history is None or getattr(args, "n_candidates", 0) is None:
         from m6gen.train_io import trained_run_config
 
         run = trained_run_config(getattr(args, "model", None))
@@ -116,6 +120,8 @@ def resolve_template_args(args) -> None:
             args.templates = run.prompts_dir
     if args.max_history is None:
         args.max_history = defaults["max_history"]
+    if getattr(args, "n_candidates", 0) is None:
+        args.n_candidates = defaults.get("n_candidates", 20)
 
 
 def load_recommender(args, catalog):
@@ -124,10 +130,11 @@ def load_recommender(args, catalog):
 
     resolve_template_args(args)
     config = RecommendConfig(template=args.template, max_history=args.max_history, num_beams=args.beams,
-                             batch_size=args.batch_size, rank_by=args.rank_by, dtype=args.dtype)
+                             batch_size=args.batch_size, rank_by=args.rank_by, dtype=args.dtype,
+                             n_candidates=args.n_candidates)
     return Recommender.from_pretrained(args.model, catalog, config, templates=args.templates, gguf_file=args.gguf_file,
                                        device=args.device, sasrec=getattr(args, "sasrec", None),
-                                       sasrec_weight=getattr(args, "sasrec_weight", 1.0))  # fmt: skip
+                                       sasrec_weight=getattr(args, "sasrec_weight", 1.0), candidates=args.candidates)  # fmt: skip
 
 
 def item_features(ds, split):
@@ -174,9 +181,17 @@ def cmd_prompts(args) -> int:
         from m6gen.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
+    candidates = []
+    if args.candidates:  # what a candidate template lists: the retriever's items for this history
+        from m6gen.candidates import retrieve
+        from m6gen.pipeline import load_sasrec
+
+        found = retrieve(load_sasrec(args.candidates, len(ds.catalog)), [split.test_history(user)], args.n_candidates)
+        candidates = [ds.catalog[int(i)] for i in found[0]]
     for name in lib.names():
         tpl = lib.get(name)
-        prompt = tpl.render_prompt(history, user={**ds.profiles.get(user, {}), "user_id": user}, tokenizer=tokenizer)
+        prompt = tpl.render_prompt(history, user={**ds.profiles.get(user, {}), "user_id": user}, tokenizer=tokenizer,
+                                   candidates=candidates)  # fmt: skip
         target = tpl.render_target(ds.catalog[split.test[user]])
         print(f"===== template {name!r}: {tpl.description}")
         print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
@@ -253,6 +268,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="user id (default: the first user)")
     p.add_argument("--model", default=None, help="tokenizer for chat templates (with --chat-tokenizer)")
     p.add_argument("--chat-tokenizer", action="store_true", help="load the model's tokenizer for chat-style templates")
+    p.add_argument("--candidates", default=None, help="a saved SASRec folder whose top items candidate templates list")
+    p.add_argument("--n-candidates", type=int, default=20, help="items listed (with --candidates)")
     p.set_defaults(func=cmd_prompts)
 
     for name, helptext in DELEGATES_HELP.items():  # listed here, parsed by their own modules

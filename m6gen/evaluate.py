@@ -149,6 +149,8 @@ def run(args) -> int:
 
     rec = load_recommender(args, ds.catalog)
     tag = f"{args.split}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{args.dtype}"
+    if rec.retriever is not None:
+        tag += f"-c{rec.config.n_candidates}"
     cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress,
                              profiles=ds.profiles)
     # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.

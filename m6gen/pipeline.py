@@ -26,11 +26,13 @@ class RecommendConfig:
     rank_by: str = field(default="logprob", metadata={"help": f"beam score to rank by: one of {RANKINGS}"})
     exclude_seen: bool = field(default=True, metadata={"help": "never generate items from the user's history"})
     dtype: str = field(default="auto", metadata={"help": "model dtype: auto, float32 or bfloat16"})
+    n_candidates: int = field(default=20, metadata={"help": "items a retriever proposes per user (with a retriever: "
+                                                            "the prompt lists them and all of them are ranked)"})
 
     def __post_init__(self):
         if self.rank_by not in RANKINGS:
             raise ValueError(f"rank_by={self.rank_by!r}: expected one of {RANKINGS}")
-        for name in ("max_history", "num_beams", "batch_size"):
+        for name in ("max_history", "num_beams", "batch_size", "n_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -40,9 +42,11 @@ class Recommender:
 
     def __init__(self, model, tokenizer, catalog: Catalog, template, config: RecommendConfig | None = None,
                  trie=None, trie_cache: str | Path | None = None, features: ItemFeatures | None = None,
-                 prior=None, prior_weight: float = 1.0):  # fmt: skip
+                 prior=None, prior_weight: float = 1.0, retriever=None):  # fmt: skip
         """``prior``: optional function from histories to (users, items) log-scores, e.g. ``SASRec.score``,
-        searched with weight ``prior_weight`` by :meth:`recommend` (see :meth:`generate`)."""
+        searched with weight ``prior_weight`` by :meth:`recommend` (see :meth:`generate`).
+        ``retriever``: e.g. a ``SASRec``; each prompt then lists its top ``config.n_candidates``
+        items (a model trained with ``m6gen train --candidates``) and the search ranks those."""
         from m6gen.model import build_catalog_trie
 
         self.model, self.tokenizer, self.catalog, self.template = model, tokenizer, catalog, template
@@ -52,12 +56,13 @@ class Recommender:
         self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
         self.features = features
         self.prior, self.prior_weight = prior, prior_weight
+        self.retriever = retriever
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None, catalog: Catalog, config: RecommendConfig | None = None, *,
                         templates: str | Path | None = None, gguf_file: str | None = None, device: str = "auto",
                         sasrec: str | Path | None = None, sasrec_weight: float = 1.0,
-                        features: ItemFeatures | None = None) -> Recommender:  # fmt: skip
+                        features: ItemFeatures | None = None, candidates: str | Path | None = None) -> Recommender:  # fmt: skip
         """Load a model and make it a recommender over ``catalog``.
 
         ``model``: an m6gen training folder (its LoRA adapter merged in for speed; its template and
@@ -66,6 +71,8 @@ class Recommender:
         before ``prompts/``. ``device``: auto (the GPU or other accelerator torch sees, else the CPU),
         cpu, cuda, cuda:1, mps. ``sasrec``: a saved SASRec folder (``m6gen eval`` writes
         ``<model>/baselines/sasrec``) whose log-probabilities join the search with ``sasrec_weight``.
+        ``candidates``: a saved SASRec folder proposing the candidates a candidate-prompt model ranks
+        (default: the retriever the run was trained with, ``m6gen train --candidates``).
         """
         from m6gen.model import load_model, load_tokenizer
         from m6gen.prompts import TemplateLibrary
@@ -84,13 +91,28 @@ class Recommender:
             tokenizer = load_tokenizer(model, gguf_file)
             lm = load_model(model, gguf_file, dtype=config.dtype, device=device)
         prior = load_sasrec(sasrec, len(catalog)).score if sasrec is not None else None
-        return cls(lm, tokenizer, catalog, template, config, features=features, prior=prior, prior_weight=sasrec_weight)
+        candidates = candidates or (run.candidates if run is not None else None)
+        retriever = load_sasrec(candidates, len(catalog)) if candidates else None
+        return cls(lm, tokenizer, catalog, template, config, features=features, prior=prior, prior_weight=sasrec_weight,
+                   retriever=retriever)  # fmt: skip
 
-    def prompts(self, histories: list[list[int]], profiles: list[dict] | None = None) -> list[str]:
+    def candidates(self, histories: list[list[int]]) -> list[np.ndarray] | None:
+        """The retriever's candidates per history, in catalog order (None without a retriever)."""
+        from m6gen.candidates import retrieve
+
+        if self.retriever is None:
+            return None
+        return retrieve(self.retriever, histories, self.config.n_candidates, exclude_seen=self.config.exclude_seen)
+
+    def prompts(self, histories: list[list[int]], profiles: list[dict] | None = None,
+                candidates: list[np.ndarray] | None = None) -> list[str]:  # fmt: skip
+        """Prompt texts; ``candidates`` default to :meth:`candidates`."""
         profiles = profiles or [{} for _ in histories]
+        candidates = candidates if candidates is not None else self.candidates(histories)
         return [
-            self.template.render_prompt([self.catalog[i] for i in hist], user=prof, tokenizer=self.tokenizer)
-            for hist, prof in zip(histories, profiles)
+            self.template.render_prompt([self.catalog[i] for i in hist], user=prof, tokenizer=self.tokenizer,
+                                        candidates=[self.catalog[int(i)] for i in c])  # fmt: skip
+            for hist, prof, c in zip(histories, profiles, candidates or [() for _ in histories])
         ]
 
     def generate(self, histories: list[list[int]], profiles: list[dict] | None = None,
@@ -101,7 +123,8 @@ class Recommender:
         ``prior``: a function from a batch of histories to (users, items) log-scores (e.g.
         ``SASRec.score``), blended into the search with ``prior_weight`` (see
         :func:`m6gen.generate.constrained_beam_search`); the beams then come in the search's
-        order, ``rank_by`` score + ``prior_weight`` * log-prior.
+        order, ``rank_by`` score + ``prior_weight`` * log-prior. With a retriever every one of its
+        candidates is scored (the search keeps ``n_candidates`` beams, limited to them).
         """
         import torch
         from tqdm.auto import tqdm
@@ -115,12 +138,19 @@ class Recommender:
         bar = tqdm(total=len(histories), desc="generating", unit="user", disable=not progress)
         for s in starts:
             hist = histories[s : s + cfg.batch_size]
-            prompt_ids = encode_prompts(self.tokenizer, self.prompts(hist, profiles[s : s + cfg.batch_size] if profiles else None))
+            cands = self.candidates(hist)
+            if cands is not None:  # only the retriever's items, all of them
+                given = allowed[s : s + cfg.batch_size] if allowed is not None else None
+                limit = cands if given is None else [np.intersect1d(c, g) for c, g in zip(cands, given)]
+            else:
+                limit = allowed[s : s + cfg.batch_size] if allowed is not None else None
+            prompt_ids = encode_prompts(self.tokenizer, self.prompts(hist, profiles[s : s + cfg.batch_size] if profiles else None,
+                                                                     candidates=cands))  # fmt: skip
             banned = [np.asarray(h, dtype=np.int64) for h in hist] if cfg.exclude_seen else None
             with torch.no_grad():
                 beams = constrained_beam_search(
-                    self.model, self.trie, prompt_ids, cfg.num_beams, banned=banned,
-                    allowed=allowed[s : s + cfg.batch_size] if allowed is not None else None,
+                    self.model, self.trie, prompt_ids, cfg.n_candidates if cands is not None else cfg.num_beams,
+                    banned=banned, allowed=limit,
                     search_by=search_by, pad_token_id=self.tokenizer.pad_token_id,
                     prior=prior(hist) if prior is not None else None, prior_weight=prior_weight,
                 )
@@ -148,8 +178,9 @@ class Recommender:
 def run_prompt_defaults(run) -> dict:
     """``template`` and ``max_history`` of a training run's config (None: the package defaults)."""
     if run is None:
-        return {"template": RecommendConfig.template, "max_history": RecommendConfig.max_history}
-    return {"template": run.template, "max_history": run.max_history}
+        return {"template": RecommendConfig.template, "max_history": RecommendConfig.max_history,
+                "n_candidates": RecommendConfig.n_candidates}
+    return {"template": run.template, "max_history": run.max_history, "n_candidates": run.n_candidates}
 
 
 def load_sasrec(folder: str | Path, n_items: int):

@@ -162,6 +162,7 @@ class PromptTemplate:
         user: dict[str, Any] | None = None,
         k: int = 10,
         tokenizer=None,
+        candidates: Sequence[Item] | None = None,
     ) -> str:
         """Render the ``prompt`` block for a time-ordered history (oldest first, most recent last).
 
@@ -171,6 +172,8 @@ class PromptTemplate:
             k: how many recommendations are asked for (templates may mention it).
             tokenizer: a Hugging Face tokenizer whose chat template ``chat(...)`` uses and whose
                 end-of-text token ``eos`` is; None: plain fallback chat layout, ``eos`` empty.
+            candidates: the items a retriever proposes for this user (``m6gen train --candidates``),
+                for templates that list them (``candidates.jinja``); empty when there is no retriever.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -179,6 +182,7 @@ class PromptTemplate:
             "history": [item_vars(it) for it in shown],
             "n_history": len(shown),
             "n_total": len(history),
+            "candidates": [item_vars(it) for it in candidates or ()],
             "user": {"user_id": "", **(user or {})},
             "k": k,
             "chat": _chat_helper(tokenizer),

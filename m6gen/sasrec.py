@@ -202,12 +202,14 @@ class SASRec:
         self.model.eval()
         out = np.empty((len(histories), self.n_items), dtype=np.float32)
         bs = self.config.eval_batch_size
-        for s in range(0, len(histories), bs):
-            batch = histories[s : s + bs]
-            # pad only to the longest history in the batch: saves work, and scores do not depend on it
-            width = max(1, min(self.config.max_len, max(len(h) for h in batch)))
-            hidden = self.model(_pad_left(batch, width))[:, -1]  # (B, d): state after the most recent item
-            out[s : s + len(batch)] = self.model.logits(hidden).numpy()
+        # float32 even inside a caller's CPU autocast (e.g. m6gen train's validation): same scores everywhere
+        with torch.autocast("cpu", enabled=False):
+            for s in range(0, len(histories), bs):
+                batch = histories[s : s + bs]
+                # pad only to the longest history in the batch: saves work, and scores do not depend on it
+                width = max(1, min(self.config.max_len, max(len(h) for h in batch)))
+                hidden = self.model(_pad_left(batch, width))[:, -1]  # (B, d): state after the most recent item
+                out[s : s + len(batch)] = self.model.logits(hidden).numpy()
         return out
 
     def recommend(

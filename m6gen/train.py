@@ -50,14 +50,16 @@ def resolve_precision(mode: str) -> str:
 
 
 def validate(model, tokenizer, trie, split, catalog, template, users: list[str], *, k: int = 10, num_beams: int = 10,
-             batch_size: int = 16, profiles=None) -> list[list[int]]:  # fmt: skip
+             batch_size: int = 16, profiles=None, retriever=None, n_candidates: int = 20) -> list[list[int]]:  # fmt: skip
     """Top items (constrained beam search) for predicting each user's valid item from ``valid_history``.
 
     The user's train items are banned, as at test time; returns one ranked item list per user.
+    ``retriever``: the prompts list its ``n_candidates`` items and the search ranks all of them.
     """
     import numpy as np
     import torch
 
+    from m6gen.candidates import retrieve
     from m6gen.generate import constrained_beam_search
     from m6gen.model import encode_prompts
     from m6gen.train_data import render_prompts
@@ -69,10 +71,12 @@ def validate(model, tokenizer, trie, split, catalog, template, users: list[str],
         for s in range(0, len(users), batch_size):
             chunk = users[s : s + batch_size]
             histories = [split.valid_history(u) for u in chunk]
-            prompts = render_prompts(template, catalog, histories, chunk, profiles, tokenizer)
-            hyps = constrained_beam_search(model, trie, encode_prompts(tokenizer, prompts), num_beams,
+            cands = retrieve(retriever, histories, n_candidates) if retriever is not None else None
+            prompts = render_prompts(template, catalog, histories, chunk, profiles, tokenizer, cands)
+            hyps = constrained_beam_search(model, trie, encode_prompts(tokenizer, prompts),
+                                           n_candidates if cands is not None else num_beams,
                                            banned=[np.asarray(split.train[u], dtype=np.int64) for u in chunk],
-                                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                                           allowed=cands, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
             ranked.extend([h.item for h in user_hyps][:k] for user_hyps in hyps)
     model.train(was_training)
     return ranked
@@ -99,6 +103,7 @@ class Run:
     total_steps: int
     val_users: list[str]
     k: int  # metrics at k = min(10, eval_beams)
+    retriever: Any = None  # the SASRec proposing each prompt's candidates (--candidates)
 
     @property
     def sharded(self) -> bool:
@@ -134,6 +139,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
 
     from m6gen import __version__
     from m6gen import train_data as td
+    from m6gen.candidates import training_candidates
     from m6gen.data import build_histories, leave_one_out, load_dataset
     from m6gen.model import (build_catalog_trie, encode_targets, load_model, load_tokenizer, resolve_model,
                              tokenizer_fingerprint)  # fmt: skip
@@ -175,12 +181,20 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
 
     target_texts = [template.render_target(it) for it in dataset.catalog]
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
-    history = cfg.history_packing != "off" and td.is_token_incremental(template, tokenizer, dataset.catalog,
-                                                                       target_ids, split.train)  # fmt: skip
+    retriever = None
+    if cfg.candidates:
+        from m6gen.pipeline import load_sasrec
+
+        retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
+    # a prompt listing candidates is not a prefix of the next step's prompt
+    history = not cfg.candidates and cfg.history_packing != "off" and \
+        td.is_token_incremental(template, tokenizer, dataset.catalog, target_ids, split.train)  # fmt: skip
+    if cfg.history_packing == "on" and cfg.candidates:
+        raise TrainError("history packing cannot be used with --candidates (each step lists its own candidates)")
     if cfg.history_packing == "on" and not history:
         raise TrainError(f"history packing needs a token-incremental template (a prompt followed by the next target "
                          f"is the next prompt, as in prompts/sequence.jinja); {template.path} is not")  # fmt: skip
-    examples = []
+    examples, missed = [], []  # missed: per epoch, steps dropped because the retriever missed their target
     for epoch in range(cfg.epochs):
         sample = dict(min_history=cfg.min_history, per_user=cfg.examples_per_user, sampling=cfg.step_sampling,
                       seed=cfg.seed, epoch=epoch)  # fmt: skip
@@ -191,8 +205,12 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
                                                     target_ids, **build))  # fmt: skip
         else:
             steps = td.sample_steps(split.train, **sample)
+            cands = None
+            if retriever is not None:
+                steps, cands, n_missed = training_candidates(retriever, split.train, steps, cfg.n_candidates)
+                missed.append(n_missed)
             examples.append(td.build_examples(steps, split.train, dataset.catalog, template, tokenizer, target_ids,
-                                              **build))  # fmt: skip
+                                              candidates=cands, **build))  # fmt: skip
     if not examples[0][0]:
         raise TrainError(f"{cfg.data}: no training examples (users need more than "
                          f"min_history={cfg.min_history} train items)")  # fmt: skip
@@ -222,7 +240,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
                     "packing": packing, "history_packing": history, "fast_head": fast_ok, "n_items": len(dataset.catalog), "n_users": n_users,
                     "examples_per_epoch": len(examples[0][0]),
                     "steps_per_epoch": sum(len(x.items) for x in examples[0][0]), "dropped_too_long": examples[0][1],
-                    "total_steps": total_steps, "tokenizer": tokenizer_fingerprint(tokenizer), "world_size": world,
+                    "target_not_in_candidates": missed[0] if missed else None, "total_steps": total_steps,
+                    "tokenizer": tokenizer_fingerprint(tokenizer), "world_size": world,
                     "engine": acc.distributed_type.value,
                     "m6gen_version": __version__}  # fmt: skip
         atomic_text(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
@@ -231,10 +250,12 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
     acc.print(f"{n_users} users, {len(dataset.catalog)} items; {len(examples[0][0])} examples/epoch teaching "
               f"{sum(len(x.items) for x in examples[0][0])} next items{' (history packing)' if history else ''} "
-              f"({examples[0][1]} too long dropped), {total_steps} steps of {n_steps}; LoRA on "
+              f"({examples[0][1]} too long dropped"
+              f"{f', {missed[0]} whose target the retriever missed dropped' if missed else ''}), "
+              f"{total_steps} steps of {n_steps}; LoRA on "
               f"{', '.join(cfg.target_modules)}; packing {'on' if packing else 'off'}; precision {precision}")  # fmt: skip
     return Run(cfg, acc, out, mode, template, dataset, split, tokenizer, peft_model, trie, module, packing, epochs,
-               total_steps, [split.users[i] for i in sorted(pick)], min(10, cfg.eval_beams))  # fmt: skip
+               total_steps, [split.users[i] for i in sorted(pick)], min(10, cfg.eval_beams), retriever)  # fmt: skip
 
 
 def run_validation(run: Run) -> dict[str, float]:
@@ -257,7 +278,8 @@ def run_validation(run: Run) -> dict[str, float]:
         with run.acc.autocast():
             ranked = validate(run.model, run.tokenizer, run.trie, run.split, run.dataset.catalog, run.template, mine,
                               k=run.k, num_beams=run.cfg.eval_beams, batch_size=run.cfg.eval_batch_size,
-                              profiles=run.dataset.profiles)  # fmt: skip
+                              profiles=run.dataset.profiles, retriever=run.retriever,
+                              n_candidates=run.cfg.n_candidates)  # fmt: skip
     finally:
         if run.sharded:
             run.module.reshard()

@@ -87,11 +87,15 @@ def user_vars(user: str, profiles: dict[str, dict[str, str]] | None) -> dict[str
 
 
 def render_prompts(template, catalog, histories: list[list[int]], users: list[str],
-                   profiles: dict[str, dict[str, str]] | None = None, tokenizer=None) -> list[str]:  # fmt: skip
-    """Prompt texts for item-index histories (shared by training and validation so both read alike)."""
+                   profiles: dict[str, dict[str, str]] | None = None, tokenizer=None,
+                   candidates: list | None = None) -> list[str]:  # fmt: skip
+    """Prompt texts for item-index histories (shared by training and validation so both read alike);
+    ``candidates``: per history, the item indices a candidate template lists (``m6gen.candidates``)."""
+    cands = candidates if candidates is not None else [() for _ in histories]
     return [
-        template.render_prompt([catalog[i] for i in hist], user=user_vars(u, profiles), tokenizer=tokenizer)
-        for hist, u in zip(histories, users)
+        template.render_prompt([catalog[i] for i in hist], user=user_vars(u, profiles), tokenizer=tokenizer,
+                               candidates=[catalog[int(i)] for i in c])  # fmt: skip
+        for hist, u, c in zip(histories, users, cands)
     ]
 
 
@@ -105,14 +109,15 @@ def build_examples(
     *,
     profiles: dict[str, dict[str, str]] | None = None,
     max_len: int | None = None,
+    candidates: list | None = None,
 ) -> tuple[list[Example], int]:
     """Tokenized examples for ``steps``; returns (examples, number dropped for exceeding ``max_len``).
 
     ``target_ids[i]`` are item i's target ids (``encode_targets`` of its rendered target), computed
-    once for the catalog and shared with the trie.
+    once for the catalog and shared with the trie. ``candidates``: per step, the items its prompt lists.
     """
     return build_block_examples([(u, s, s + 1) for u, s in steps], train, catalog, template, tokenizer, target_ids,
-                                profiles=profiles, max_len=max_len)  # fmt: skip
+                                profiles=profiles, max_len=max_len, candidates=candidates)  # fmt: skip
 
 
 def is_token_incremental(template, tokenizer, catalog, target_ids: list[list[int]],
@@ -192,6 +197,7 @@ def build_block_examples(
     *,
     profiles: dict[str, dict[str, str]] | None = None,
     max_len: int | None = None,
+    candidates: list | None = None,
 ) -> tuple[list[Example], int]:
     """Examples of blocks ``(user, start, end)``: the prompt of ``train[u][:start]``, then the targets
     ``start..end-1``; returns (examples, number dropped for exceeding ``max_len``).
@@ -202,7 +208,7 @@ def build_block_examples(
     if not blocks:
         return [], 0
     prompts = render_prompts(template, catalog, [train[u][:a] for u, a, _ in blocks], [u for u, _, _ in blocks],
-                             profiles, tokenizer)  # fmt: skip
+                             profiles, tokenizer, candidates)  # fmt: skip
     from m6gen.model import encode_prompts
 
     examples, dropped = [], 0

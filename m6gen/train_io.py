@@ -36,6 +36,11 @@ class TrainConfig:
     template: str = _help("prompt template name (prompts/*.jinja) or path to a .jinja file", default="titles")
     prompts_dir: str | None = _help("extra folder of templates, searched first", default=None)
     max_history: int = _help("items shown in a prompt (the most recent ones)", default=10)
+    candidates: str | None = _help("a saved SASRec folder (m6gen eval writes <model>/baselines/sasrec) as retriever: "
+                                   "each prompt lists its top n_candidates unseen items (template variable "
+                                   "candidates, e.g. --template candidates), a step is kept only when its target is "
+                                   "among them, and the run then recommends from them", default=None)  # fmt: skip
+    n_candidates: int = _help("items the retriever proposes per prompt (with --candidates)", default=20)
     # model and LoRA
     model: str = _help("'default' (SmolLM2-135M-Instruct GGUF), a hub id, a folder or a .gguf file", default="default")
     gguf_file: str | None = _help("GGUF file name inside --model's folder", default=None)
@@ -96,7 +101,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("max_history", "lora_r", "lora_alpha", "min_history", "max_seq_len", "epochs", "batch_size",
-                    "pack_len", "grad_accum", "history_block", "eval_users", "eval_beams", "eval_batch_size", "log_every")  # fmt: skip
+                    "pack_len", "grad_accum", "history_block", "n_candidates", "eval_users", "eval_beams", "eval_batch_size", "log_every")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -145,11 +150,15 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     template = absolute(cfg.template) if Path(cfg.template).expanduser().is_file() else cfg.template
     prompts_dir = absolute(cfg.prompts_dir) if cfg.prompts_dir else None
     init_adapter = absolute(cfg.init_adapter) if cfg.init_adapter else None
+    candidates = absolute(cfg.candidates) if cfg.candidates else None
+    if candidates and not (Path(candidates) / "sasrec.json").is_file():
+        raise TrainError(f"--candidates {cfg.candidates}: no saved SASRec there (sasrec.json missing; "
+                         "m6gen eval --baselines SASRec saves one in <model>/baselines/sasrec)")  # fmt: skip
     if init_adapter and not (Path(init_adapter) / "adapter_config.json").is_file():
         raise TrainError(f"--init-adapter {cfg.init_adapter}: no adapter_config.json there (not a finished run "
                          "or peft adapter folder)")  # fmt: skip
     return dataclasses.replace(cfg, data=data, model=model, template=template, prompts_dir=prompts_dir,
-                               init_adapter=init_adapter)  # fmt: skip
+                               init_adapter=init_adapter, candidates=candidates)  # fmt: skip
 
 
 def check_output_dir(cfg: TrainConfig) -> str:
