@@ -395,7 +395,12 @@ def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = F
     cfg, _ = read_run_config(output_dir)
     if not (Path(output_dir) / "adapter_config.json").is_file():
         raise TrainError(f"{output_dir}: no adapter saved yet (the run did not finish; use --resume)")
-    tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    if (Path(output_dir) / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    else:  # saved at the end of training; a folder holding a checkpoint's adapter copied by hand has none
+        from m6gen.model import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
     model = PeftModel.from_pretrained(load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device), str(output_dir))
     model.eval()
     return (model.merge_and_unload() if merge else model), tokenizer, cfg

@@ -612,3 +612,14 @@ def test_from_pretrained_loads_a_run_with_its_own_template_and_equals_manual_ass
     assert beams(plain) == beams(untuned)
     with pytest.raises(ModelError, match="no saved SASRec there"):
         Recommender.from_pretrained(out, ds.catalog, sasrec=tmp_path)
+
+
+def test_a_run_folder_without_tokenizer_files_loads_the_base_tokenizer(tiny_dirs, tmp_path):
+    from m6gen.model import tokenizer_fingerprint
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_dirs, out, epochs=1))
+    saved = load_trained(out)[1]
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        (out / name).unlink(missing_ok=True)
+    assert tokenizer_fingerprint(load_trained(out)[1]) == tokenizer_fingerprint(saved)
