@@ -53,7 +53,7 @@ def run(args) -> int:
     from m6gen.cli import load_data
     from m6gen.metrics import format_table
     from m6gen.model import load_model, load_tokenizer
-    from m6gen.pipeline import RecommendConfig, Recommender
+    from m6gen.pipeline import RecommendConfig, Recommender, load_sasrec
     from m6gen.prompts import TemplateLibrary
 
     ds, split = load_data(args)
@@ -65,6 +65,9 @@ def run(args) -> int:
     lengths = [int(x) for x in args.history.split(",")]
     tokenizer = load_tokenizer(args.model, args.gguf_file)
     base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
+    # a retriever: every template is scored on ranking its candidates (candidate templates list them)
+    retriever = load_sasrec(args.candidates, len(ds.catalog)) if args.candidates else None
+    n_candidates = args.n_candidates or 20
     rows: dict[str, dict[str, float]] = {}
     for name in names:
         for max_history in lengths:
@@ -72,8 +75,9 @@ def run(args) -> int:
             template = lib.get(name, max_history=max_history)
             model = base if base is not None else short_train(args, name, max_history)
             cfg = RecommendConfig(template=name, max_history=max_history, num_beams=args.beams, batch_size=args.batch_size,
-                                  rank_by=args.rank_by)
-            rows[label] = score_template(Recommender(model, tokenizer, ds.catalog, template, cfg), histories, targets)
+                                  rank_by=args.rank_by, n_candidates=n_candidates)  # fmt: skip
+            rec = Recommender(model, tokenizer, ds.catalog, template, cfg, retriever=retriever)
+            rows[label] = score_template(rec, histories, targets)
             print(f"{label}: NDCG@10 {rows[label]['NDCG@10']:.4f}, HR@10 {rows[label]['HR@10']:.4f}", flush=True)
     board = dict(sorted(rows.items(), key=lambda kv: -kv[1]["NDCG@10"]))
     mode = f"after {args.train_steps} LoRA steps" if args.train_steps else "zero-shot"
@@ -103,6 +107,8 @@ def short_train(args, template: str, max_history: int):
         argv += ["--model", args.model]
     if args.data:
         argv += ["--data", args.data]
+    if args.candidates:
+        argv += ["--candidates", args.candidates, "--n-candidates", str(args.n_candidates or 20)]
     try:
         if train_main(argv) != 0:
             raise RuntimeError(f"training with template {template!r} failed")

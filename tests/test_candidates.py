@@ -7,6 +7,7 @@ import pytest
 
 from m6gen.candidates import in_catalog_order, retrieve, training_candidates
 from m6gen.train import TrainError, train
+from tests.test_batch import world  # noqa: F401  (fixture: tiny data folder + tiny model)
 from tests.test_train import N_USERS, one_thread, tiny_config, tiny_dirs, tiny_world  # noqa: F401  (fixtures)
 
 
@@ -107,3 +108,40 @@ def test_candidate_options_fail_in_one_line(tiny_dirs, tiny_sasrec, tmp_path):
                           history_packing="on"))  # fmt: skip
     with pytest.raises(TrainError, match="n_candidates must be >= 1"):
         tiny_config(tiny_dirs, tmp_path / "c", n_candidates=0)
+
+
+def test_recommend_and_tune_rank_a_retrievers_candidates(world, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """--candidates on the commands: `m6gen recommend` returns only the retriever's items; tune-prompts scores with them."""
+    import json
+    import tempfile
+
+    from m6gen.batch import main as recommend
+    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.sasrec import SASRecConfig, fit
+    from m6gen.tune import main as tune
+
+    data, model_dir = world
+    ds = load_dataset(data)
+    split = leave_one_out(build_histories(ds))
+    fit(split, len(ds.catalog), SASRecConfig(epochs=2, hidden=16), valid=False, progress=False).save(tmp_path / "sas")
+    out = tmp_path / "recs.jsonl"
+    common = ["--data", str(data), "--model", str(model_dir), "--candidates", str(tmp_path / "sas"), "--n-candidates", "3"]
+    assert recommend([*common, "--output", str(out), "--k", "3", "--no-progress"]) == 0
+    from m6gen.sasrec import SASRec
+
+    sasrec = SASRec.load(tmp_path / "sas")
+    ids = [it.item_id for it in ds.catalog]
+    for r in map(json.loads, out.read_text(encoding="utf-8").splitlines()):
+        u = r["user_id"]
+        want = retrieve(sasrec, [split.train[u] + [split.valid[u], split.test[u]]], 3)[0]
+        assert sorted(i["item_id"] for i in r["items"]) == sorted(ids[j] for j in want)
+
+    def prompt_tokens(argv) -> float:  # the candidates template's row of the leaderboard
+        capsys.readouterr()
+        assert tune([*argv, "--only", "candidates", "--history", "3", "--max-users", "4", "--write-config", ""]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| candidates (history 3)"))
+        return float(row.split("|")[5])  # NDCG@10, HR@10, coverage@10, prompt_tokens
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # with the retriever the prompts list 3 more titles
+    assert prompt_tokens(common) > prompt_tokens(common[:4]) + 6
