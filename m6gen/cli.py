@@ -85,8 +85,9 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
     g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")
     g.add_argument("--batch-size", type=int, default=8, help="users decoded together")
     g.add_argument("--candidates", default=None,
-                   help="a saved SASRec folder as retriever: prompts list its top --n-candidates items and m6gen ranks "
-                        "them (default: the retriever a model trained with m6gen train --candidates used)")
+                   help="a saved SASRec folder as retriever: m6gen ranks its top --n-candidates unseen items, all of "
+                        "them and only them (candidate templates also list them in the prompt; default: the "
+                        "retriever a model trained with m6gen train --candidates used)")
     g.add_argument("--n-candidates", type=int, default=None, help="retrieved items per user (default: the trained model's, else 20)")
     if not prior:
         return
