@@ -285,7 +285,9 @@ class ChatSession:
         ]  # fmt: skip
         held_out = self.split.test.get(self.user) if self.user and self.split is not None else None
         width = min(max([len(r["title"]) for r in self.last] + [5]), 50)
-        self.say(f"top-{s.k} ({s.template}, {s.beams} beams, by {s.rank_by}; div {s.div:g}, nov {s.nov:g}):")
+        retrieved = self.rec.retriever is not None
+        searched = f"{self.rec.config.n_candidates} retrieved candidates" if retrieved else f"{s.beams} beams"
+        self.say(f"top-{s.k} ({s.template}, {searched}, by {s.rank_by}; div {s.div:g}, nov {s.nov:g}):")
         self.say(f"   #  {'title':<{width}}  score  accur  diver  novel  logprob")
         for r, item in zip(self.last, res.items):
             scores = "  ".join(_fmt(r[k]) for k in ("score", "accuracy", "diversity", "novelty"))
