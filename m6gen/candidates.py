@@ -43,7 +43,7 @@ def training_candidates(retriever, train: dict[str, list[int]], steps: list[tupl
     for s in range(0, len(steps), batch_size):
         chunk = steps[s : s + batch_size]
         for (u, i), c in zip(chunk, retrieve(retriever, [train[u][:i] for u, i in chunk], n)):
-            if train[u][i] in set(c.tolist()):
+            if train[u][i] in c:
                 kept.append((u, i))
                 cands.append(c)
     return kept, cands, len(steps) - len(kept)

@@ -122,7 +122,7 @@ def resolve_template_args(args) -> None:
     if args.max_history is None:
         args.max_history = defaults["max_history"]
     if getattr(args, "n_candidates", 0) is None:
-        args.n_candidates = defaults.get("n_candidates", 20)
+        args.n_candidates = defaults["n_candidates"]
 
 
 def load_recommender(args, catalog):

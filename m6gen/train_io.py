@@ -101,7 +101,8 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("max_history", "lora_r", "lora_alpha", "min_history", "max_seq_len", "epochs", "batch_size",
-                    "pack_len", "grad_accum", "history_block", "n_candidates", "eval_users", "eval_beams", "eval_batch_size", "log_every")  # fmt: skip
+                    "pack_len", "grad_accum", "history_block", "n_candidates", "eval_users", "eval_beams",
+                    "eval_batch_size", "log_every")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -67,7 +67,7 @@ def run(args) -> int:
     base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
     # a retriever: every template is scored on ranking its candidates (candidate templates list them)
     retriever = load_sasrec(args.candidates, len(ds.catalog)) if args.candidates else None
-    n_candidates = args.n_candidates or 20
+    args.n_candidates = args.n_candidates or RecommendConfig.n_candidates  # short_train reads it too
     rows: dict[str, dict[str, float]] = {}
     for name in names:
         for max_history in lengths:
@@ -75,7 +75,7 @@ def run(args) -> int:
             template = lib.get(name, max_history=max_history)
             model = base if base is not None else short_train(args, name, max_history)
             cfg = RecommendConfig(template=name, max_history=max_history, num_beams=args.beams, batch_size=args.batch_size,
-                                  rank_by=args.rank_by, n_candidates=n_candidates)  # fmt: skip
+                                  rank_by=args.rank_by, n_candidates=args.n_candidates)  # fmt: skip
             rec = Recommender(model, tokenizer, ds.catalog, template, cfg, retriever=retriever)
             rows[label] = score_template(rec, histories, targets)
             print(f"{label}: NDCG@10 {rows[label]['NDCG@10']:.4f}, HR@10 {rows[label]['HR@10']:.4f}", flush=True)
@@ -108,7 +108,7 @@ def short_train(args, template: str, max_history: int):
     if args.data:
         argv += ["--data", args.data]
     if args.candidates:
-        argv += ["--candidates", args.candidates, "--n-candidates", str(args.n_candidates or 20)]
+        argv += ["--candidates", args.candidates, "--n-candidates", str(args.n_candidates)]
     try:
         if train_main(argv) != 0:
             raise RuntimeError(f"training with template {template!r} failed")
