@@ -6,7 +6,7 @@ import pytest
 from test_batch import world  # noqa: F401  (shared fixture: tiny data folder + tiny model)
 
 from m6gen.cli import UsageError
-from m6gen.evaluate import main, parse_weights
+from m6gen.evaluate import main, make_parser, parse_weights, run
 
 
 def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
@@ -51,8 +51,6 @@ def test_sasrec_in_decoding_rows(world, tmp_path):  # noqa: F811
     beams = [json.loads(x)["beams"] for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()]
     assert all(len(b) == 6 and all(len(x) == 5 and x[4] < 0 for x in b) for b in beams)
     with pytest.raises(UsageError, match="decode-blend needs the SASRec"):
-        from m6gen.evaluate import make_parser, run
-
         run(make_parser().parse_args([*argv[:-7], "--baselines", "Pop", "--weights", "", "--decode-blend", "1"]))
 
 
@@ -60,3 +58,24 @@ def test_bad_weights():
     assert parse_weights("0.1,0;0,0.2") == [(0.1, 0.0), (0.0, 0.2)]
     with pytest.raises(UsageError, match="--weights"):
         parse_weights("0.1")
+
+
+def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_path):  # noqa: F811
+    data, model_dir = world
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--out", str(tmp_path),
+            "--baselines", "SASRec", "--sasrec-epochs", "2", "--weights", "0.5,0;0,0.5", "--blend", "1,100",
+            "--choose-on-valid", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    valid = json.loads((tmp_path / "eval_valid.json").read_text())
+    test = json.loads((tmp_path / "eval_test.json").read_text())
+    m6gen_rows = [r for r in valid if r.startswith("m6gen")]
+    best = max(m6gen_rows, key=lambda r: valid[r]["NDCG@10"])  # first of equals, as the command picks
+    chosen = json.loads((tmp_path / "eval_test_config.json").read_text())["chosen_on_valid"]
+    assert chosen == {"row": best, "valid_NDCG@10": valid[best]["NDCG@10"]}
+    label = f"m6gen, chosen on valid: {best.removeprefix('m6gen ')}"
+    assert label not in valid and test[label] == test[best]  # the test row is the test score of the valid pick
+    assert set(test) == set(valid) | {label}
+    assert label in json.loads((tmp_path / "eval_test_vs_sasrec.json").read_text())
+    assert len(list(tmp_path.glob("beams_valid-*.jsonl"))) == len(list(tmp_path.glob("beams_test-*.jsonl"))) == 1
+    with pytest.raises(UsageError, match="use it with --split test"):
+        run(make_parser().parse_args([*argv, "--split", "valid"]))
