@@ -5,7 +5,7 @@ Glue only: each stage lives in its own module (prompts, model, trie, generate, r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +171,10 @@ class Recommender:
             ids = np.array([h.item for h in beams], dtype=np.int64)
             # The reranker calibrates with a softmax over log-scores; feed it the ranking score.
             scores = np.array([h.score(self.config.rank_by) + w * h.prior for h in beams], dtype=np.float64)
-            results.append(rerank(ids, scores, seen=set(hist), features=self.features, config=rcfg))
+            result = rerank(ids, scores, seen=set(hist), features=self.features, config=rcfg)
+            # Report the language model's own log-probability, not the ranking score it was given.
+            lm = {h.item: h.logprob for h in sorted(beams, key=lambda h: h.logprob)}  # best beam per item wins
+            results.append(replace(result, items=[replace(r, logprob=lm[r.item_id]) for r in result.items]))
         return results
 
 

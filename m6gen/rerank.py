@@ -199,7 +199,7 @@ class Recommendation:
     accuracy: float  # softmax(logprob / T) over the user's distinct unseen candidates
     diversity: float  # mmr: 1 - max similarity to earlier picks (1.0 first); dpp: conditional variance
     novelty: float  # ItemFeatures.novelty; nan without features
-    logprob: float  # best sequence logprob among the beams that produced this item
+    logprob: float  # best beam score given for this item (Recommender puts back the LM's sequence logprob)
     rank: int  # 1-based position in the reranked list
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from tiny_lm import make_model, make_tokenizer
 
@@ -115,6 +116,15 @@ def test_sasrec_prior_steers_recommendations(world, tmp_path):
     expected = sasrec.recommend(histories, k=3)
     ids = [it.item_id for it in ds.catalog]
     assert [[i["item_id"] for i in r["items"]] for r in records] == [[ids[j] for j in e] for e in expected]
+    # "logprob" is the language model's own, not the blended search score (about 1000 x SASRec's log-prob here):
+    # the same items searched without SASRec, one at a time, score the same.
+    from m6gen.pipeline import RecommendConfig, Recommender
+
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(num_beams=6, batch_size=1), device="cpu")
+    for r, hist in zip(records, histories):
+        for item in r["items"]:
+            (alone,) = rec.generate([hist], allowed=[np.array([ids.index(item["item_id"])])])[0]
+            assert item["logprob"] == pytest.approx(alone.logprob, abs=1e-4)
     assert "no saved SASRec" in capsys_error(world, tmp_path / "x.jsonl", "--sasrec", str(tmp_path))
 
 
