@@ -68,35 +68,48 @@ def read_user_ids(path: str | Path, known: set[str]) -> list[str]:
     return ids
 
 
-def done_users(path: Path) -> list[str]:
+def done_users(path: Path, k: int | None = None, fix: str = "use a new --output") -> list[str]:
     """Users already complete in an output file; trims a half-written tail so appends stay clean.
 
-    JSONL: each complete line is one complete user. CSV: rows after the last newline are dropped,
-    and so are the rows of the last user (it may have been cut between rows) - it is redone.
+    JSONL: each complete line is one complete user. CSV: rows after the last newline are dropped;
+    the last user's rows are dropped too (it is redone) when it has fewer than ``k`` rows (a list
+    that could not be filled is redone the same), or, without ``k``, when the file was cut. Earlier
+    users are kept whatever this run's users are. A file that is not m6gen's output raises :class:`UserListError` naming its line, ending in ``fix``.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return []
     data = path.read_bytes()
     keep = data[: data.rfind(b"\n") + 1]  # drop a partial last line
+    try:
+        text = keep.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserListError(f"{path}: not UTF-8 text (byte {err.start}), not an m6gen recommendations file; {fix}") from None
     if path.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(keep.decode("utf-8"))))
+        lines = text.splitlines()
+        if lines and lines[0] != ",".join(CSV_FIELDS):
+            raise UserListError(f"{path}:1: not an m6gen recommendations header ({','.join(CSV_FIELDS)}); {fix}")
+        rows = []
+        for n, row in enumerate(csv.reader(lines[1:]), 2):
+            if len(row) != len(CSV_FIELDS) or not row[0] or not row[1].isdigit():
+                raise UserListError(f"{path}:{n}: not an m6gen recommendations row; {fix}")
+            rows.append(row)
         if rows:
-            last = rows[-1]["user_id"]
-            n_last = sum(r["user_id"] == last for r in rows)
-            rows = rows[:-n_last]
+            last = rows[-1][0]
+            n_last = sum(r[0] == last for r in rows)
+            if (n_last < k) if k is not None else keep != data:  # cut between its rows (or, without k, maybe)
+                rows = rows[:-n_last]
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        keep = buf.getvalue().encode("utf-8")
-        users = list(dict.fromkeys(r["user_id"] for r in rows))
+        csv.writer(buf, lineterminator="\n").writerows([CSV_FIELDS, *rows])
+        if buf.getvalue() != text:
+            keep = buf.getvalue().encode("utf-8")
+        users = list(dict.fromkeys(r[0] for r in rows))
     else:
         users = []
-        for n, line in enumerate(keep.decode("utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             try:
                 users.append(json.loads(line)["user_id"])
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserListError(f"{path}:{n}: not an m6gen recommendations line; use a new --output") from None
+                raise UserListError(f"{path}:{n}: not an m6gen recommendations line; {fix}") from None
     if keep != data:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(keep)
@@ -187,7 +200,7 @@ def run(args) -> int:
         target = output.with_name(f"{output.stem}.shard{state.index}of{state.count}{output.suffix}")
     else:
         target = output
-    finished = set(done_users(target))
+    finished = set(done_users(target, k=args.k))
     todo = [u for u in users if u not in finished]
     if output.suffix == ".csv" and (not target.exists() or target.stat().st_size == 0):
         append(target, ",".join(CSV_FIELDS) + "\n")

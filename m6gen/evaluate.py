@@ -78,7 +78,7 @@ def generate_cached(rec, users, histories, path: Path, progress: bool, profiles:
 
     from m6gen.batch import append, done_users
 
-    done = set(done_users(path))
+    done = set(done_users(path, fix="delete it to generate those beams again"))
     todo = [(u, h) for u, h in zip(users, histories) if u not in done]
     bar = tqdm(total=len(users), initial=len(users) - len(todo), desc="generating", unit="user", disable=not progress)
     bs = rec.config.batch_size
@@ -96,6 +96,32 @@ def generate_cached(rec, users, histories, path: Path, progress: bool, profiles:
         rec_ = json.loads(line)
         cached[rec_["user_id"]] = rec_["beams"]
     return cached
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+CONFIG_NAMES = ("m6gen_config.json", "adapter_config.json", "config.json", "sasrec.json")
+
+
+def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None) -> str:
+    """8 hex digits naming what made a beam cache, so another model's beams are never reused.
+
+    Covers the model's weight and config files (name, size, modification time; a Hugging Face id
+    as given), the template's text and those of ``others`` (the retriever, the SASRec whose prior
+    joins the search). Outputs written into a run folder (tables, caches) do not count.
+    """
+    import hashlib
+
+    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8")]
+    for src in (model, *others):
+        path = Path(src) if src else None
+        if path is None or not path.exists():
+            continue
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name in CONFIG_NAMES):
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
 
 
 def m6gen_rankings(beams, histories, seen, *, sasrec, blend, weights, features, score_col,
@@ -168,6 +194,8 @@ def run(args) -> int:
     rec = load_recommender(args, ds.catalog)
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     ks = (5, 10, 20)
+    dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
+    fingerprint = cache_fingerprint(args.model, rec.template.path, args.candidates, out / "baselines" / "sasrec")
 
     def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
         """Every row's metrics and per-user NDCG@10 on one split, for the same users."""
@@ -180,9 +208,10 @@ def run(args) -> int:
         per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
         if sasrec is not None:  # the same lists run_baselines scored, kept per user
             per_user["SASRec"] = per_user_scores(sasrec.recommend(histories, max(ks), exclude=seen), targets, 10)["NDCG"]
-        tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{args.dtype}"
+        tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.num_beams}-{dtype}"
         if rec.retriever is not None:
             tag += f"-c{rec.config.n_candidates}"
+        tag += f"-{fingerprint}"
         cached = generate_cached(rec, users, histories, out / f"beams_{tag}.jsonl", progress=not args.no_progress,
                                  profiles=ds.profiles)
         # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.

@@ -59,10 +59,39 @@ def test_csv_resume_redoes_a_half_written_user(world, tmp_path):
     full = out.read_text(encoding="utf-8").splitlines()
     assert full[0].startswith("user_id,rank,item_id,title")
     out.write_text("\n".join(full[:5]) + "\n", encoding="utf-8")  # header, u0 x3, first row of u1
-    assert done_users(out) == ["u0"]
+    assert done_users(out, k=3) == ["u0"]
     assert run(world, out) == 0
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert [(r["user_id"], r["rank"]) for r in rows] == [(f"u{i}", str(k)) for i in range(6) for k in (1, 2, 3)]
+    out.write_text("\n".join(full[:7]) + "\n" + full[7][:9], encoding="utf-8")  # u0, u1 x3, cut inside u2's row
+    assert done_users(out, k=3) == ["u0", "u1"]
+    assert out.read_text(encoding="utf-8") == "\n".join(full[:7]) + "\n"
+
+
+def test_csv_resume_with_other_users_keeps_finished_ones(world, tmp_path):
+    """A rerun for fewer users must not delete the complete rows of users it does not list."""
+    out = tmp_path / "recs.csv"
+    (tmp_path / "three.txt").write_text("u0\nu1\nu2\n")
+    (tmp_path / "two.txt").write_text("u0\nu1\n")
+    assert run(world, out, "--users-file", str(tmp_path / "three.txt")) == 0
+    before = out.read_text(encoding="utf-8")
+    assert run(world, out, "--users-file", str(tmp_path / "two.txt")) == 0
+    assert out.read_text(encoding="utf-8") == before and before.count("\nu2,") == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a,b,c\n1,2,3\n", ":1: not an m6gen recommendations header"),
+    (b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob\nu0,1\n", ":2: not an m6gen recommendations row"),
+    (b"\xff\xfe\n", "not UTF-8 text"),
+])
+def test_foreign_output_file_is_refused_and_kept(world, tmp_path, content, message):
+    for name in ("recs.csv", "recs.jsonl"):
+        out = tmp_path / name
+        out.write_bytes(content)
+        err = capsys_error(world, out)
+        assert message in err or name.endswith(".jsonl") and "not an m6gen" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert out.read_bytes() == content
 
 
 def test_users_file(world, tmp_path):

@@ -37,6 +37,28 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
     assert cache.read_text().splitlines() == lines
 
 
+def test_another_model_never_reuses_the_beam_cache(world, tmp_path):  # noqa: F811
+    """Beams are cached per model: a different model evaluated into the same folder generates its own."""
+    from tiny_lm import make_model, make_tokenizer
+
+    data, model_dir = world
+    other = tmp_path / "other-model"
+    tok = make_tokenizer()
+    make_model(len(tok), seed=1).save_pretrained(other)
+    tok.save_pretrained(other)
+    out = tmp_path / "eval"
+    argv = ["--data", str(data), "--beams", "6", "--split", "valid", "--out", str(out), "--baselines", "",
+            "--weights", "", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--model", str(model_dir)]) == 0
+    first = json.loads((out / "eval_valid.json").read_text())
+    assert main([*argv, "--model", str(other)]) == 0
+    second = json.loads((out / "eval_valid.json").read_text())
+    caches = sorted(out.glob("beams_valid-*.jsonl"))
+    assert len(caches) == 2 and all(len(c.read_text().splitlines()) == 6 for c in caches)
+    assert all("-auto" not in c.name and ("-float32-" in c.name or "-bfloat16-" in c.name) for c in caches)
+    assert first != second  # different weights, different beams (the old cache name gave identical tables)
+
+
 def test_sasrec_in_decoding_rows(world, tmp_path):  # noqa: F811
     """--decode-blend searches with SASRec's log-probs; a huge weight makes the beams SASRec's own top items."""
     data, model_dir = world
