@@ -145,14 +145,15 @@ def run_baselines(
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from m6gen.cli import nonnegative_int, positive_int
     from m6gen.sasrec import SASRecConfig
 
     p = argparse.ArgumentParser(prog="python -m m6gen.baselines", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="data folder (default: $M6GEN_DATA or data/cache/ml-100k)")
     p.add_argument("--out", default=None, help="folder for tables, baselines.json and the SASRec model")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--max-users", type=int, default=None, help="evaluate only the first N users")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users")
+    p.add_argument("--threads", type=nonnegative_int, default=1, help="torch CPU threads (0: torch's choice)")
     for f in fields(SASRecConfig):  # every SASRec field is a flag: --hidden 64 --time-budget-s 240 ...
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes"), "float | None": float}.get(str(f.type), None)
         kind = kind or type(f.default)

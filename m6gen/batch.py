@@ -26,7 +26,7 @@ CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diver
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from m6gen.cli import add_data_args, add_model_args, add_template_args
+    from m6gen.cli import add_data_args, add_model_args, add_template_args, nonnegative_float
 
     p = argparse.ArgumentParser(prog="m6gen recommend", description="Top-k recommendation lists for many users.")
     add_data_args(p), add_template_args(p), add_model_args(p)
@@ -34,8 +34,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--users-file", default=None, help="file with one user id per line (default: all users)")
     p.add_argument("--history", default="full", choices=["full", "test", "valid"],
                    help="what each user's prompt shows: every known item (full), all but the test item, or the train items")
-    p.add_argument("--diversity", type=float, default=0.0, help="reranker diversity weight")
-    p.add_argument("--novelty", type=float, default=0.0, help="reranker novelty weight")
+    p.add_argument("--diversity", type=nonnegative_float, default=0.0, help="reranker diversity weight")
+    p.add_argument("--novelty", type=nonnegative_float, default=0.0, help="reranker novelty weight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -13,11 +13,71 @@ Every error a user can cause is printed as one line, ``error: ...``, with exit s
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 
 class UsageError(ValueError):
     """Bad command-line input (unknown user, bad option value)."""
+
+
+# ---------------------------------------------------------------------- option types
+# argparse turns an ArgumentTypeError into one line naming the flag, with exit status 2.
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def comma_list(item_type):
+    """A comma-separated list whose every entry passes ``item_type``; the text itself is kept ('' = none)."""
+
+    def check(text: str) -> str:
+        for part in filter(None, (x.strip() for x in str(text).split(","))):
+            item_type(part)
+        return text
+
+    return check
+
+
+def one_of_each(allowed: tuple[str, ...]):
+    """A comma-separated list of names from ``allowed``; the text itself is kept ('' = none)."""
+
+    def check(text: str) -> str:
+        unknown = [x.strip() for x in str(text).split(",") if x.strip() and x.strip() not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+        return text
+
+    return check
 
 
 # ---------------------------------------------------------------------- shared options
@@ -38,15 +98,24 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}  # JSON is YAML
         except OSError as err:
-            raise SystemExit(f"error: {path}: cannot read config ({err.strerror})") from None
+            parser.exit(2, f"error: {path}: cannot read config ({err.strerror})\n")
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
-            raise SystemExit(f"error: {path}{where}: not valid YAML/JSON") from None
+            parser.exit(2, f"error: {path}{where}: not valid YAML/JSON\n")
         if not isinstance(data, dict):
-            raise SystemExit(f"error: {path}: expected a mapping of option names to values")
-        dests = {a.dest for a in parser._actions}
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") in dests})
+            parser.exit(2, f"error: {path}: expected a mapping of option names to values\n")
+        target = parser  # the parser whose options the file fills: the sub-command's, if there is one
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                command = next((a for a in argv or sys.argv[1:] if not a.startswith("-")), None)
+                target = action.choices.get(command, parser)
+        dests = {a.dest for a in target._actions}
+        values = {str(k).replace("-", "_"): v for k, v in data.items()}
+        skipped = sorted(k for k in values if k not in dests)
+        if skipped:  # shared files are fine; a typo should not pass unseen
+            print(f"note: {path}: {target.prog} does not take {', '.join(skipped)} (skipped)", file=sys.stderr)
+        target.set_defaults(**{k: v for k, v in values.items() if k in dests})
     return parser.parse_args(argv)
 
 
@@ -58,17 +127,18 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     add_config_arg(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="data folder (default: MovieLens-100K from scripts/setup.sh, or $M6GEN_DATA)")
-    g.add_argument("--format", default="auto", help="recbole | ml-100k | ml-1m | plain | auto (default)")
+    g.add_argument("--format", default="auto", choices=["auto", "recbole", "ml-100k", "ml-1m", "plain"],
+                   help="data format (default: auto, detected from the files)")
     g.add_argument("--title-field", default=None, help="item title column (default: detected)")
     g.add_argument("--dedupe", default="first", choices=["first", "keep", "last"], help="repeated items in a history")
-    g.add_argument("--min-history", type=int, default=3, help="drop users with fewer interactions")
+    g.add_argument("--min-history", type=positive_int, default=3, help="drop users with fewer interactions")
 
 
 def add_template_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prompts")
     g.add_argument("--templates", default=None, help="extra folder of .jinja templates (searched before prompts/)")
     g.add_argument("--template", default=None, help="template name or .jinja path (default: the trained model's, else titles)")
-    g.add_argument("--max-history", type=int, default=None, help="most recent items shown in the prompt (default: the trained model's, else 20)")
+    g.add_argument("--max-history", type=positive_int, default=None, help="most recent items shown in the prompt (default: the trained model's, else 20)")
 
 
 def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
@@ -80,21 +150,21 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
                    help="model dtype; auto = bf16 where the device computes it natively, else float32")
     g.add_argument("--device", default="auto",
                    help="where the model runs: auto (the GPU or other accelerator torch sees, else cpu), cpu, cuda, cuda:1, mps")
-    g.add_argument("--beams", type=int, default=20, help="beams (candidate items) per user")
-    g.add_argument("--k", type=int, default=10, help="recommendations per user")
+    g.add_argument("--beams", type=positive_int, default=20, help="beams (candidate items) per user")
+    g.add_argument("--k", type=positive_int, default=10, help="recommendations per user")
     g.add_argument("--rank-by", default="logprob", choices=["logprob", "normalized", "catalog"], help="beam score used for ranking")
-    g.add_argument("--batch-size", type=int, default=8, help="users decoded together")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="users decoded together")
     g.add_argument("--candidates", default=None,
                    help="a saved SASRec folder as retriever: m6gen ranks its top --n-candidates unseen items, all of "
                         "them and only them (candidate templates also list them in the prompt; default: the "
                         "retriever a model trained with m6gen train --candidates used)")
-    g.add_argument("--n-candidates", type=int, default=None, help="retrieved items per user (default: the trained model's, else 20)")
+    g.add_argument("--n-candidates", type=positive_int, default=None, help="retrieved items per user (default: the trained model's, else 20)")
     if not prior:
         return
     g.add_argument("--sasrec", default=None,
                    help="a saved SASRec folder (m6gen eval writes <out>/baselines/sasrec) whose log-probabilities "
                         "join the beam search as an item prior")
-    g.add_argument("--sasrec-weight", type=float, default=1.0, help="weight of the SASRec prior (with --sasrec)")
+    g.add_argument("--sasrec-weight", type=nonnegative_float, default=1.0, help="weight of the SASRec prior (with --sasrec)")
 
 
 def load_data(args):
@@ -257,7 +327,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="data summary, prompts and top-k recommendations on the defaults")
     add_data_args(p), add_template_args(p), add_model_args(p)
     p.add_argument("--users", default=None, help="comma-separated user ids (default: the first --n-users)")
-    p.add_argument("--n-users", type=int, default=3, help="how many users to recommend for")
+    p.add_argument("--n-users", type=positive_int, default=3, help="how many users to recommend for")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="summary of a data set and its leave-one-out split")
@@ -270,7 +340,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="tokenizer for chat templates (with --chat-tokenizer)")
     p.add_argument("--chat-tokenizer", action="store_true", help="load the model's tokenizer for chat-style templates")
     p.add_argument("--candidates", default=None, help="a saved SASRec folder whose top items candidate templates list")
-    p.add_argument("--n-candidates", type=int, default=20, help="items listed (with --candidates)")
+    p.add_argument("--n-candidates", type=positive_int, default=20, help="items listed (with --candidates)")
     p.set_defaults(func=cmd_prompts)
 
     for name, helptext in DELEGATES_HELP.items():  # listed here, parsed by their own modules
@@ -298,6 +368,11 @@ def run_guarded(func, args) -> int:
         return func(args)
     except (DataError, ModelError, TemplateError, UsageError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a bad value that got past the option checks; M6GEN_DEBUG=1 shows the traceback
+        if os.environ.get("M6GEN_DEBUG"):
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -33,19 +33,19 @@ TABLE_METRICS = ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from m6gen.cli import add_data_args, add_model_args, add_template_args
+    from m6gen.cli import add_data_args, add_model_args, add_template_args, comma_list, nonnegative_float, one_of_each, positive_int
 
     p = argparse.ArgumentParser(prog="m6gen eval", description="Full-ranking evaluation against Pop and SASRec.")
     add_data_args(p), add_template_args(p), add_model_args(p, prior=False)
     p.add_argument("--split", default="test", choices=["test", "valid"], help="evaluate on the test or validation item")
-    p.add_argument("--max-users", type=int, default=None, help="only the first N users (default: all)")
+    p.add_argument("--max-users", type=positive_int, default=None, help="only the first N users (default: all)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="reranker settings 'diversity,novelty;...' evaluated as extra rows")
-    p.add_argument("--baselines", default="Pop,SASRec", help="peers to include (comma list; '' for none)")
-    p.add_argument("--sasrec-epochs", type=int, default=None, help="SASRec epochs (default: its config's)")
-    p.add_argument("--blend", default="0.5,1,2",
+    p.add_argument("--baselines", default="Pop,SASRec", type=one_of_each(("Pop", "SASRec")), help="peers to include (comma list; '' for none)")
+    p.add_argument("--sasrec-epochs", type=positive_int, default=None, help="SASRec epochs (default: its config's)")
+    p.add_argument("--blend", default="0.5,1,2", type=comma_list(nonnegative_float),
                    help="weights w for extra rows ranking m6gen's beams by logprob + w * SASRec log-prob ('' for none)")
-    p.add_argument("--decode-blend", default="",
+    p.add_argument("--decode-blend", default="", type=comma_list(nonnegative_float),
                    help="weights w for extra rows whose beams are searched with w * SASRec log-prob added token by "
                         "token through the trie (one decoding per w; '' for none)")
     p.add_argument("--choose-on-valid", action="store_true",

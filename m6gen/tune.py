@@ -21,15 +21,15 @@ import numpy as np
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from m6gen.cli import add_data_args, add_model_args
+    from m6gen.cli import add_data_args, add_model_args, comma_list, nonnegative_int, positive_int
 
     p = argparse.ArgumentParser(prog="m6gen tune-prompts", description="Leaderboard of prompt templates on validation.")
     add_data_args(p), add_model_args(p, prior=False)
     p.add_argument("--templates", default=None, help="extra folder of .jinja templates (searched before prompts/)")
     p.add_argument("--only", default=None, help="comma list of template names (default: all)")
-    p.add_argument("--history", default="20", help="comma list of history lengths to try (the knob search)")
-    p.add_argument("--max-users", type=int, default=100, help="validation users scored")
-    p.add_argument("--train-steps", type=int, default=0, help="short LoRA run per template before scoring (0: zero-shot)")
+    p.add_argument("--history", default="20", type=comma_list(positive_int), help="comma list of history lengths to try (the knob search)")
+    p.add_argument("--max-users", type=positive_int, default=100, help="validation users scored")
+    p.add_argument("--train-steps", type=nonnegative_int, default=0, help="short LoRA run per template before scoring (0: zero-shot)")
     p.add_argument("--write-config", default="m6gen.yaml", help="YAML file to record the best template in ('' to skip)")
     return p
 

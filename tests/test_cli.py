@@ -49,3 +49,45 @@ def test_a_device_that_is_not_there_is_one_line(world, capsys):  # noqa: F811
         assert code == 2 and err == ["error: device 'cuda': not available here (torch sees only the cpu)"]
     else:
         assert code == 0
+
+
+BAD_VALUES = [
+    (["demo", "--beams", "0"], "--beams"), (["demo", "--k", "x"], "--k"), (["demo", "--n-users", "-2"], "--n-users"),
+    (["data", "--min-history", "-1"], "--min-history"), (["data", "--format", "bogus"], "--format"),
+    (["recommend", "--sasrec-weight", "nan"], "--sasrec-weight"), (["recommend", "--diversity", "-5"], "--diversity"),
+    (["recommend", "--n-candidates", "0"], "--n-candidates"), (["eval", "--max-users", "0"], "--max-users"),
+    (["eval", "--blend", "1,x"], "--blend"), (["eval", "--baselines", "Pop,Foo"], "--baselines"),
+    (["tune-prompts", "--history", "10,abc"], "--history"), (["tune-prompts", "--train-steps", "-1"], "--train-steps"),
+]  # fmt: skip
+
+
+def test_bad_option_values_name_the_flag(capsys):
+    import pytest
+
+    for argv, flag in BAD_VALUES:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"argument {flag}:" in err and "Traceback" not in err, argv
+
+
+def test_config_file_problems(world, tmp_path, capsys):  # noqa: F811
+    import pytest
+
+    data, _ = world
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "--config", str(tmp_path / "none.yaml")])
+    assert exit_.value.code == 2 and "cannot read config" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\nkk: 2\nmax_steps: 5\n")  # a typo, and a key only train takes
+    assert main(["data", "--config", str(cfg)]) == 0
+    assert "m6gen data does not take kk, max_steps (skipped)" in capsys.readouterr().err
+
+
+def test_a_bad_value_from_a_config_file_is_one_line(world, tmp_path, capsys):  # noqa: F811
+    data, model_dir = world
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("k: 0\n")  # config values skip argparse's checks; the library's own check still reads as one line
+    assert main(["demo", "--config", str(cfg), "--data", str(data), "--model", str(model_dir), "--beams", "4"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading bar
+    assert err == "error: k must be an integer >= 1, got 0"
