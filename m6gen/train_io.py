@@ -22,6 +22,18 @@ class TrainError(ValueError):
     """A training option or output folder is unusable; the message says which and what to do."""
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file; a :class:`TrainError` naming the file and line when it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise TrainError(f"{path}{where}: damaged, not valid JSON; restore it or train into a new folder") from None
+    if not isinstance(data, dict):
+        raise TrainError(f"{path}: damaged, expected a JSON object; restore it or train into a new folder")
+    return data
+
+
 def _help(text: str, **kw) -> Any:
     return field(metadata={"help": text, **kw.pop("meta", {})}, **kw)
 
@@ -188,7 +200,7 @@ def check_output_dir(cfg: TrainConfig) -> str:
 def checkpoint_pointer(out: Path) -> dict[str, str | None]:
     """``checkpoints/latest.json`` of a run folder: the "last" and "best" checkpoint names ({} before the first)."""
     path = out / "checkpoints" / "latest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def gather_trainable(sharded, optimizer=None) -> tuple[dict, dict]:
@@ -275,7 +287,7 @@ def load_checkpoint(acc, folder: Path, peft_model, optimizer, scheduler, sharded
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((folder / "trainer_state.json").read_text())
+    return read_json(folder / "trainer_state.json")
 
 
 class CsvLog:
@@ -351,7 +363,9 @@ def read_run_config(output_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]
     path = Path(output_dir) / CONFIG_FILE
     if not path.is_file():
         raise TrainError(f"{output_dir}: not an m6gen training output ({CONFIG_FILE} missing)")
-    saved = json.loads(path.read_text())
+    saved = read_json(path)
+    if not isinstance(saved.get("config"), dict):
+        raise TrainError(f"{path}: damaged, no \"config\" object; restore it or train into a new folder")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved["config"].items() if k in names}), saved.get("resolved", {})
 
@@ -367,7 +381,7 @@ def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
     """Copy the LoRA weights saved in ``folder`` into ``peft_model``; TrainError when their shapes differ."""
     from peft import load_peft_weights, set_peft_model_state_dict
 
-    saved = json.loads((Path(folder) / "adapter_config.json").read_text())
+    saved = read_json(Path(folder) / "adapter_config.json")
     ours = sorted(cfg.target_modules)
     theirs = saved.get("target_modules")
     theirs = sorted(theirs) if isinstance(theirs, list) else [theirs]

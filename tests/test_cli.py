@@ -91,3 +91,13 @@ def test_a_bad_value_from_a_config_file_is_one_line(world, tmp_path, capsys):  #
     assert main(["demo", "--config", str(cfg), "--data", str(data), "--model", str(model_dir), "--beams", "4"]) == 2
     err = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading bar
     assert err == "error: k must be an integer >= 1, got 0"
+
+
+def test_a_damaged_run_folder_is_one_line(world, tmp_path, capsys):  # noqa: F811
+    data, _ = world
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "m6gen_config.json").write_text('{"config": {"template": ')  # cut off mid-write
+    assert main(["demo", "--data", str(data), "--model", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {run / 'm6gen_config.json'}:1: damaged, not valid JSON; restore it or train into a new folder\n"
