@@ -245,6 +245,7 @@ def cmd_prompts(args) -> int:
     ds, split = load_data(args)
     user = pick_users(split, args.user, 1)[0]
     history = [ds.catalog[i] for i in split.test_history(user)]
+    only = args.template  # asked for by name or path: render just that one
     resolve_template_args(args)
     lib = TemplateLibrary(args.templates, max_history=args.max_history)
     tokenizer = None
@@ -259,7 +260,7 @@ def cmd_prompts(args) -> int:
 
         found = retrieve(load_sasrec(args.candidates, len(ds.catalog)), [split.test_history(user)], args.n_candidates)
         candidates = [ds.catalog[int(i)] for i in found[0]]
-    for name in lib.names():
+    for name in [only] if only else lib.names():
         tpl = lib.get(name)
         prompt = tpl.render_prompt(history, user={**ds.profiles.get(user, {}), "user_id": user}, tokenizer=tokenizer,
                                    candidates=candidates)  # fmt: skip
@@ -334,7 +335,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("prompts", help="render every template for one user")
+    p = sub.add_parser("prompts", help="render every template (or only --template) for one user")
     add_data_args(p), add_template_args(p)
     p.add_argument("--user", default=None, help="user id (default: the first user)")
     p.add_argument("--model", default=None, help="tokenizer for chat templates (with --chat-tokenizer)")

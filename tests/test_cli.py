@@ -17,6 +17,10 @@ def test_prompts_and_demo(world, capsys):  # noqa: F811
     assert main(["prompts", "--data", str(data), "--user", "u2"]) == 0
     out = capsys.readouterr().out
     assert out.count("===== template") >= 3 and "<- target (held out)" in out
+    assert main(["prompts", "--data", str(data), "--user", "u2", "--template", "sequence"]) == 0
+    assert capsys.readouterr().out.count("===== template 'sequence'") == 1
+    assert main(["prompts", "--data", str(data), "--template", "nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err
     assert main(["demo", "--data", str(data), "--model", str(model_dir), "--beams", "4", "--k", "3", "--n-users", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("all in catalog: True") == 2
