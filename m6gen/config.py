@@ -61,18 +61,19 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # fmt: skip
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        flags = [_flag(f.name), *f.metadata.get("aliases", ())]  # e.g. --format, as the other commands spell it
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if tp is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(_flag(f.name), nargs="+", metavar=f.name.upper(), **kw)
+            parser.add_argument(*flags, nargs="+", metavar=f.name.upper(), **kw)
         else:
             convert = tp if tp in (int, float, str) else str
             if "choices" not in kw:
                 kw["metavar"] = f.name.upper()
-            parser.add_argument(_flag(f.name), type=_none_or(convert) if optional else convert, **kw)
+            parser.add_argument(*flags, type=_none_or(convert) if optional else convert, **kw)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -128,8 +129,10 @@ def build_config(cls: type[C], file_values: dict[str, Any] | None = None, overri
                  source: str = "config") -> C:  # fmt: skip
     """An instance of dataclass ``cls``: defaults, then ``file_values`` (checked), then ``overrides``."""
     names = {f.name for f in dataclasses.fields(cls)}
+    aliases = {a.lstrip("-").replace("-", "_"): f.name for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
     values: dict[str, Any] = {}
     for key, value in (file_values or {}).items():
+        key = aliases.get(key, key)  # a file shared with other commands may say format/templates
         if key not in names:
             raise ConfigError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(names))}")
         values[key] = _coerce(cls, key, value, source)

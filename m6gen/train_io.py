@@ -44,9 +44,11 @@ class TrainConfig:
 
     # data and prompts
     data: str | None = _help("data folder (default: $M6GEN_DATA, else data/cache/ml-100k)", default=None)
-    data_format: str = _help("data format: auto, recbole, ml-100k, ml-1m, plain", default="auto")
+    data_format: str = _help("data format: auto, recbole, ml-100k, ml-1m, plain", default="auto",
+                             meta={"aliases": ("--format",)})
     template: str = _help("prompt template name (prompts/*.jinja) or path to a .jinja file", default="titles")
-    prompts_dir: str | None = _help("extra folder of templates, searched first", default=None)
+    prompts_dir: str | None = _help("extra folder of templates, searched first", default=None,
+                                    meta={"aliases": ("--templates",)})
     max_history: int = _help("items shown in a prompt (the most recent ones)", default=10)
     candidates: str | None = _help("a saved SASRec folder (m6gen eval writes <model>/baselines/sasrec) as retriever: "
                                    "each prompt lists its top n_candidates unseen items (template variable "

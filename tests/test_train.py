@@ -558,6 +558,10 @@ def test_config_file_then_flags(tmp_path):
         config_from_args(TrainConfig, make_parser().parse_args(["--config", str(tmp_path / "t.json")]))
     with pytest.raises(ConfigError, match="unknown option"):
         build_config(TrainConfig, {"learning_rate": 1})
+    # the other commands' spellings, on the command line and in a shared file
+    cfg = config_from_args(TrainConfig, make_parser().parse_args(["--format", "plain", "--templates", "mine/"]))
+    assert (cfg.data_format, cfg.prompts_dir) == ("plain", "mine/")
+    assert build_config(TrainConfig, {"format": "ml-1m", "templates": "x/"}).data_format == "ml-1m"
 
 
 @pytest.mark.smoke
