@@ -34,7 +34,7 @@ commands:
   open                    toggle open-ended mode: the model may name titles outside the catalog
   set [NAME VALUE]        show settings, or change one: k, beams, template, div, nov, rank_by, tokens, sample
   save FILE | load FILE   the session (history, settings, last recommendations) as JSON
-  help | quit             this text | leave (Ctrl-D too)"""
+  help | quit             this text | leave (Ctrl-D too); any command may start with /, e.g. /quit"""
 NO_ARG = ("help", "?", "history", "clear", "rec", "open", "quit", "exit", "settings")
 WITH_ARG = ("add", "user", "set", "why", "save", "load", "remove")
 def explain(model, tokenizer, history_titles: list[str], title: str, max_new_tokens: int = 40,
@@ -153,7 +153,11 @@ class ChatSession:
             return True
         word, _, arg = line.partition(" ")
         word, arg = word.lower(), arg.strip()
-        if word in NO_ARG and arg:  # "Clear and Present Danger", "Open Water": a title
+        if word.startswith("/"):  # "/quit", "/rec": commands as other chat tools spell them; never a title
+            word = word[1:]
+            if word not in NO_ARG and word not in WITH_ARG:
+                raise ChatError(f"unknown command /{word}; type help for the commands")
+        elif word in NO_ARG and arg:  # "Clear and Present Danger", "Open Water": a title
             word, arg = "add", line
         elif word == "why" and not arg.lstrip("+-").isdigit() and arg:  # "why we fight": a title
             word, arg = "add", line
@@ -360,6 +364,8 @@ class ChatSession:
         if not arg:
             raise ChatError("save to which file? e.g. `save session.json`")
         path = Path(arg).expanduser()
+        if not path.parent.is_dir():
+            raise ChatError(f"cannot save to {path}: folder {path.parent} does not exist")
         write_atomic(path, json.dumps(self.state(), ensure_ascii=False, indent=1) + "\n")
         self.say(f"saved {len(self.history)} history items, settings and {len(self.last)} recommendations to {path}")
 
@@ -377,7 +383,7 @@ class ChatSession:
             raise ChatError(f"{where}: 'settings' must be an object and 'history' a list")
         try:
             new = ChatSettings(**{k: v for k, v in settings.items() if k in known})
-        except TypeError as err:
+        except (TypeError, ChatError) as err:
             raise ChatError(f"{where}: settings: {err}") from None
         history, missing = [], 0
         for entry in state.get("history", []):
@@ -446,6 +452,10 @@ def _run(args) -> int:
         raise UsageError(str(err)) from None
     t0 = time.time()
     ds, split = load_data(args)
+    if args.user and args.user not in split.train:  # checked before the slow model load, as above
+        raise UsageError(f"--user {args.user}: unknown user id (ids look like {', '.join(split.users[:3])})")
+    if args.session and not Path(args.session).expanduser().is_file():
+        raise UsageError(f"--session {args.session}: no such file")
     rec = load_recommender(args, ds.catalog)
     rec.features = item_features(ds, split)
     library = TemplateLibrary(args.templates, max_history=args.max_history)
@@ -454,5 +464,8 @@ def _run(args) -> int:
     session.say(f"m6gen chat: {len(ds.catalog)} items, {len(split.users)} users, model {args.model or 'default'} "
                 f"(ready in {time.time() - t0:.1f} s). Type titles you liked, then `rec`; `help` lists commands.")
     for line in ([f"user {args.user}"] if args.user else []) + ([f"load {args.session}"] if args.session else []):
-        session.handle(line)
+        try:
+            session._dispatch(line)
+        except ChatError as err:  # a damaged --session file: one line, exit 2, before any typing
+            raise UsageError(str(err)) from None
     return session.run()

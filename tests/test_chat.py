@@ -188,7 +188,10 @@ def test_load_skips_unknown_items_and_rejects_bad_files(new_session, tmp_path):
     for name in ("bad.json", "other.json", "badset.json", "missing.json"):
         out = drive(s, [f"load {tmp_path / name}"])
         assert out.startswith("error: ") and out.count("\n") == 1
+        assert name == "missing.json" or str(tmp_path / name) in out  # the file is named
     assert titles_of(s) == ["Heat (1995)"] and s.settings.k == 4
+    out = drive(s, [f"save {tmp_path / 'nodir' / 's.json'}"])  # names the path typed, not a temp file
+    assert out == f"error: cannot save to {tmp_path / 'nodir' / 's.json'}: folder {tmp_path / 'nodir'} does not exist\n"
 
 
 # ---------------------------------------------------------------------- no line crashes it
@@ -211,8 +214,19 @@ def test_fuzz_no_line_crashes_the_session(new_session, tmp_path, monkeypatch, li
     s.history = [0, 7]  # so that `rec` and `why N` reach the model
     s.last = [{"rank": 1, "item_id": "3", "title": "Alien (1979)", "in_catalog": True, "logprob": -1.0}]
     for line in lines:
-        assert s.handle(line) is (line.strip().lower() not in ("quit", "exit"))
+        said = line.strip().lower()
+        quits = said in ("quit", "exit") or said.partition(" ")[0] in ("/quit", "/exit")
+        assert s.handle(line) is (not quits)
     assert all(0 <= i < len(s.catalog) for i in s.history) and len(set(s.history)) == len(s.history)
+
+
+def test_slash_commands(new_session):
+    """'/quit' and '/help' are commands, an unknown '/word' an error: never a title added by fuzzy match."""
+    s = new_session()
+    assert s.handle("/help") is True and "rec" in s.out.getvalue()
+    assert s.handle("/nope") is True and "error: unknown command /nope" in s.out.getvalue()
+    assert s.history == []
+    assert s.handle("/quit") is False
 
 
 # ---------------------------------------------------------------------- the script, through a real stdin

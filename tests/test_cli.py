@@ -105,3 +105,17 @@ def test_a_damaged_run_folder_is_one_line(world, tmp_path, capsys):  # noqa: F81
     assert main(["demo", "--data", str(data), "--model", str(run)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {run / 'm6gen_config.json'}:1: damaged, not valid JSON; restore it or train into a new folder\n"
+
+
+def test_chat_start_options_are_checked_before_the_session(world, tmp_path, capsys):  # noqa: F811
+    from m6gen.chat import main as chat
+
+    data, model_dir = world
+    base = ["--data", str(data), "--model", str(model_dir), "--beams", "4"]
+    assert chat([*base, "--user", "nobody"]) == 2
+    assert capsys.readouterr().err == "error: --user nobody: unknown user id (ids look like u0, u1, u2)\n"
+    assert chat([*base, "--session", str(tmp_path / "missing.json")]) == 2
+    assert "--session" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert chat([*base, "--session", str(tmp_path / "bad.json")]) == 2
+    assert str(tmp_path / "bad.json") in capsys.readouterr().err.splitlines()[-1]
