@@ -101,8 +101,11 @@ def short_train(args, template: str, max_history: int):
     from m6gen.train import main as train_main
 
     out = Path(tempfile.mkdtemp(prefix=f"m6gen-tune-{template}-"))
+    # The run's own validation is not used (each template is scored below, on --max-users users):
+    # skip it at the start and keep it to one user at the end, where train always validates.
     argv = ["--template", template, "--max-history", str(max_history), "--max-steps", str(args.train_steps),
-            "--output-dir", str(out), "--eval-every", "0"]
+            "--output-dir", str(out), "--eval-every", "0", "--no-eval-at-start", "--eval-users", "1",
+            "--final-adapter", "last"]  # fmt: skip
     if args.model:
         argv += ["--model", args.model]
     if args.data:
