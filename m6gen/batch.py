@@ -65,6 +65,8 @@ def read_user_ids(path: str | Path, known: set[str]) -> list[str]:
         if uid not in seen:
             seen.add(uid)
             ids.append(uid)
+    if not ids:
+        raise UserListError(f"{path}: no user ids in it")
     return ids
 
 
@@ -206,8 +208,9 @@ def run(args) -> int:
         append(target, ",".join(CSV_FIELDS) + "\n")
     history_of = {"full": lambda u: split.test_history(u) + [split.test[u]], "test": split.test_history,
                   "valid": split.valid_history}[args.history]
-    rec = load_recommender(args, ds.catalog)
-    rec.features = item_features(ds, split)
+    if todo:  # a finished file needs no model
+        rec = load_recommender(args, ds.catalog)
+        rec.features = item_features(ds, split)
     rcfg = RerankConfig(k=args.k, diversity_weight=args.diversity, novelty_weight=args.novelty)
     bar = tqdm(total=len(users), initial=len(users) - len(todo), desc=f"recommend[{state.index}]",
                unit="user", disable=args.no_progress)
@@ -223,8 +226,11 @@ def run(args) -> int:
         if state.is_main:
             merge_shards(output, [output.with_name(f"{output.stem}.shard{i}of{state.count}{output.suffix}")
                                   for i in range(state.count)])
-    if state.is_main:
-        print(f"wrote {len(users) if state.count == 1 else 'all'} users to {output}", file=sys.stderr)
+    if state.is_main and state.count == 1:
+        already = f" ({len(users) - len(todo)} already there)" if len(todo) < len(users) else ""
+        print(f"wrote {len(todo)} users to {output}{already}", file=sys.stderr)
+    elif state.is_main:
+        print(f"wrote all users to {output}", file=sys.stderr)
     return 0
 
 

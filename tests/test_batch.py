@@ -68,6 +68,21 @@ def test_csv_resume_redoes_a_half_written_user(world, tmp_path):
     assert out.read_text(encoding="utf-8") == "\n".join(full[:7]) + "\n"
 
 
+def test_a_finished_file_is_left_alone_and_says_so(world, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "recs.jsonl"
+    assert run(world, out) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"wrote 6 users to {out}"
+    before = out.read_bytes()
+    import m6gen.cli
+
+    monkeypatch.setattr(m6gen.cli, "load_recommender", lambda *a: pytest.fail("loaded a model with nothing to do"))
+    assert run(world, out) == 0
+    assert out.read_bytes() == before
+    assert capsys.readouterr().err.splitlines()[-1] == f"wrote 0 users to {out} (6 already there)"
+    (tmp_path / "empty.txt").write_text("# nobody\n")
+    assert "empty.txt: no user ids in it" in capsys_error(world, tmp_path / "x.jsonl", "--users-file", str(tmp_path / "empty.txt"))
+
+
 def test_csv_resume_with_other_users_keeps_finished_ones(world, tmp_path):
     """A rerun for fewer users must not delete the complete rows of users it does not list."""
     out = tmp_path / "recs.csv"
