@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,6 +419,9 @@ def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = F
         from m6gen.model import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    model = PeftModel.from_pretrained(load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device), str(output_dir))
+    base = load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device)
+    with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; nothing for our users to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(base, str(output_dir))
     model.eval()
     return (model.merge_and_unload() if merge else model), tokenizer, cfg
