@@ -65,6 +65,7 @@ def run_baselines(
     out_dir: str | Path | None = None,
     model: SASRec | None = None,
     threads: int | None = 1,
+    loaded: tuple[Any, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate the peers on one leave-one-out split, whole catalog ranked, history items excluded.
@@ -79,6 +80,8 @@ def run_baselines(
         model: an already trained SASRec to evaluate instead of training one.
         threads: torch CPU threads while this runs (restored after); None leaves torch's setting.
             1 is the default because on a shared 2-core machine 2 threads ran a step 8x slower.
+        loaded: ``(dataset, split)`` already read by the caller with its own data options
+            (format, title field, dedupe, min history); ``dataset_path`` is then only recorded.
 
     Returns
     -------
@@ -92,8 +95,11 @@ def run_baselines(
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-    ds = load_dataset(dataset_path)
-    split = leave_one_out(build_histories(ds))
+    if loaded is not None:
+        ds, split = loaded
+    else:
+        ds = load_dataset(dataset_path)
+        split = leave_one_out(build_histories(ds))
     n_items = len(ds.catalog)
     users = split.users if max_users is None else split.users[:max_users]
     popularity = item_popularity(split, n_items)

@@ -132,6 +132,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--title-field", default=None, help="item title column (default: detected)")
     g.add_argument("--dedupe", default="first", choices=["first", "keep", "last"], help="repeated items in a history")
     g.add_argument("--min-history", type=positive_int, default=3, help="drop users with fewer interactions")
+    g.add_argument("--unknown-items", default="error", choices=["error", "skip"],
+                   help="interactions whose item is not in the item file: an error (default), or skip them")
 
 
 def add_template_args(p: argparse.ArgumentParser) -> None:
@@ -170,7 +172,8 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
 def load_data(args):
     from m6gen.data import build_histories, leave_one_out, load_dataset
 
-    ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field)
+    ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field,
+                      on_unknown_item="skip" if args.unknown_items == "skip" else "raise")
     split = leave_one_out(build_histories(ds, dedupe=args.dedupe, min_history=args.min_history))
     return ds, split
 

@@ -182,7 +182,7 @@ def run(args) -> int:
 
             sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder (same data, train split)
         base = run_baselines(args.data, config=cfg, methods=methods, max_users=args.max_users, model=sasrec,
-                             out_dir=out / "baselines", progress=not args.no_progress)
+                             out_dir=out / "baselines", progress=not args.no_progress, loaded=(ds, split))
         if "SASRec" in methods and sasrec is None:
             from m6gen.sasrec import SASRec
 

@@ -191,7 +191,7 @@ def _events(path: Path, numbers: np.ndarray, users: list[str], item_ids: list[st
     unknown = np.flatnonzero(items < 0)
     if unknown.size and on_unknown_item == "raise":
         k = unknown[0]
-        raise DataError(f"unknown item id {item_ids[k]!r:.60} (not in the item file; on_unknown_item='skip' drops "
+        raise DataError(f"unknown item id {item_ids[k]!r:.60} (not in the item file; --unknown-items skip drops "
                         "such lines)", path, int(numbers[k]), "item_id")  # fmt: skip
     if unknown.size:
         warnings.warn(f"{path}: skipped {unknown.size} interactions with unknown item ids", stacklevel=3)
@@ -248,7 +248,7 @@ def read_recbole(folder: str | Path, name: str | None = None, title_field: str |
     names, numbers, cols = _atomic(path)
     title_field = title_field or next((f for f in TITLE_FIELDS if f in names), None)
     if title_field is None:
-        raise DataError(f"no title column among {', '.join(TITLE_FIELDS)} (pass title_field)", path, 1)
+        raise DataError(f"no title column among {', '.join(TITLE_FIELDS)} (pass --title-field NAME)", path, 1)
     _need(names, ("item_id", title_field), path)
     col = dict(zip(names, cols))
     n = len(numbers)

@@ -163,8 +163,9 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     if mode == "overwrite" and acc.is_main_process:
         shutil.rmtree(out)
     acc.wait_for_everyone()
-    dataset = load_dataset(cfg.data, cfg.data_format)
-    split = leave_one_out(build_histories(dataset))
+    dataset = load_dataset(cfg.data, cfg.data_format, title_field=cfg.title_field,
+                           on_unknown_item="skip" if cfg.unknown_items == "skip" else "raise")
+    split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe))
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

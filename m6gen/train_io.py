@@ -47,6 +47,11 @@ class TrainConfig:
     data: str | None = _help("data folder (default: $M6GEN_DATA, else data/cache/ml-100k)", default=None)
     data_format: str = _help("data format: auto, recbole, ml-100k, ml-1m, plain", default="auto",
                              meta={"aliases": ("--format",)})
+    title_field: str | None = _help("item title column (default: detected)", default=None)
+    dedupe: str = _help("repeated items in a history: first, keep or last (as the other commands)", default="first",
+                        meta={"choices": ("first", "keep", "last")})
+    unknown_items: str = _help("interactions whose item is not in the item file: error, or skip them", default="error",
+                               meta={"choices": ("error", "skip")})
     template: str = _help("prompt template name (prompts/*.jinja) or path to a .jinja file", default="titles")
     prompts_dir: str | None = _help("extra folder of templates, searched first", default=None,
                                     meta={"aliases": ("--templates",)})
@@ -135,6 +140,10 @@ class TrainConfig:
             raise TrainError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.dedupe not in ("first", "keep", "last"):
+            raise TrainError(f"dedupe must be first, keep or last, got {self.dedupe!r}")
+        if self.unknown_items not in ("error", "skip"):
+            raise TrainError(f"unknown_items must be error or skip, got {self.unknown_items!r}")
         if self.history_packing not in ("auto", "on", "off"):
             raise TrainError(f"history_packing must be auto, on or off, got {self.history_packing!r}")
         if self.final_adapter not in ("best", "last"):

@@ -119,3 +119,14 @@ def test_chat_start_options_are_checked_before_the_session(world, tmp_path, caps
     (tmp_path / "bad.json").write_text("{not json")
     assert chat([*base, "--session", str(tmp_path / "bad.json")]) == 2
     assert str(tmp_path / "bad.json") in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_unknown_items_error_or_skip(tmp_path, capsys):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title\n1,Heat\n2,Alien\n3,Fargo\n")
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "".join(f"u1,{i},{i}\n" for i in (1, 2, 9, 3)))
+    assert main(["data", "--data", str(data)]) == 2
+    assert "interactions.csv:4: item_id: unknown item id '9'" in capsys.readouterr().err
+    assert main(["data", "--data", str(data), "--unknown-items", "skip"]) == 0
+    assert "interactions  " in capsys.readouterr().out

@@ -101,3 +101,19 @@ def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_p
     assert len(list(tmp_path.glob("beams_valid-*.jsonl"))) == len(list(tmp_path.glob("beams_test-*.jsonl"))) == 1
     with pytest.raises(UsageError, match="use it with --split test"):
         run(make_parser().parse_args([*argv, "--split", "valid"]))
+
+
+def test_peers_use_the_same_data_options(world, tmp_path):  # noqa: F811
+    """--min-history (and the other data options) shape the peers' split too: the same users for every row."""
+    _, model_dir = world
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text("".join(json.dumps({"item_id": str(i), "title": t}) + "\n"
+                                              for i, t in enumerate(["Heat", "Alien", "Fargo", "Casino", "Amélie", "Aliens"])))  # fmt: skip
+    rows = ["user_id,item_id,timestamp"] + [f"u{u},{(u + s) % 6},{s}" for u in range(6) for s in range(3 if u < 2 else 5)]
+    (data / "interactions.csv").write_text("\n".join(rows) + "\n")
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--split", "valid", "--out", str(tmp_path / "e"),
+            "--baselines", "Pop,SASRec", "--sasrec-epochs", "1", "--weights", "", "--blend", "", "--min-history", "4",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "e" / "baselines" / "baselines.json").read_text())["users_evaluated"] == 4

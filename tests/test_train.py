@@ -561,6 +561,11 @@ def test_config_file_then_flags(tmp_path):
     # the other commands' spellings, on the command line and in a shared file
     cfg = config_from_args(TrainConfig, make_parser().parse_args(["--format", "plain", "--templates", "mine/"]))
     assert (cfg.data_format, cfg.prompts_dir) == ("plain", "mine/")
+    cfg = config_from_args(TrainConfig, make_parser().parse_args(["--title-field", "name", "--dedupe", "keep",
+                                                                  "--unknown-items", "skip"]))  # fmt: skip
+    assert (cfg.title_field, cfg.dedupe, cfg.unknown_items) == ("name", "keep", "skip")
+    with pytest.raises(TrainError, match="dedupe must be"):
+        build_config(TrainConfig, {"dedupe": "never"})
     assert build_config(TrainConfig, {"format": "ml-1m", "templates": "x/"}).data_format == "ml-1m"
 
 
