@@ -76,7 +76,8 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
     JSONL: each complete line is one complete user. CSV: rows after the last newline are dropped;
     the last user's rows are dropped too (it is redone) when it has fewer than ``k`` rows (a list
     that could not be filled is redone the same), or, without ``k``, when the file was cut. Earlier
-    users are kept whatever this run's users are. A file that is not m6gen's output raises :class:`UserListError` naming its line, ending in ``fix``.
+    users are kept whatever this run's users are. A file that is not m6gen's output raises
+    :class:`UserListError` naming its line; the message ends with ``fix``.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return []
