@@ -31,14 +31,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-users", type=positive_int, default=100, help="validation users scored")
     p.add_argument("--train-steps", type=nonnegative_int, default=0, help="short LoRA run per template before scoring (0: zero-shot)")
     p.add_argument("--write-config", default="m6gen.yaml", help="YAML file to record the best template in ('' to skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def score_template(rec, histories, targets) -> dict[str, float]:
+def score_template(rec, histories, targets, progress: bool = False) -> dict[str, float]:
     from m6gen.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k
 
     t0 = time.perf_counter()
-    beams = rec.generate(histories)
+    beams = rec.generate(histories, progress=progress)
     seconds = time.perf_counter() - t0
     ranked = [np.array([h.item for h in b], dtype=np.int64) for b in beams]
     prompt_tokens = np.mean([len(rec.tokenizer(p)["input_ids"]) for p in rec.prompts(histories)])
@@ -77,7 +78,7 @@ def run(args) -> int:
             cfg = RecommendConfig(template=name, max_history=max_history, num_beams=args.beams, batch_size=args.batch_size,
                                   rank_by=args.rank_by, n_candidates=args.n_candidates)  # fmt: skip
             rec = Recommender(model, tokenizer, ds.catalog, template, cfg, retriever=retriever)
-            rows[label] = score_template(rec, histories, targets)
+            rows[label] = score_template(rec, histories, targets, progress=not args.no_progress)
             print(f"{label}: NDCG@10 {rows[label]['NDCG@10']:.4f}, HR@10 {rows[label]['HR@10']:.4f}", flush=True)
     board = dict(sorted(rows.items(), key=lambda kv: -kv[1]["NDCG@10"]))
     mode = f"after {args.train_steps} LoRA steps" if args.train_steps else "zero-shot"

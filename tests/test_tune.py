@@ -51,7 +51,7 @@ def test_score_template_known_answers():
     from m6gen.tune import score_template
 
     beam = lambda *items: [SimpleNamespace(item=i) for i in items]  # noqa: E731
-    rec = SimpleNamespace(generate=lambda hs: [beam(3, 1), beam(3, 2)], prompts=lambda hs: ["a b", "a b c d"],
+    rec = SimpleNamespace(generate=lambda hs, progress=False: [beam(3, 1), beam(3, 2)], prompts=lambda hs: ["a b", "a b c d"],
                           tokenizer=lambda text: {"input_ids": text.split()}, catalog=list(range(8)))  # fmt: skip
     row = score_template(rec, [[0], [0]], np.array([1, 5]))
     assert row["HR@10"] == pytest.approx(0.5)  # user 0 finds item 1 at rank 2
