@@ -27,6 +27,7 @@ import numpy as np
 from m6gen.cli import UsageError
 
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
+DEFAULT_BLEND = "0.5,1,2"
 VERSUS_RESAMPLES, VERSUS_LEVEL = 10_000, 0.95
 VERSUS_METRICS = ["ratio", "ratio_low", "ratio_high", "diff", "diff_low", "diff_high", "p_not_better"]
 TABLE_METRICS = ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20", "ILD@10", "Novelty@10", "Coverage@10"]
@@ -43,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="reranker settings 'diversity,novelty;...' evaluated as extra rows")
     p.add_argument("--baselines", default="Pop,SASRec", type=one_of_each(("Pop", "SASRec")), help="peers to include (comma list; '' for none)")
     p.add_argument("--sasrec-epochs", type=positive_int, default=None, help="SASRec epochs (default: its config's)")
-    p.add_argument("--blend", default="0.5,1,2", type=comma_list(nonnegative_float),
+    p.add_argument("--blend", default=DEFAULT_BLEND, type=comma_list(nonnegative_float),
                    help="weights w for extra rows ranking m6gen's beams by logprob + w * SASRec log-prob ('' for none)")
     p.add_argument("--decode-blend", default="", type=comma_list(nonnegative_float),
                    help="weights w for extra rows whose beams are searched with w * SASRec log-prob added token by "
@@ -188,6 +189,8 @@ def run(args) -> int:
 
             sasrec = SASRec.load(saved)  # the one run_baselines just trained and saved
     blend = [float(w) for w in args.blend.split(",") if w.strip()] if sasrec is not None else []
+    if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
+        print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
     if decode_blend and sasrec is None:
         raise UsageError("--decode-blend needs the SASRec baseline (keep SASRec in --baselines)")
