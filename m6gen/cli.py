@@ -169,9 +169,37 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
     g.add_argument("--sasrec-weight", type=nonnegative_float, default=1.0, help="weight of the SASRec prior (with --sasrec)")
 
 
+DATA_DEFAULTS = {"format": "auto", "title_field": None, "dedupe": "first", "unknown_items": "error"}
+
+
+def use_run_data(args) -> None:
+    """Without ``--data``, a trained run's own data folder and data options (those left at their defaults)."""
+    from pathlib import Path
+
+    from m6gen.data import default_data_dir
+    from m6gen.train_io import trained_run_config
+
+    run = trained_run_config(getattr(args, "model", None)) if args.data is None else None
+    if run is None or not run.data:
+        return
+    if not Path(run.data).is_dir():  # e.g. trained on another machine
+        print(f"note: {args.model} was trained on data at {run.data}, which is not here; using the default data "
+              f"(pass --data)", file=sys.stderr)  # fmt: skip
+        return
+    args.data = run.data
+    trained = {"format": run.data_format, "title_field": run.title_field, "dedupe": run.dedupe,
+               "unknown_items": run.unknown_items}  # fmt: skip
+    for option, default in DATA_DEFAULTS.items():
+        if getattr(args, option) == default:
+            setattr(args, option, trained[option])
+    if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():
+        print(f"note: data {run.data} (the one {args.model} was trained on; --data to change)", file=sys.stderr)
+
+
 def load_data(args):
     from m6gen.data import build_histories, leave_one_out, load_dataset
 
+    use_run_data(args)
     ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field,
                       on_unknown_item="skip" if args.unknown_items == "skip" else "raise")
     split = leave_one_out(build_histories(ds, dedupe=args.dedupe, min_history=args.min_history))

@@ -100,26 +100,28 @@ def generate_cached(rec, users, histories, path: Path, progress: bool, profiles:
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+DATA_SUFFIXES = (".inter", ".item", ".user", ".jsonl", ".csv", ".data", ".dat")  # and the ml-100k u.* files
 CONFIG_NAMES = ("m6gen_config.json", "adapter_config.json", "config.json", "sasrec.json")
 
 
-def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None) -> str:
+def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None, extra: str = "") -> str:
     """8 hex digits naming what made a beam cache, so another model's beams are never reused.
 
     Covers the model's weight and config files (name, size, modification time; a Hugging Face id
-    as given), the template's text and those of ``others`` (the retriever, the SASRec whose prior
-    joins the search). Outputs written into a run folder (tables, caches) do not count.
+    as given), the template's text, the files of ``others`` (the retriever, the SASRec whose prior
+    joins the search, the data folder) and ``extra`` (the data options). Outputs written into a run
+    folder (tables, caches) do not count.
     """
     import hashlib
 
-    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8")]
+    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
     for src in (model, *others):
         path = Path(src) if src else None
         if path is None or not path.exists():
             continue
         files = sorted(path.iterdir()) if path.is_dir() else [path]
         for f in files:
-            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name in CONFIG_NAMES):
+            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in DATA_SUFFIXES or f.name in CONFIG_NAMES):
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
@@ -154,7 +156,7 @@ def m6gen_rankings(beams, histories, seen, *, sasrec, blend, weights, features, 
 def run(args) -> int:
     from m6gen.baselines import run_baselines
     from m6gen.cli import item_features, load_data, load_recommender
-    from m6gen.data import user_frequency
+    from m6gen.data import default_data_dir, user_frequency
     from m6gen.metrics import evaluate_rankings, per_user_scores
 
     weights = parse_weights(args.weights)
@@ -198,7 +200,9 @@ def run(args) -> int:
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
-    fingerprint = cache_fingerprint(args.model, rec.template.path, args.candidates, out / "baselines" / "sasrec")
+    data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
+    fingerprint = cache_fingerprint(args.model, rec.template.path, args.candidates, out / "baselines" / "sasrec",
+                                    args.data or default_data_dir(must_exist=False), extra=data_options)
 
     def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
         """Every row's metrics and per-user NDCG@10 on one split, for the same users."""

@@ -79,6 +79,14 @@ class Recommender:
         from m6gen.train_io import load_trained, trained_run_config
 
         run = trained_run_config(model)
+        if run is not None:
+            from m6gen.model import ModelError
+            from m6gen.train_io import read_run_config
+
+            trained_on = read_run_config(model)[1].get("n_items")
+            if trained_on is not None and trained_on != len(catalog):  # another data set's catalog
+                raise ModelError(f"{model}: trained on a catalog of {trained_on} items ({run.data}), "
+                                 f"this one has {len(catalog)}: load the run's own data")
         if config is None:
             config = RecommendConfig(**run_prompt_defaults(run))
         if templates is None and run is not None and config.template == run.template:

@@ -98,6 +98,11 @@ def test_train_with_candidates_then_recommend_from_them(tiny_dirs, tiny_sasrec, 
         assert sorted(h.item for h in beams) == want.tolist()
         assert all(ds.catalog[int(i)].title in prompt.split("Candidates:")[1] for i in want)
     assert Recommender.from_pretrained(out, ds.catalog, device="cpu").config.n_candidates == 5  # the run's own
+    from m6gen.catalog import Catalog
+    from m6gen.model import ModelError
+
+    with pytest.raises(ModelError, match=f"trained on a catalog of {len(ds.catalog)} items"):  # another data set's
+        Recommender.from_pretrained(out, Catalog(list(ds.catalog)[:-1]), device="cpu")
 
 
 def test_candidate_options_fail_in_one_line(tiny_dirs, tiny_sasrec, tmp_path):

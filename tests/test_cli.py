@@ -130,3 +130,27 @@ def test_unknown_items_error_or_skip(tmp_path, capsys):
     assert "interactions.csv:4: item_id: unknown item id '9'" in capsys.readouterr().err
     assert main(["data", "--data", str(data), "--unknown-items", "skip"]) == 0
     assert "interactions  " in capsys.readouterr().out
+
+
+def test_a_trained_run_brings_its_own_data(world, tmp_path, capsys):  # noqa: F811
+    """Without --data, a run folder's recorded data folder and data options are used (the defaults would be MovieLens)."""
+    import argparse
+    import json
+
+    from m6gen.cli import DATA_DEFAULTS, use_run_data
+
+    data, _ = world
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "m6gen_config.json").write_text(json.dumps({"config": {"data": str(data), "dedupe": "keep"}, "resolved": {}}))
+    args = argparse.Namespace(data=None, model=str(run), **DATA_DEFAULTS)
+    use_run_data(args)
+    assert (args.data, args.dedupe, args.format) == (str(data), "keep", "auto")
+    assert f"note: data {data} (the one {run} was trained on" in capsys.readouterr().err
+    args = argparse.Namespace(data=str(tmp_path), model=str(run), **{**DATA_DEFAULTS, "dedupe": "last"})
+    use_run_data(args)  # what the command line says wins
+    assert (args.data, args.dedupe) == (str(tmp_path), "last")
+    (run / "m6gen_config.json").write_text(json.dumps({"config": {"data": str(tmp_path / "gone")}, "resolved": {}}))
+    args = argparse.Namespace(data=None, model=str(run), **DATA_DEFAULTS)
+    use_run_data(args)
+    assert args.data is None and "which is not here; using the default data" in capsys.readouterr().err

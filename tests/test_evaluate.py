@@ -57,6 +57,13 @@ def test_another_model_never_reuses_the_beam_cache(world, tmp_path):  # noqa: F8
     assert len(caches) == 2 and all(len(c.read_text().splitlines()) == 6 for c in caches)
     assert all("-auto" not in c.name and ("-float32-" in c.name or "-bfloat16-" in c.name) for c in caches)
     assert first != second  # different weights, different beams (the old cache name gave identical tables)
+    # the same model on other data (items in another order: other indices) never reads those beams either
+    reordered = tmp_path / "reordered"
+    reordered.mkdir()
+    (reordered / "items.jsonl").write_text("".join(reversed((data / "items.jsonl").read_text().splitlines(keepends=True))))
+    (reordered / "interactions.csv").write_text((data / "interactions.csv").read_text())
+    assert main([*argv[:1], str(reordered), *argv[2:], "--model", str(other)]) == 0
+    assert len(list(out.glob("beams_valid-*.jsonl"))) == 3
 
 
 def test_sasrec_in_decoding_rows(world, tmp_path):  # noqa: F811
