@@ -352,6 +352,22 @@ DELEGATES_HELP = {
 }
 
 
+def other_command_options(but: str) -> set[str]:
+    """Option names (``max_history``) of every m6gen command except ``but``: keys a shared config file may hold."""
+    import importlib
+
+    names: set[str] = set()
+    for action in make_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                if command not in DELEGATES:
+                    names |= {a.dest for a in sub._actions}
+    for command, module in DELEGATES.items():
+        if command != but:
+            names |= {a.dest for a in importlib.import_module(module).make_parser()._actions}
+    return names - {"help", "config", "func"}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m6gen", description="Generative recommendation by constrained generation of item titles.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -126,13 +127,20 @@ def _split_commas(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(cls: type[C], file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-                 source: str = "config") -> C:  # fmt: skip
-    """An instance of dataclass ``cls``: defaults, then ``file_values`` (checked), then ``overrides``."""
+                 source: str = "config", others: set[str] = frozenset()) -> C:  # fmt: skip
+    """An instance of dataclass ``cls``: defaults, then ``file_values`` (checked), then ``overrides``.
+
+    A file key that ``cls`` lacks is an error (a typo must not silently train with a default),
+    unless it is in ``others`` (another command's option, in a file shared between commands): skipped with a note.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     aliases = {a.lstrip("-").replace("-", "_"): f.name for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
     values: dict[str, Any] = {}
     for key, value in (file_values or {}).items():
         key = aliases.get(key, key)  # a file shared with other commands may say format/templates
+        if key not in names and key in others:
+            print(f"note: {source}: this command does not take {key} (skipped)", file=sys.stderr)
+            continue
         if key not in names:
             raise ConfigError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(names))}")
         values[key] = _coerce(cls, key, value, source)
@@ -149,7 +157,12 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     given = {k: v for k, v in vars(args).items() if k != "config"}
     file_values = read_config_file(args.config) if getattr(args, "config", None) else {}
     source = str(args.config) if getattr(args, "config", None) else "options"
-    return build_config(cls, file_values, given, source=source)
+    others: set[str] = set()
+    if file_values:
+        from m6gen.cli import other_command_options
+
+        others = other_command_options(but="train")
+    return build_config(cls, file_values, given, source=source, others=others)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -566,6 +566,13 @@ def test_config_file_then_flags(tmp_path):
     assert (cfg.title_field, cfg.dedupe, cfg.unknown_items) == ("name", "keep", "skip")
     with pytest.raises(TrainError, match="dedupe must be"):
         build_config(TrainConfig, {"dedupe": "never"})
+    # a file shared with recommend/eval: their keys are skipped with a note, a typo is still an error
+    (tmp_path / "shared.yaml").write_text("beams: 5\nsplit: valid\nk: 3\nlr: 0.03\n")
+    cfg = config_from_args(TrainConfig, make_parser().parse_args(["--config", str(tmp_path / "shared.yaml")]))
+    assert cfg.lr == 0.03
+    (tmp_path / "typo.yaml").write_text("beams: 5\nmaxsteps: 3\n")
+    with pytest.raises(ConfigError, match="unknown option 'maxsteps'"):
+        config_from_args(TrainConfig, make_parser().parse_args(["--config", str(tmp_path / "typo.yaml")]))
     assert build_config(TrainConfig, {"format": "ml-1m", "templates": "x/"}).data_format == "ml-1m"
 
 
