@@ -44,8 +44,11 @@ class UserListError(UsageError):
     """A malformed or unknown-id users file."""
 
 
-def read_user_ids(path: str | Path, known: set[str]) -> list[str]:
-    """User ids from a file, one per line (blank lines and ``#`` comments skipped), in file order."""
+def read_user_ids(path: str | Path, known: set[str], dropped=()) -> list[str]:
+    """User ids from a file, one per line (blank lines and ``#`` comments skipped), in file order.
+
+    ``dropped``: users in the data without a split (too few interactions), named as such.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserListError(f"{path}: users file does not exist")
@@ -61,7 +64,8 @@ def read_user_ids(path: str | Path, known: set[str]) -> list[str]:
         if any(c.isspace() or c == "," for c in uid):
             raise UserListError(f"{path}:{n}: expected one user id per line, got {line.strip()!r}")
         if uid not in known:
-            raise UserListError(f"{path}:{n}: unknown user id {uid!r}")
+            why = "too few interactions for --min-history" if uid in dropped else "unknown user id"
+            raise UserListError(f"{path}:{n}: {why} {uid!r}")
         if uid not in seen:
             seen.add(uid)
             ids.append(uid)
@@ -197,7 +201,7 @@ def run(args) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     state = _Processes()
     ds, split = load_data(args)
-    users = read_user_ids(args.users_file, set(split.train)) if args.users_file else split.users
+    users = read_user_ids(args.users_file, set(split.train), ds.interactions) if args.users_file else split.users
     if state.count > 1:  # each process writes its own shard, merged at the end
         users = users[state.index :: state.count]
         target = output.with_name(f"{output.stem}.shard{state.index}of{state.count}{output.suffix}")

@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from m6gen.cli import UsageError, item_features, load_data, load_recommender
+    from m6gen.cli import UsageError, item_features, load_data, load_recommender, unknown_user
     from m6gen.prompts import TemplateLibrary
 
     # Neither a title the terminal cannot show nor input bytes that are not UTF-8 may end the session.
@@ -453,7 +453,7 @@ def _run(args) -> int:
     t0 = time.time()
     ds, split = load_data(args)
     if args.user and args.user not in split.train:  # checked before the slow model load, as above
-        raise UsageError(f"--user {args.user}: unknown user id (ids look like {', '.join(split.users[:3])})")
+        raise UsageError(f"--user: {unknown_user(args.user, split, ds.interactions)}")
     if args.session and not Path(args.session).expanduser().is_file():
         raise UsageError(f"--session {args.session}: no such file")
     rec = load_recommender(args, ds.catalog)

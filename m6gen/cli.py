@@ -16,6 +16,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 
 
 class UsageError(ValueError):
@@ -24,26 +25,24 @@ class UsageError(ValueError):
 
 # ---------------------------------------------------------------------- option types
 # argparse turns an ArgumentTypeError into one line naming the flag, with exit status 2.
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def int_at_least(low: int, why: str = ""):
+    """An integer >= ``low``; ``why`` is added to the message."""
+    because = f" ({why})" if why else ""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}{because}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}{because}")
+        return value
+
+    return check
 
 
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
 
 
 def nonnegative_float(text: str) -> float:
@@ -131,7 +130,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="data format (default: auto, detected from the files)")
     g.add_argument("--title-field", default=None, help="item title column (default: detected)")
     g.add_argument("--dedupe", default="first", choices=["first", "keep", "last"], help="repeated items in a history")
-    g.add_argument("--min-history", type=positive_int, default=3, help="drop users with fewer interactions")
+    g.add_argument("--min-history", type=int_at_least(3, "leave-one-out needs a train, a validation and a test item"),
+                   default=3, help="drop users with fewer interactions (at least 3)")
     g.add_argument("--unknown-items", default="error", choices=["error", "skip"],
                    help="interactions whose item is not in the item file: an error (default), or skip them")
 
@@ -200,8 +200,12 @@ def load_data(args):
     from m6gen.data import build_histories, leave_one_out, load_dataset
 
     use_run_data(args)
-    ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field,
-                      on_unknown_item="skip" if args.unknown_items == "skip" else "raise")
+    with warnings.catch_warnings(record=True) as said:  # "skipped N interactions ...": one note line, not a warning
+        warnings.simplefilter("always", UserWarning)
+        ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field,
+                          on_unknown_item="skip" if args.unknown_items == "skip" else "raise")
+    for w in said:
+        print(f"note: {w.message}", file=sys.stderr)
     split = leave_one_out(build_histories(ds, dedupe=args.dedupe, min_history=args.min_history))
     return ds, split
 
@@ -246,14 +250,22 @@ def item_features(ds, split):
     return ItemFeatures.from_genres([list(it.genres) for it in ds.catalog], popularity=item_popularity(split, len(ds.catalog)))
 
 
-def pick_users(split, users: str | None, n: int) -> list[str]:
+def pick_users(split, users: str | None, n: int, all_users=()) -> list[str]:
+    """The users asked for (comma list), else the first ``n``; ``all_users``: every user in the data."""
     if not users:
         return split.users[:n]
     chosen = [u.strip() for u in users.split(",") if u.strip()]
-    unknown = [u for u in chosen if u not in split.train]
-    if unknown:
-        raise UsageError(f"unknown user id(s): {', '.join(unknown[:5])} (ids look like {', '.join(split.users[:3])})")
+    for u in chosen:
+        if u not in split.train:
+            raise UsageError(unknown_user(u, split, all_users))
     return chosen
+
+
+def unknown_user(user: str, split, all_users=()) -> str:
+    """Why ``user`` has no split: too few interactions for --min-history, or not in the data."""
+    if user in all_users:
+        return f"user {user!r} has too few interactions for --min-history (so no test item)"
+    return f"unknown user id {user!r} (ids look like {', '.join(split.users[:3])})"
 
 
 # ---------------------------------------------------------------------- commands
@@ -274,7 +286,7 @@ def cmd_prompts(args) -> int:
     from m6gen.prompts import TemplateLibrary
 
     ds, split = load_data(args)
-    user = pick_users(split, args.user, 1)[0]
+    user = pick_users(split, args.user, 1, ds.interactions)[0]
     history = [ds.catalog[i] for i in split.test_history(user)]
     only = args.template  # asked for by name or path: render just that one
     resolve_template_args(args)
@@ -321,7 +333,7 @@ def cmd_demo(args) -> int:
     rec = load_recommender(args, ds.catalog)
     rec.features = item_features(ds, split)
     print(f"   model and trie ready in {time.time() - t0:.1f} s ({rec.trie.n_items} items, {rec.trie.n_nodes} trie nodes)")
-    users = pick_users(split, args.users, args.n_users)
+    users = pick_users(split, args.users, args.n_users, ds.interactions)
     histories = [split.test_history(u) for u in users]
     t0 = time.time()
     results = rec.recommend(histories, RerankConfig(k=args.k), profiles=[{**ds.profiles.get(u, {}), "user_id": u} for u in users], progress=True)

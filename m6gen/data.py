@@ -205,7 +205,7 @@ def leave_one_out(histories: dict[str, list[int]]) -> Split:
     train, valid, test = {}, {}, {}
     for user, items in histories.items():
         if len(items) < 3:
-            raise ValueError(f"user {user!r} has {len(items)} items; leave-one-out needs >= 3 (use min_history=3)")
+            raise ValueError(f"user {user!r} has {len(items)} items; leave-one-out needs >= 3 (--min-history 3 or more)")
         train[user] = list(items[:-2])
         valid[user] = int(items[-2])
         test[user] = int(items[-1])

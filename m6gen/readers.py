@@ -343,15 +343,19 @@ def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     out = []
     if path.suffix == ".csv":
         reader = csv.reader(io.StringIO("\n".join(lines)))
-        header = [h.strip() for h in next(reader, [])]
-        with _gc_paused():
-            for row in reader:
-                if not any(v.strip() for v in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"expected {len(header)} comma-separated fields, got {len(row)}", path,
-                                    reader.line_num)  # fmt: skip
-                out.append((reader.line_num, {h: v.strip() for h, v in zip(header, row)}))
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            with _gc_paused():
+                for row in reader:
+                    if not any(v.strip() for v in row):
+                        continue
+                    if len(row) != len(header):
+                        raise DataError(f"expected {len(header)} comma-separated fields, got {len(row)}", path,
+                                        reader.line_num)  # fmt: skip
+                    out.append((reader.line_num, {h: v.strip() for h, v in zip(header, row)}))
+        except csv.Error as err:  # e.g. a stray carriage return inside an unquoted field
+            why = "a line break inside an unquoted field (quote the field)" if "new-line" in str(err) else str(err)
+            raise DataError(f"not valid CSV: {why}", path, reader.line_num) from None
         return header, out
     with _gc_paused():
         for i, line in enumerate(lines, 1):

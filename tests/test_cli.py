@@ -113,7 +113,7 @@ def test_chat_start_options_are_checked_before_the_session(world, tmp_path, caps
     data, model_dir = world
     base = ["--data", str(data), "--model", str(model_dir), "--beams", "4"]
     assert chat([*base, "--user", "nobody"]) == 2
-    assert capsys.readouterr().err == "error: --user nobody: unknown user id (ids look like u0, u1, u2)\n"
+    assert capsys.readouterr().err == "error: --user: unknown user id 'nobody' (ids look like u0, u1, u2)\n"
     assert chat([*base, "--session", str(tmp_path / "missing.json")]) == 2
     assert "--session" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
@@ -129,7 +129,8 @@ def test_unknown_items_error_or_skip(tmp_path, capsys):
     assert main(["data", "--data", str(data)]) == 2
     assert "interactions.csv:4: item_id: unknown item id '9'" in capsys.readouterr().err
     assert main(["data", "--data", str(data), "--unknown-items", "skip"]) == 0
-    assert "interactions  " in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "interactions  " in out and err == f"note: {data / 'interactions.csv'}: skipped 1 interactions with unknown item ids\n"
 
 
 def test_a_trained_run_brings_its_own_data(world, tmp_path, capsys):  # noqa: F811
@@ -154,3 +155,15 @@ def test_a_trained_run_brings_its_own_data(world, tmp_path, capsys):  # noqa: F8
     args = argparse.Namespace(data=None, model=str(run), **DATA_DEFAULTS)
     use_run_data(args)
     assert args.data is None and "which is not here; using the default data" in capsys.readouterr().err
+
+
+def test_a_user_with_too_few_interactions_is_named_as_such(tmp_path, capsys):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title\n1,Heat\n2,Alien\n3,Fargo\n")
+    rows = "".join(f"u1,{i},{i}\n" for i in (1, 2, 3)) + "u2,1,1\nu2,2,2\n"
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\n" + rows)
+    assert main(["prompts", "--data", str(data), "--user", "u2"]) == 2
+    assert "user 'u2' has too few interactions for --min-history" in capsys.readouterr().err
+    assert main(["prompts", "--data", str(data), "--user", "u9"]) == 2
+    assert "unknown user id 'u9'" in capsys.readouterr().err

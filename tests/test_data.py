@@ -364,6 +364,8 @@ ERROR_CASES = {
                       "a,20,yesterday\n"), "interactions.csv", 3, "timestamp"),  # fmt: skip
     "csv year": ("plain_csv", lambda d: write(d / "items.csv", "item_id,title,year\n1,X,soon\n"),
                  "items.csv", 2, "year"),
+    "csv stray CR": ("plain_csv", lambda d: write(d / "items.csv", "item_id,title\n10,Heat\n20,Ali\ren\n"),
+                     "items.csv", 3, "line break inside an unquoted field"),
 }
 
 
