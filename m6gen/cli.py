@@ -223,7 +223,9 @@ def resolve_template_args(args) -> None:
     if args.template is None:
         args.template = defaults["template"]
         if run is not None and run.prompts_dir and getattr(args, "templates", None) is None:
-            args.templates = run.prompts_dir
+            from m6gen.pipeline import run_templates
+
+            args.templates = run_templates(args.model, run)
     if args.max_history is None:
         args.max_history = defaults["max_history"]
     if getattr(args, "n_candidates", 0) is None:

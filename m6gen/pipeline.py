@@ -90,7 +90,7 @@ class Recommender:
         if config is None:
             config = RecommendConfig(**run_prompt_defaults(run))
         if templates is None and run is not None and config.template == run.template:
-            templates = run.prompts_dir  # the run's own template may live outside prompts/
+            templates = run_templates(model, run)  # the run's own template may live outside prompts/
         template = TemplateLibrary(templates, max_history=config.max_history).load_template(config.template)
         if run is not None:
             lm, tokenizer, _ = load_trained(model, dtype=config.dtype, merge=True, device=device)
@@ -184,6 +184,16 @@ class Recommender:
             lm = {h.item: h.logprob for h in sorted(beams, key=lambda h: h.logprob)}  # best beam per item wins
             results.append(replace(result, items=[replace(r, logprob=lm[r.item_id]) for r in result.items]))
         return results
+
+
+def run_templates(model, run) -> str | None:
+    """The template folder a run was trained with (None: the shipped ones); an error naming the run if it is gone."""
+    if run.prompts_dir and not Path(run.prompts_dir).is_dir():
+        from m6gen.model import ModelError
+
+        raise ModelError(f"{model} was trained with templates from {run.prompts_dir}, which is not there: "
+                         f"pass --templates DIR (a folder holding {run.template}.jinja)")
+    return run.prompts_dir
 
 
 def run_prompt_defaults(run) -> dict:

@@ -227,7 +227,7 @@ class TemplateLibrary:
         extra = [Path(folder).expanduser()] if folder is not None else _env_folders()
         for f in extra:
             if not f.is_dir():
-                source = "folder" if folder is not None else f"${ENV_VAR}"
+                source = "--templates" if folder is not None else f"${ENV_VAR}"
                 raise TemplateError(f"template folder not found: {f} (from {source})")
         folders = [f.resolve() for f in extra]
         if DEFAULT_FOLDER not in folders:

@@ -167,3 +167,16 @@ def test_a_user_with_too_few_interactions_is_named_as_such(tmp_path, capsys):
     assert "user 'u2' has too few interactions for --min-history" in capsys.readouterr().err
     assert main(["prompts", "--data", str(data), "--user", "u9"]) == 2
     assert "unknown user id 'u9'" in capsys.readouterr().err
+
+
+def test_a_run_whose_template_folder_is_gone(world, tmp_path, capsys):  # noqa: F811
+    import json
+
+    data, _ = world
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"data": str(data), "template": "mine", "prompts_dir": str(tmp_path / "gone")}
+    (run / "m6gen_config.json").write_text(json.dumps({"config": config, "resolved": {}}))
+    assert main(["prompts", "--data", str(data), "--model", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"was trained with templates from {tmp_path / 'gone'}, which is not there: pass --templates DIR" in err
