@@ -34,7 +34,8 @@ TABLE_METRICS = ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from m6gen.cli import add_data_args, add_model_args, add_template_args, comma_list, nonnegative_float, one_of_each, positive_int
+    from m6gen.cli import (add_data_args, add_model_args, add_template_args, comma_list, nonnegative_float, one_of_each,
+                           positive_int)  # fmt: skip
 
     p = argparse.ArgumentParser(prog="m6gen eval", description="Full-ranking evaluation against Pop and SASRec.")
     add_data_args(p), add_template_args(p), add_model_args(p, prior=False)
@@ -42,7 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-users", type=positive_int, default=None, help="only the first N users (default: all)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="reranker settings 'diversity,novelty;...' evaluated as extra rows")
-    p.add_argument("--baselines", default="Pop,SASRec", type=one_of_each(("Pop", "SASRec")), help="peers to include (comma list; '' for none)")
+    p.add_argument("--baselines", default="Pop,SASRec", type=one_of_each(("Pop", "SASRec")),
+                   help="peers to include (comma list; '' for none)")
     p.add_argument("--sasrec-epochs", type=positive_int, default=None, help="SASRec epochs (default: its config's)")
     p.add_argument("--blend", default=DEFAULT_BLEND, type=comma_list(nonnegative_float),
                    help="weights w for extra rows ranking m6gen's beams by logprob + w * SASRec log-prob ('' for none)")

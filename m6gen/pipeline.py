@@ -83,7 +83,7 @@ class Recommender:
             from m6gen.model import ModelError
             from m6gen.train_io import read_run_config
 
-            trained_on = read_run_config(model)[1].get("n_items")
+            trained_on = read_run_config(model)[1].get("n_items")  # the run's "resolved" facts
             if trained_on is not None and trained_on != len(catalog):  # another data set's catalog
                 raise ModelError(f"{model}: trained on a catalog of {trained_on} items ({run.data}), "
                                  f"this one has {len(catalog)}: load the run's own data")
