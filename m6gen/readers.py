@@ -277,8 +277,18 @@ def read_recbole(folder: str | Path, name: str | None = None, title_field: str |
         _need(names, ("user_id",), path)
         col = dict(zip(names, cols))
         rest = [f for f in names if f != "user_id"]
+        _unique_users(col["user_id"], numbers, path)
         profiles = {u: {f: col[f][k] for f in rest} for k, u in enumerate(col["user_id"])}
     return Dataset(catalog, events, profiles, name, skipped)
+
+
+def _unique_users(user_ids, lines, path: Path) -> None:
+    """A user file names each user once (which profile would win is a guess): DataError at the first repeat."""
+    seen: set[str] = set()
+    for uid, line in zip(user_ids, lines):
+        if uid in seen:
+            raise DataError(f"duplicate user id {uid!r:.60}", path, int(line), "user_id")
+        seen.add(uid)
 
 
 # ---------------------------------------------------------------- MovieLens raw
@@ -301,7 +311,8 @@ def read_movielens_100k(folder: str | Path, on_unknown_item: str = "raise") -> D
     profiles = {}
     path = folder / "u.user"
     if path.is_file():
-        _, cols = _delimited(path, "|", 5)
+        numbers, cols = _delimited(path, "|", 5)
+        _unique_users(cols[0], numbers, path)
         keys = ("age", "gender", "occupation", "zip_code")
         profiles = {u: dict(zip(keys, rest)) for u, *rest in zip(*cols)}
     return Dataset(catalog, events, profiles, "ml-100k", skipped)
@@ -321,7 +332,8 @@ def read_movielens_1m(folder: str | Path, on_unknown_item: str = "raise") -> Dat
     profiles = {}
     path = folder / "users.dat"
     if path.is_file():
-        _, cols = _delimited(path, "::", 5)
+        numbers, cols = _delimited(path, "::", 5)
+        _unique_users(cols[0], numbers, path)
         occupations = {str(i): name for i, name in enumerate(ML1M_OCCUPATIONS)}
         for u, gender, age, occ, zip_code in zip(*cols):
             profiles[u] = {"gender": gender, "age": ML1M_AGES.get(age, age),
@@ -435,6 +447,7 @@ def read_plain(folder: str | Path, title_field: str | None = None, on_unknown_it
     if path is not None:
         cols, recs = _records(path)
         _need(cols, ("user_id",), path)
+        _unique_users([_text(rec, "user_id", path, line) for line, rec in recs], [line for line, _ in recs], path)
         for line, rec in recs:
             fields = {k: v for k in rec if k != "user_id" and (v := _text(rec, k, path, line, False)) is not None}
             profiles[_text(rec, "user_id", path, line)] = fields

@@ -364,6 +364,12 @@ ERROR_CASES = {
                       "a,20,yesterday\n"), "interactions.csv", 3, "timestamp"),  # fmt: skip
     "csv year": ("plain_csv", lambda d: write(d / "items.csv", "item_id,title,year\n1,X,soon\n"),
                  "items.csv", 2, "year"),
+    "recbole duplicate user": ("recbole", lambda d: write(d / "toy.user", RECBOLE_USER + "a\t30\tF\twriter\n"),
+                               "toy.user", 4, "duplicate user id 'a'"),
+    "ml-100k duplicate user": ("ml100k", lambda d: write(d / "u.user", "a|24|M|x|1\nb|5|F|y|2\na|9|F|z|3\n"),
+                               "u.user", 3, "duplicate user id 'a'"),
+    "jsonl duplicate user": ("plain_jsonl", lambda d: write(d / "users.jsonl", '{"user_id": "a", "age": 24}\n'
+                             '{"user_id": "a", "age": 30}\n'), "users.jsonl", 2, "duplicate user id 'a'"),  # fmt: skip
     "csv stray CR": ("plain_csv", lambda d: write(d / "items.csv", "item_id,title\n10,Heat\n20,Ali\ren\n"),
                      "items.csv", 3, "line break inside an unquoted field"),
 }
