@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -163,8 +164,12 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     if mode == "overwrite" and acc.is_main_process:
         shutil.rmtree(out)
     acc.wait_for_everyone()
-    dataset = load_dataset(cfg.data, cfg.data_format, title_field=cfg.title_field,
-                           on_unknown_item="skip" if cfg.unknown_items == "skip" else "raise")
+    with warnings.catch_warnings(record=True) as said:  # "skipped N interactions ...": a note, as elsewhere
+        warnings.simplefilter("always", UserWarning)
+        dataset = load_dataset(cfg.data, cfg.data_format, title_field=cfg.title_field,
+                               on_unknown_item="skip" if cfg.unknown_items == "skip" else "raise")
+    for w in said:
+        acc.print(f"note: {w.message}")
     split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe))
 
     if cfg.threads:
