@@ -16,7 +16,6 @@ import argparse
 import math
 import os
 import sys
-import warnings
 
 
 class UsageError(ValueError):
@@ -122,17 +121,20 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML/JSON file of option values (command-line flags win)")
 
 
+DATA_DEFAULTS = {"format": "auto", "title_field": None, "dedupe": "first", "unknown_items": "error"}
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     add_config_arg(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="data folder (default: MovieLens-100K from scripts/setup.sh, or $M6GEN_DATA)")
-    g.add_argument("--format", default="auto", choices=["auto", "recbole", "ml-100k", "ml-1m", "plain"],
+    g.add_argument("--format", default=DATA_DEFAULTS["format"], choices=["auto", "recbole", "ml-100k", "ml-1m", "plain"],
                    help="data format (default: auto, detected from the files)")
-    g.add_argument("--title-field", default=None, help="item title column (default: detected)")
-    g.add_argument("--dedupe", default="first", choices=["first", "keep", "last"], help="repeated items in a history")
+    g.add_argument("--title-field", default=DATA_DEFAULTS["title_field"], help="item title column (default: detected)")
+    g.add_argument("--dedupe", default=DATA_DEFAULTS["dedupe"], choices=["first", "keep", "last"], help="repeated items in a history")
     g.add_argument("--min-history", type=int_at_least(3, "leave-one-out needs a train, a validation and a test item"),
                    default=3, help="drop users with fewer interactions (at least 3)")
-    g.add_argument("--unknown-items", default="error", choices=["error", "skip"],
+    g.add_argument("--unknown-items", default=DATA_DEFAULTS["unknown_items"], choices=["error", "skip"],
                    help="interactions whose item is not in the item file: an error (default), or skip them")
 
 
@@ -169,9 +171,6 @@ def add_model_args(p: argparse.ArgumentParser, prior: bool = True) -> None:
     g.add_argument("--sasrec-weight", type=nonnegative_float, default=1.0, help="weight of the SASRec prior (with --sasrec)")
 
 
-DATA_DEFAULTS = {"format": "auto", "title_field": None, "dedupe": "first", "unknown_items": "error"}
-
-
 def use_run_data(args) -> None:
     """Without ``--data``, a trained run's own data folder and data options (those left at their defaults)."""
     from pathlib import Path
@@ -197,15 +196,11 @@ def use_run_data(args) -> None:
 
 
 def load_data(args):
-    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.data import build_histories, leave_one_out, load_dataset_noted
 
     use_run_data(args)
-    with warnings.catch_warnings(record=True) as said:  # "skipped N interactions ...": one note line, not a warning
-        warnings.simplefilter("always", UserWarning)
-        ds = load_dataset(args.data, fmt=args.format, title_field=args.title_field,
-                          on_unknown_item="skip" if args.unknown_items == "skip" else "raise")
-    for w in said:
-        print(f"note: {w.message}", file=sys.stderr)
+    ds = load_dataset_noted(args.data, args.format, args.title_field, args.unknown_items,
+                            say=lambda text: print(text, file=sys.stderr))
     split = leave_one_out(build_histories(ds, dedupe=args.dedupe, min_history=args.min_history))
     return ds, split
 

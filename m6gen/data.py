@@ -58,6 +58,7 @@ which hides that the target was seen before; use it only on purpose.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -78,7 +79,7 @@ from m6gen.readers import (  # re-exported: m6gen.data is the public entry point
 
 __all__ = [
     "FORMATS", "TITLE_FIELDS", "DataError", "Dataset", "UserEvents", "default_data_dir", "detect_format",
-    "load_dataset", "read_movielens_1m", "read_movielens_100k", "read_plain", "read_recbole",
+    "load_dataset", "load_dataset_noted", "read_movielens_1m", "read_movielens_100k", "read_plain", "read_recbole",
     "DEDUPE", "build_histories", "Split", "leave_one_out", "item_popularity", "user_frequency", "summary",
 ]  # fmt: skip
 
@@ -140,6 +141,18 @@ def load_dataset(path: str | Path | None = None, fmt: str = "auto", title_field:
     if fmt == "plain":
         return read_plain(folder, title_field, on_unknown_item)
     raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
+
+
+def load_dataset_noted(path: str | Path | None, fmt: str, title_field: str | None, unknown_items: str, say) -> Dataset:
+    """``load_dataset`` for the commands: ``unknown_items`` is "error" or "skip", and what a reader
+    warns about (the interactions it skipped) goes to ``say`` as one line instead of a Python warning."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", UserWarning)
+        ds = load_dataset(path, fmt=fmt, title_field=title_field,
+                          on_unknown_item="skip" if unknown_items == "skip" else "raise")
+    for w in said:
+        say(f"note: {w.message}")
+    return ds
 
 
 def _dedupe(items: np.ndarray, how: str) -> np.ndarray:

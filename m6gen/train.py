@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -141,7 +140,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     from m6gen import __version__
     from m6gen import train_data as td
     from m6gen.candidates import training_candidates
-    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.data import build_histories, leave_one_out, load_dataset_noted
     from m6gen.model import (build_catalog_trie, encode_targets, load_model, load_tokenizer, resolve_model,
                              tokenizer_fingerprint)  # fmt: skip
     from m6gen.prompts import TemplateLibrary
@@ -164,12 +163,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     if mode == "overwrite" and acc.is_main_process:
         shutil.rmtree(out)
     acc.wait_for_everyone()
-    with warnings.catch_warnings(record=True) as said:  # "skipped N interactions ...": a note, as elsewhere
-        warnings.simplefilter("always", UserWarning)
-        dataset = load_dataset(cfg.data, cfg.data_format, title_field=cfg.title_field,
-                               on_unknown_item="skip" if cfg.unknown_items == "skip" else "raise")
-    for w in said:
-        acc.print(f"note: {w.message}")
+    dataset = load_dataset_noted(cfg.data, cfg.data_format, cfg.title_field, cfg.unknown_items, say=acc.print)
     split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe))
 
     if cfg.threads:
