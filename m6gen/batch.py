@@ -7,7 +7,8 @@
 JSONL: one line per user, ``{"user_id", "items": [{"rank", "item_id", "title", "score",
 "accuracy", "diversity", "novelty", "logprob"}], "filled"}``. CSV: one row per (user, rank).
 A killed run restarted with the same command skips the users already written (a half-written
-last user is rewritten), so every user ends up exactly once.
+last user is rewritten), so every user ends up exactly once. The options that decide the lists are
+recorded in ``<output>.m6gen.json``; appending with other ones is refused.
 """
 
 from __future__ import annotations
@@ -124,6 +125,62 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
     return users
 
 
+# The options that decide what a recommendation list holds: a file is resumed only with the same ones.
+SETTINGS = ("data", "format", "title_field", "dedupe", "min_history", "unknown_items", "model", "gguf_file", "templates",
+            "template", "max_history", "dtype", "beams", "k", "rank_by", "candidates", "n_candidates", "sasrec",
+            "sasrec_weight", "history", "diversity", "novelty")  # fmt: skip
+
+
+def settings_of(args) -> dict:
+    """The result-deciding options of a ``recommend`` run; paths that exist are made absolute."""
+    out = {}
+    for name in SETTINGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and name in ("data", "model", "templates", "candidates", "sasrec", "template") \
+                and Path(value).exists():  # fmt: skip
+            value = str(Path(value).resolve())
+        out[name] = value
+    return out
+
+
+def settings_file(output: Path) -> Path:
+    return output.with_name(output.name + ".m6gen.json")
+
+
+def check_settings(output: Path, settings: dict, written: Path | None = None) -> str:
+    """Refuse to append to an output file written with other ``settings`` (before anything is trimmed).
+
+    Without this a rerun with, say, another ``--k`` appended lists of another length to the same
+    file, or (JSONL) silently skipped every user as done. ``written``: the file this process
+    appends to (a shard of ``output`` under ``accelerate launch``). Returns "same" (recorded and
+    equal), "new" (nothing written yet) or "unrecorded" (rows from before settings were recorded).
+    """
+    path = settings_file(output)
+    written = written or output
+    header = len(",".join(CSV_FIELDS)) + 1 if output.suffix == ".csv" else 0
+    if not (written.is_file() and written.stat().st_size > header):
+        return "new"
+    if not path.is_file():
+        return "unrecorded"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserListError(f"{path}: damaged settings record of {output}; delete it to append anyway") from None
+    diffs = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    if diffs:
+        more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
+        raise UserListError(f"{output}: written with other options ({diffs[0]}{more}); resume it with the same "
+                            f"options, or choose another --output")  # fmt: skip
+    return "same"
+
+
+def record_settings(output: Path, settings: dict) -> None:
+    path = settings_file(output)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def format_records(users: list[str], results, catalog, fmt: str) -> str:
     """One chunk of output text for a batch of users (written with a single append)."""
     if fmt == "csv":
@@ -192,13 +249,19 @@ class _Processes:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from m6gen.cli import item_features, load_data, load_recommender
+    from m6gen.cli import item_features, load_data, load_recommender, resolve_template_args
+    from m6gen.prompts import user_vars
     from m6gen.rerank import RerankConfig
 
     output = Path(args.output)
     if output.suffix not in (".jsonl", ".csv"):
         raise UserListError(f"{output}: --output must end in .jsonl or .csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_dir():
+        raise UserListError(f"{output}: --output is a folder; name a .jsonl or .csv file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserListError(f"{output}: cannot create its folder ({err.strerror})") from None
     state = _Processes()
     ds, split = load_data(args)
     users = read_user_ids(args.users_file, set(split.train), ds.interactions) if args.users_file else split.users
@@ -207,7 +270,14 @@ def run(args) -> int:
         target = output.with_name(f"{output.stem}.shard{state.index}of{state.count}{output.suffix}")
     else:
         target = output
+    resolve_template_args(args)  # the run's template, history length and candidates: part of the settings
+    settings = settings_of(args)
+    recorded = check_settings(output, settings, written=target)
     finished = set(done_users(target, k=args.k))
+    if recorded == "unrecorded":  # written before settings were recorded: trusted, and recorded from now on
+        print(f"note: {output} has no settings record; appending with this run's options", file=sys.stderr)
+    if recorded != "same" and state.is_main:
+        record_settings(output, settings)
     todo = [u for u in users if u not in finished]
     if output.suffix == ".csv" and (not target.exists() or target.stat().st_size == 0):
         append(target, ",".join(CSV_FIELDS) + "\n")
@@ -222,7 +292,7 @@ def run(args) -> int:
     for s in range(0, len(todo), args.batch_size):
         chunk = todo[s : s + args.batch_size]
         histories = [history_of(u) for u in chunk]
-        results = rec.recommend(histories, rcfg, profiles=[{**ds.profiles.get(u, {}), "user_id": u} for u in chunk])
+        results = rec.recommend(histories, rcfg, profiles=[user_vars(u, ds.profiles) for u in chunk])
         append(target, format_records(chunk, results, ds.catalog, output.suffix.lstrip(".")))
         bar.update(len(chunk))
     bar.close()

@@ -22,6 +22,7 @@ from typing import TextIO
 
 from m6gen.chat_state import ALIASES, ChatError, ChatSettings, read_session, shown, write_atomic
 from m6gen.cli import add_data_args, add_model_args, add_template_args
+from m6gen.prompts import user_vars
 from m6gen.titles import MAX_CHOICES, TitleMatcher, clean_text
 
 HELP = """\
@@ -266,7 +267,7 @@ class ChatSession:
 
     # ------------------------------------------------------------------ recommending
     def _profile(self) -> dict:
-        return {**self.profiles.get(self.user, {}), "user_id": self.user} if self.user else {}
+        return user_vars(self.user, self.profiles) if self.user else {}
 
     def cmd_rec(self, _arg: str) -> None:
         if not self.history:

@@ -209,18 +209,17 @@ def resolve_template_args(args) -> None:
     """Fill ``--template``/``--max-history`` left unset: a trained model's own, else the defaults."""
     from m6gen.pipeline import run_prompt_defaults
 
-    run = None
-    if args.template is None or args.max_history is None or getattr(args, "n_candidates", 0) is None:
-        from m6gen.train_io import trained_run_config
+    from m6gen.train_io import trained_run_config
 
-        run = trained_run_config(getattr(args, "model", None))
+    run = trained_run_config(getattr(args, "model", None))
     defaults = run_prompt_defaults(run)
     if args.template is None:
         args.template = defaults["template"]
-        if run is not None and run.prompts_dir and getattr(args, "templates", None) is None:
-            from m6gen.pipeline import run_templates
+    # the run's own template (by default or by name) may live in the run's template folder
+    if run is not None and run.prompts_dir and args.template == run.template and getattr(args, "templates", None) is None:
+        from m6gen.pipeline import run_templates
 
-            args.templates = run_templates(args.model, run)
+        args.templates = run_templates(args.model, run)
     if args.max_history is None:
         args.max_history = defaults["max_history"]
     if getattr(args, "n_candidates", 0) is None:
@@ -280,11 +279,10 @@ def format_summary(info: dict) -> str:
 
 
 def cmd_prompts(args) -> int:
-    from m6gen.prompts import TemplateLibrary
+    from m6gen.prompts import TemplateLibrary, user_vars
 
     ds, split = load_data(args)
-    user = pick_users(split, args.user, 1, ds.interactions)[0]
-    history = [ds.catalog[i] for i in split.test_history(user)]
+    users = pick_users(split, args.user, 1, ds.interactions)
     only = args.template  # asked for by name or path: render just that one
     resolve_template_args(args)
     lib = TemplateLibrary(args.templates, max_history=args.max_history)
@@ -293,20 +291,27 @@ def cmd_prompts(args) -> int:
         from m6gen.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
-    candidates = []
+    retriever = None
     if args.candidates:  # what a candidate template lists: the retriever's items for this history
-        from m6gen.candidates import retrieve
         from m6gen.pipeline import load_sasrec
 
-        found = retrieve(load_sasrec(args.candidates, len(ds.catalog)), [split.test_history(user)], args.n_candidates)
-        candidates = [ds.catalog[int(i)] for i in found[0]]
-    for name in [only] if only else lib.names():
-        tpl = lib.get(name)
-        prompt = tpl.render_prompt(history, user={**ds.profiles.get(user, {}), "user_id": user}, tokenizer=tokenizer,
-                                   candidates=candidates)  # fmt: skip
-        target = tpl.render_target(ds.catalog[split.test[user]])
-        print(f"===== template {name!r}: {tpl.description}")
-        print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
+        retriever = load_sasrec(args.candidates, len(ds.catalog))
+    templates = [lib.load_template(name) for name in ([only] if only else lib.names())]
+    for user in users:
+        history = [ds.catalog[i] for i in split.test_history(user)]
+        candidates = []
+        if retriever is not None:
+            from m6gen.candidates import retrieve
+
+            found = retrieve(retriever, [split.test_history(user)], args.n_candidates)
+            candidates = [ds.catalog[int(i)] for i in found[0]]
+        for tpl in templates:
+            prompt = tpl.render_prompt(history, user=user_vars(user, ds.profiles), tokenizer=tokenizer,
+                                       candidates=candidates)  # fmt: skip
+            target = tpl.render_target(ds.catalog[split.test[user]])
+            who = f" for user {user}" if len(users) > 1 else ""
+            print(f"===== template {tpl.name!r}{who}: {tpl.description}")
+            print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
     return 0
 
 
@@ -315,12 +320,14 @@ def cmd_demo(args) -> int:
     import time
 
     from m6gen.data import summary
+    from m6gen.prompts import user_vars
     from m6gen.rerank import RerankConfig
 
     print("== data")
     ds, split = load_data(args)
     print(format_summary(summary(ds, split)))
-    args.user = args.users.split(",")[0] if args.users else None
+    users = pick_users(split, args.users, args.n_users, ds.interactions)  # a wrong id fails before the model loads
+    args.user = users[0]
     args.chat_tokenizer = True
     print("\n== prompts (one per template, for one user; the held-out test item is shown after the prompt)")
     cmd_prompts(args)
@@ -330,10 +337,9 @@ def cmd_demo(args) -> int:
     rec = load_recommender(args, ds.catalog)
     rec.features = item_features(ds, split)
     print(f"   model and trie ready in {time.time() - t0:.1f} s ({rec.trie.n_items} items, {rec.trie.n_nodes} trie nodes)")
-    users = pick_users(split, args.users, args.n_users, ds.interactions)
     histories = [split.test_history(u) for u in users]
     t0 = time.time()
-    results = rec.recommend(histories, RerankConfig(k=args.k), profiles=[{**ds.profiles.get(u, {}), "user_id": u} for u in users], progress=True)
+    results = rec.recommend(histories, RerankConfig(k=args.k), profiles=[user_vars(u, ds.profiles) for u in users], progress=True)
     elapsed = time.time() - t0
     for user, hist, res in zip(users, histories, results):
         target = split.test[user]
@@ -393,7 +399,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prompts", help="render every template (or only --template) for one user")
     add_data_args(p), add_template_args(p)
-    p.add_argument("--user", default=None, help="user id (default: the first user)")
+    p.add_argument("--user", default=None, help="user id, or a comma list of them (default: the first user)")
     p.add_argument("--model", default=None, help="tokenizer for chat templates (with --chat-tokenizer)")
     p.add_argument("--chat-tokenizer", action="store_true", help="load the model's tokenizer for chat-style templates")
     p.add_argument("--candidates", default=None, help="a saved SASRec folder whose top items candidate templates list")
@@ -423,7 +429,7 @@ def run_guarded(func, args) -> int:
 
     try:
         return func(args)
-    except (DataError, ModelError, TemplateError, UsageError, FileNotFoundError) as err:
+    except (DataError, ModelError, TemplateError, UsageError, OSError) as err:  # OSError: e.g. a file not writable
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a bad value that got past the option checks; M6GEN_DEBUG=1 shows the traceback

@@ -80,6 +80,7 @@ def generate_cached(rec, users, histories, path: Path, progress: bool, profiles:
     from tqdm.auto import tqdm
 
     from m6gen.batch import append, done_users
+    from m6gen.prompts import user_vars
 
     done = set(done_users(path, fix="delete it to generate those beams again"))
     todo = [(u, h) for u, h in zip(users, histories) if u not in done]
@@ -87,7 +88,7 @@ def generate_cached(rec, users, histories, path: Path, progress: bool, profiles:
     bs = rec.config.batch_size
     for s in range(0, len(todo), bs):
         chunk = todo[s : s + bs]
-        beams = rec.generate([h for _, h in chunk], profiles=[{**(profiles or {}).get(u, {}), "user_id": u} for u, _ in chunk],
+        beams = rec.generate([h for _, h in chunk], profiles=[user_vars(u, profiles) for u, _ in chunk],
                              prior=prior, prior_weight=prior_weight)  # fmt: skip
         append(path, "".join(json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior]
                                                                  for b in bl]}) + "\n"

@@ -52,7 +52,7 @@ class Recommender:
         self.model, self.tokenizer, self.catalog, self.template = model, tokenizer, catalog, template
         self.config = config or RecommendConfig()
         self.template.max_history = self.config.max_history
-        self.targets = [template.render_target(item) for item in catalog]
+        self.targets = template.render_targets(catalog)
         self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
         self.features = features
         self.prior, self.prior_weight = prior, prior_weight
@@ -115,6 +115,7 @@ class Recommender:
     def prompts(self, histories: list[list[int]], profiles: list[dict] | None = None,
                 candidates: list[np.ndarray] | None = None) -> list[str]:  # fmt: skip
         """Prompt texts; ``candidates`` default to :meth:`candidates`."""
+        self._check_histories(histories)
         profiles = profiles or [{} for _ in histories]
         candidates = candidates if candidates is not None else self.candidates(histories)
         return [
@@ -124,14 +125,17 @@ class Recommender:
         ]
 
     def generate(self, histories: list[list[int]], profiles: list[dict] | None = None,
-                 allowed: list[np.ndarray] | None = None, progress: bool = False, prior=None,
-                 prior_weight: float = 1.0) -> list[list[Hypothesis]]:  # fmt: skip
-        """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``.
+                 allowed: list[np.ndarray] | None = None, progress: bool = False, prior="own",
+                 prior_weight: float | None = None) -> list[list[Hypothesis]]:  # fmt: skip
+        """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``: the beams
+        :meth:`recommend` reranks.
 
+        ``histories``: catalog indices (``catalog.index_of(item_id)``), oldest first.
         ``prior``: a function from a batch of histories to (users, items) log-scores (e.g.
         ``SASRec.score``), blended into the search with ``prior_weight`` (see
         :func:`m6gen.generate.constrained_beam_search`); the beams then come in the search's
-        order, ``rank_by`` score + ``prior_weight`` * log-prior. With a retriever every one of its
+        order, ``rank_by`` score + ``prior_weight`` * log-prior. "own" (default): the recommender's
+        own (``from_pretrained(sasrec=...)``), None: none. With a retriever every one of its
         candidates is scored (the search keeps ``n_candidates`` beams, limited to them).
         """
         import torch
@@ -139,41 +143,68 @@ class Recommender:
 
         from m6gen.model import encode_prompts
 
+        if isinstance(prior, str):
+            if prior != "own":
+                raise ValueError(f"prior={prior!r}: expected 'own', None or a function of histories")
+            prior, prior_weight = self.prior, self.prior_weight if prior_weight is None else prior_weight
+        prior_weight = 1.0 if prior_weight is None else prior_weight
+        self._check_histories(histories)
         cfg = self.config
         search_by = "catalog" if cfg.rank_by == "catalog" else "logprob"
         out: list[list[Hypothesis]] = []
         starts = range(0, len(histories), cfg.batch_size)
-        bar = tqdm(total=len(histories), desc="generating", unit="user", disable=not progress)
-        for s in starts:
-            hist = histories[s : s + cfg.batch_size]
-            cands = self.candidates(hist)
-            if cands is not None:  # only the retriever's items, all of them
-                given = allowed[s : s + cfg.batch_size] if allowed is not None else None
-                limit = cands if given is None else [np.intersect1d(c, g) for c, g in zip(cands, given)]
-            else:
-                limit = allowed[s : s + cfg.batch_size] if allowed is not None else None
-            prompt_ids = encode_prompts(self.tokenizer, self.prompts(hist, profiles[s : s + cfg.batch_size] if profiles else None,
-                                                                     candidates=cands))  # fmt: skip
-            banned = [np.asarray(h, dtype=np.int64) for h in hist] if cfg.exclude_seen else None
-            with torch.no_grad():
-                beams = constrained_beam_search(
-                    self.model, self.trie, prompt_ids, cfg.n_candidates if cands is not None else cfg.num_beams,
-                    banned=banned, allowed=limit,
-                    search_by=search_by, pad_token_id=self.tokenizer.pad_token_id,
-                    prior=prior(hist) if prior is not None else None, prior_weight=prior_weight,
-                )
-            out.extend(b if prior is not None and cfg.rank_by != "normalized" else rank_hypotheses(b, cfg.rank_by)
-                       for b in beams)  # fmt: skip
-            bar.update(len(hist))
-        bar.close()
+        with tqdm(total=len(histories), desc="generating", unit="user", disable=not progress) as bar:
+            for s in starts:
+                hist = histories[s : s + cfg.batch_size]
+                cands = self.candidates(hist)
+                if cands is not None:  # only the retriever's items, all of them
+                    given = allowed[s : s + cfg.batch_size] if allowed is not None else None
+                    limit = cands if given is None else [np.intersect1d(c, g) for c, g in zip(cands, given)]
+                else:
+                    limit = allowed[s : s + cfg.batch_size] if allowed is not None else None
+                batch_profiles = profiles[s : s + cfg.batch_size] if profiles else None
+                prompt_ids = encode_prompts(self.tokenizer, self.prompts(hist, batch_profiles, candidates=cands))
+                self._check_context(prompt_ids)
+                banned = [np.asarray(h, dtype=np.int64) for h in hist] if cfg.exclude_seen else None
+                with torch.no_grad():
+                    beams = constrained_beam_search(
+                        self.model, self.trie, prompt_ids, cfg.n_candidates if cands is not None else cfg.num_beams,
+                        banned=banned, allowed=limit,
+                        search_by=search_by, pad_token_id=self.tokenizer.pad_token_id,
+                        prior=prior(hist) if prior is not None else None, prior_weight=prior_weight,
+                    )
+                out.extend(b if prior is not None and cfg.rank_by != "normalized" else rank_hypotheses(b, cfg.rank_by)
+                           for b in beams)  # fmt: skip
+                bar.update(len(hist))
         return out
+
+    def _check_histories(self, histories) -> None:
+        """Histories hold catalog indices; a raw data id or an index past the catalog is named, not a deep IndexError
+        (and a negative one is not read from the catalog's end)."""
+        n = len(self.catalog)
+        for u, hist in enumerate(histories):
+            for i in hist:
+                if not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+                    raise ValueError(f"history {u}: {i!r} is not a catalog index (0..{n - 1}); histories hold catalog "
+                                     f"indices, e.g. catalog.index_of(item_id) for an id of the data files")  # fmt: skip
+
+    def _check_context(self, prompt_ids: list[list[int]]) -> None:
+        """A prompt plus the longest title must fit the model's context: past it the output is noise."""
+        from m6gen.prompts import TemplateError
+
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        longest = max(len(p) for p in prompt_ids) + self.trie.max_depth
+        if isinstance(context, int) and longest > context:
+            raise TemplateError(f"template {self.template.path}: a prompt of {longest - self.trie.max_depth} tokens "
+                                f"plus a title of up to {self.trie.max_depth} exceeds the model's context of "
+                                f"{context} tokens; show fewer items (--max-history, now {self.config.max_history})")
 
     def recommend(self, histories: list[list[int]], rerank_config: RerankConfig | None = None,
                   profiles: list[dict] | None = None, progress: bool = False) -> list[RerankResult]:
         """Final top-k per history: beams reranked for accuracy, diversity and novelty."""
         rcfg = rerank_config or RerankConfig()
         results = []
-        generated = self.generate(histories, profiles, progress=progress, prior=self.prior, prior_weight=self.prior_weight)
+        generated = self.generate(histories, profiles, progress=progress)  # with the recommender's own prior
         w = self.prior_weight if self.prior is not None else 0.0
         for hist, beams in zip(histories, generated):
             ids = np.array([h.item for h in beams], dtype=np.int64)

@@ -23,6 +23,7 @@ from m6gen.catalog import Item
 DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "prompts"
 ENV_VAR = "M6GEN_PROMPTS"  # folder(s) searched before the default one, os.pathsep-separated
 SUFFIX = ".jinja"
+PARTIAL = "_"  # _name.jinja: a file for {% import %}/{% include %}, not a template of its own
 BLOCKS = ("prompt", "target")
 # The plain chat layout used when the tokenizer has no chat template (or none was given).
 FALLBACK_TURN = "<|{role}|>\n{content}\n"
@@ -59,6 +60,11 @@ def item_vars(item: Item) -> dict[str, Any]:
         "item_id": item.item_id,
         "extra": dict(item.extra),
     }
+
+
+def user_vars(user: str, profiles: dict[str, dict[str, str]] | None) -> dict[str, Any]:
+    """The ``user`` variable templates see: the user's profile fields plus ``user_id``."""
+    return {**(profiles or {}).get(user, {}), "user_id": user}
 
 
 def fallback_chat(messages: list[dict[str, str]]) -> str:
@@ -122,13 +128,15 @@ class PromptTemplate:
             self._template = self._env.get_template(self.path.name)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(self._where(exc.filename or str(self.path), exc.lineno, exc)) from exc
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"template {self.path}: byte offset {exc.start}: not UTF-8 text (save it as UTF-8)") from None
         missing = [b for b in BLOCKS if b not in self._template.blocks]
         if missing:
             raise TemplateError(
                 f"{self.path}: missing block(s) {', '.join(missing)}; a template needs "
                 "{% block prompt %}...{% endblock %} and {% block target %}...{% endblock %}"
             )
-        match = _DESCRIPTION.match(self.path.read_text(encoding="utf-8"))
+        match = _DESCRIPTION.match(self.path.read_text(encoding="utf-8-sig"))
         self.description = " ".join(match.group(1).split()) if match else ""
 
     def __repr__(self) -> str:
@@ -190,7 +198,11 @@ class PromptTemplate:
             # each closed by it reads exactly like the decoder's outputs (see prompts/sequence.jinja).
             "eos": (getattr(tokenizer, "eos_token", None) or "") if tokenizer is not None else "",
         }
-        return self._render_block("prompt", variables)
+        text = self._render_block("prompt", variables)
+        if not text.strip():
+            raise TemplateError(f"template {self.path}: block 'prompt' rendered empty text "
+                                f"(user {variables['user']['user_id']!r}); the model needs something to read")
+        return text
 
     def render_target(self, item: Item) -> str:
         """Render the ``target`` block for one item: the text the model learns to write after the prompt.
@@ -201,6 +213,20 @@ class PromptTemplate:
         if not text.strip():
             raise TemplateError(f"template {self.path}: block 'target' rendered empty text for item {item.item_id!r}")
         return text
+
+    def render_targets(self, items: Sequence[Item]) -> list[str]:
+        """Every item's target text; a :class:`TemplateError` when two items' texts are the same,
+        since generated text must name exactly one item (e.g. a target of ``raw_title`` on a
+        catalog with repeated titles: ``title`` is the unique display title)."""
+        texts = [self.render_target(it) for it in items]
+        first: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            j = first.setdefault(text.strip(), i)
+            if j != i:
+                raise TemplateError(f"template {self.path}: block 'target' renders the same text {text.strip()!r} for "
+                                    f"items {items[j].item_id!r} and {items[i].item_id!r}; a target must tell items "
+                                    f"apart (item.title is unique)")  # fmt: skip
+        return texts
 
     def render_example(self, history: Sequence[Item], next_item: Item, **kw) -> tuple[str, str]:
         """The (prompt, target) pair for one training or evaluation example; ``kw`` go to ``render_prompt``."""
@@ -243,7 +269,8 @@ class TemplateLibrary:
         for f in self.folders:
             if f.is_dir():
                 for p in sorted(f.glob(f"*{SUFFIX}")):
-                    paths.setdefault(p.name.removesuffix(SUFFIX), p)
+                    if not p.name.startswith(PARTIAL):
+                        paths.setdefault(p.name.removesuffix(SUFFIX), p)
         return paths
 
     def names(self) -> list[str]:

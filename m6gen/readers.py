@@ -73,6 +73,14 @@ class Dataset:
     name: str = field(default="", metadata={"help": "data set name, e.g. 'ml-100k'"})
     skipped: int = field(default=0, metadata={"help": "interactions dropped for unknown item ids"})
 
+    def __post_init__(self):
+        # Every user has every profile field ("" where not given), so a template's
+        # {% if user.age %} works for all users while a misspelt field is still an error.
+        fields = list(dict.fromkeys(f for prof in self.profiles.values() for f in prof))
+        if fields:
+            self.profiles = {u: {f: (self.profiles.get(u) or {}).get(f, "") for f in fields}
+                             for u in dict.fromkeys([*self.profiles, *self.interactions])}  # fmt: skip
+
     @property
     def n_interactions(self) -> int:
         return sum(len(ev) for ev in self.interactions.values())
@@ -425,6 +433,8 @@ def read_plain(folder: str | Path, title_field: str | None = None, on_unknown_it
         genres.append([str(s) for s in g if str(s)])
         descs.append(_text(rec, "description", path, line, required=False))
         extras.append({k: v for k in rec if k not in known and (v := _text(rec, k, path, line, False)) is not None})
+    extra_fields = list(dict.fromkeys(k for e in extras for k in e))  # every item gets each ("" where not given)
+    extras = [{k: e.get(k, "") for k in extra_fields} for e in extras]
     catalog = _catalog(path, [line for line, _ in recs], ids, titles, years, genres, descs, extras)
 
     path = _required_file(folder, "interactions")

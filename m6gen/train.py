@@ -179,7 +179,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     if cfg.init_adapter:
         load_init_adapter(peft_model, cfg.init_adapter, cfg)
 
-    target_texts = [template.render_target(it) for it in dataset.catalog]
+    target_texts = template.render_targets(dataset.catalog)
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
     retriever = None
     if cfg.candidates:
@@ -188,7 +188,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
     # a prompt listing candidates is not a prefix of the next step's prompt
     history = not cfg.candidates and cfg.history_packing != "off" and \
-        td.is_token_incremental(template, tokenizer, dataset.catalog, target_ids, split.train)  # fmt: skip
+        td.is_token_incremental(template, tokenizer, dataset.catalog, target_ids, split.train,
+                                profiles=dataset.profiles)  # fmt: skip
     if cfg.history_packing == "on" and cfg.candidates:
         raise TrainError("history packing cannot be used with --candidates (each step lists its own candidates)")
     if cfg.history_packing == "on" and not history:
@@ -462,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         summary = train(config_from_args(TrainConfig, args))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input, or a file or folder that cannot be written
+        if os.environ.get("M6GEN_DEBUG"):
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: continue from the last checkpoint with --resume", file=sys.stderr)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from m6gen.prompts import user_vars
+
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 
@@ -81,11 +83,6 @@ def sample_steps(
     return out
 
 
-def user_vars(user: str, profiles: dict[str, dict[str, str]] | None) -> dict[str, Any]:
-    """The ``user`` variable templates see: the profile fields plus ``user_id``."""
-    return {**(profiles or {}).get(user, {}), "user_id": user}
-
-
 def render_prompts(template, catalog, histories: list[list[int]], users: list[str],
                    profiles: dict[str, dict[str, str]] | None = None, tokenizer=None,
                    candidates: list | None = None) -> list[str]:  # fmt: skip
@@ -121,7 +118,8 @@ def build_examples(
 
 
 def is_token_incremental(template, tokenizer, catalog, target_ids: list[list[int]],
-                         histories: dict[str, list[int]], *, users: int = 4) -> bool:  # fmt: skip
+                         histories: dict[str, list[int]], *, users: int = 4,
+                         profiles: dict[str, dict[str, str]] | None = None) -> bool:  # fmt: skip
     """Whether prompt ids of ``h + [x]`` == prompt ids of ``h`` + ``target_ids[x]`` on real histories.
 
     Checked for every history length below ``max_history`` (beyond it the window slides and no
@@ -137,7 +135,7 @@ def is_token_incremental(template, tokenizer, catalog, target_ids: list[list[int
         if n < 2:
             continue
         prompts = render_prompts(template, catalog, [items[:j] for j in range(1, n + 1)], [user] * n,
-                                 tokenizer=tokenizer)  # fmt: skip
+                                 profiles=profiles, tokenizer=tokenizer)  # fmt: skip
         ids = encode_prompts(tokenizer, prompts)
         if any(ids[j] != ids[j - 1] + target_ids[items[j]] for j in range(1, n)):
             return False

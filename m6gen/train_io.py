@@ -206,6 +206,12 @@ def check_output_dir(cfg: TrainConfig) -> str:
         raise TrainError(f"{out}: holds this run already; pass --resume to continue it or --overwrite to start over")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainError(f"{out}: exists and is not an m6gen training output; choose another --output-dir")
+    if cfg.resume:  # a mistyped folder must not start a long run over from step 0
+        raise TrainError(f"{out}: no run to resume there; check --output-dir, or leave out --resume to start one")
+    # checked now, not after minutes of loading: the folder must be creatable
+    parent = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise TrainError(f"{out}: cannot create the output folder ({parent} is not a writable folder)")
     return "new"
 
 

@@ -85,8 +85,10 @@ class CatalogTrie:
             differs = dense[1:] != dense[:-1]
             has_diff = differs.any(axis=1)
             if not has_diff.all():
-                dup = order[1:][~has_diff][0]
-                raise ValueError(f"two items share one token sequence (item {int(dup)}): titles must tokenize uniquely")
+                at = int(np.flatnonzero(~has_diff)[0])
+                a, b = sorted((int(order[at]), int(order[at + 1])))
+                raise ValueError(f"items {a} and {b} (catalog indices) share one token sequence: titles must "
+                                 f"tokenize uniquely")  # fmt: skip
             lcp[1:] = differs.argmax(axis=1)
             del differs
 

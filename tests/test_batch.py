@@ -170,6 +170,24 @@ def test_sasrec_prior_steers_recommendations(world, tmp_path):
             (alone,) = rec.generate([hist], allowed=[np.array([ids.index(item["item_id"])])])[0]
             assert item["logprob"] == pytest.approx(alone.logprob, abs=1e-4)
     assert "no saved SASRec" in capsys_error(world, tmp_path / "x.jsonl", "--sasrec", str(tmp_path))
+    # from Python: generate() returns the beams recommend() reranks, the recommender's own prior included
+    steered = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(num_beams=6), device="cpu",
+                                          sasrec=tmp_path / "sasrec", sasrec_weight=1000)  # fmt: skip
+    assert [[h.item for h in b][:3] for b in steered.generate(histories)] == [list(e) for e in expected]
+    plain = [[h.item for h in b] for b in steered.generate(histories, prior=None)]
+    assert plain == [[h.item for h in b] for b in rec.generate(histories)]
+
+
+def test_histories_must_hold_catalog_indices(world):
+    """A raw data id, an index past the catalog or a negative one (which Python would read from the end) is named."""
+    from m6gen.data import load_dataset
+    from m6gen.pipeline import RecommendConfig, Recommender
+
+    ds = load_dataset(world[0])
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(num_beams=2), device="cpu")
+    for bad in (["3"], [1, 99], [-1]):
+        with pytest.raises(ValueError, match=rf"history 1: {bad[-1]!r} is not a catalog index \(0..7\)"):
+            rec.recommend([[0, 1], bad])
 
 
 def capsys_error(world, out, *extra) -> str:
@@ -180,3 +198,24 @@ def capsys_error(world, out, *extra) -> str:
     with contextlib.redirect_stderr(err):
         assert run(world, out, *extra) == 2
     return err.getvalue()
+
+
+def test_appending_with_other_options_is_refused_and_the_file_kept(world, tmp_path):
+    """A rerun with another --k (or model, template, weights...) would mix lists in one file, or skip every user."""
+    for name in ("recs.jsonl", "recs.csv"):
+        out = tmp_path / name
+        assert run(world, out) == 0
+        before = out.read_bytes()
+        settings = json.loads((tmp_path / f"{name}.m6gen.json").read_text())
+        assert settings["k"] == 3 and settings["beams"] == 4 and settings["template"] == "titles"
+        err = capsys_error(world, out, "--k", "5")  # run() passes --k 3 first; the last flag wins
+        assert f"{out}: written with other options (--k 3 there, 5 now); resume it with the same options" in err
+        assert out.read_bytes() == before
+        assert run(world, out) == 0 and out.read_bytes() == before  # the same options: nothing to do
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_any_loading(world, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.jsonl").mkdir()
+    assert "adir.jsonl: --output is a folder" in capsys_error(world, tmp_path / "adir.jsonl")
+    assert "cannot create its folder" in capsys_error(world, tmp_path / "afile" / "x.csv")

@@ -180,3 +180,44 @@ def test_a_run_whose_template_folder_is_gone(world, tmp_path, capsys):  # noqa: 
     assert main(["prompts", "--data", str(data), "--model", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"was trained with templates from {tmp_path / 'gone'}, which is not there: pass --templates DIR" in err
+
+
+def test_prompts_take_a_path_several_users_and_a_runs_own_template_by_name(world, tmp_path, capsys):  # noqa: F811
+    import json
+
+    data, _ = world
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "films.jinja").write_text("{# films #}{% block prompt %}Films: {{ history | map(attribute='title') | join('; ') }}"
+                                        "{% endblock %}{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    assert main(["prompts", "--data", str(data), "--user", "u1,u2", "--template", str(folder / "films.jinja")]) == 0
+    out = capsys.readouterr().out
+    assert "===== template 'films' for user u1: films" in out and "===== template 'films' for user u2" in out
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"data": str(data), "template": "films", "prompts_dir": str(folder)}
+    (run / "m6gen_config.json").write_text(json.dumps({"config": config, "resolved": {}}))
+    assert main(["prompts", "--model", str(run), "--user", "u1", "--template", "films"]) == 0  # the run's folder is searched
+    assert capsys.readouterr().out.count("===== template 'films'") == 1
+
+
+def test_demo_checks_user_ids_before_loading_the_model(world, tmp_path, capsys):  # noqa: F811
+    data, _ = world
+    missing_model = tmp_path / "no-model-here"  # never reached: the user id is wrong first
+    assert main(["demo", "--data", str(data), "--model", str(missing_model), "--users", "u1,u99"]) == 2
+    assert "unknown user id 'u99'" in capsys.readouterr().err
+
+
+def test_a_prompt_beyond_the_models_context_is_one_line(world, tmp_path, capsys):  # noqa: F811
+    """The tiny model's context is 512 tokens; a template repeating the history 200 times is far past it."""
+    data, model_dir = world
+    folder = tmp_path / "long"
+    folder.mkdir()
+    (folder / "long.jinja").write_text("{% block prompt %}{% for _ in range(200) %}{% for it in history %}{{ it.title }}"
+                                       "{% endfor %}{% endfor %}{% endblock %}{% block target %} {{ item.title }}"
+                                       "{% endblock %}")  # fmt: skip
+    argv = ["demo", "--data", str(data), "--model", str(model_dir), "--templates", str(folder), "--template", "long",
+            "--beams", "2", "--k", "2", "--n-users", "1"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "long.jinja: a prompt of" in err and "exceeds the model's context of 512 tokens" in err and "--max-history" in err

@@ -421,3 +421,16 @@ def test_default_movielens_100k():
     assert ds.catalog.by_id("64").title == "The Shawshank Redemption (1994)"
     split = leave_one_out(build_histories(ds))
     assert len(split.test) == 943
+
+
+def test_every_user_and_item_has_every_field_so_templates_can_test_them(tmp_path):
+    """An empty cell, a user missing from the users file, an item without a column: "" (not an absent key)."""
+    (tmp_path / "items.csv").write_text("item_id,title,director\n1,A,Ann\n2,B,\n3,C,Cy\n")
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\n"
+                                               + "".join(f"{u},{i},{t}\n" for u in ("u1", "u2", "u3")
+                                                         for t, i in enumerate((1, 2, 3))))  # fmt: skip
+    (tmp_path / "users.csv").write_text("user_id,age,country\nu1,30,JP\nu2,,FR\n")
+    ds = load_dataset(tmp_path)
+    assert ds.profiles == {"u1": {"age": "30", "country": "JP"}, "u2": {"age": "", "country": "FR"},
+                           "u3": {"age": "", "country": ""}}  # fmt: skip
+    assert [it.extra for it in ds.catalog] == [{"director": "Ann"}, {"director": ""}, {"director": "Cy"}]

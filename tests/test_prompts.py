@@ -278,3 +278,45 @@ def test_instruct_fallback_without_chat_template(lib):
     assert plain.startswith("<|system|>\n") and "\n<|user|>\n" in plain and plain.endswith("\n<|assistant|>\n")
     # A tokenizer without a chat template (a base model) gets the same fallback.
     assert tpl.render_prompt([TOY, HEAT], tokenizer=make_tokenizer(None)) == plain
+
+
+def test_partials_named_with_underscore_are_not_templates(tmp_path):
+    """Files for {% import %}/{% include %} live next to the templates without being listed as ones."""
+    write(tmp_path, "_macros", "{% macro line(it) %}* {{ it.title }}{% endmacro %}")
+    write(tmp_path, "mine", "{% block prompt %}{% import '_macros.jinja' as m %}{{ m.line(history[0]) }}{% endblock %}"
+                            "{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    lib = TemplateLibrary(tmp_path)
+    assert "mine" in lib.names() and "_macros" not in lib.names()
+    assert lib.get("mine").render_prompt([TOY]) == "* Toy Story (1995)"
+    with pytest.raises(TemplateError, match="unknown template '_macros'"):
+        lib.get("_macros")
+
+
+def test_template_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin.jinja"
+    path.write_bytes(blocks("caf\xe9").encode("latin-1"))
+    with pytest.raises(TemplateError, match=r"latin\.jinja: byte offset \d+: not UTF-8"):
+        PromptTemplate(path)
+
+
+def test_description_survives_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.jinja"
+    path.write_text("\ufeff" + BASIC, encoding="utf-8")
+    assert PromptTemplate(path).description == "basic"
+
+
+def test_empty_prompt_is_an_error_naming_the_template(tmp_path):
+    path = write(tmp_path, "void", blocks("{% if n_history > 5 %}long{% endif %}"))
+    with pytest.raises(TemplateError, match=r"void\.jinja: block 'prompt' rendered empty text \(user 'u1'\)"):
+        PromptTemplate(path).render_prompt([TOY], user={"user_id": "u1"})
+
+
+def test_targets_that_do_not_tell_items_apart_are_an_error(tmp_path):
+    """raw_title repeats on MovieLens; a constant target names no item: both fail before a trie is built."""
+    twins = [Item(0, "296", "Ulee's Gold (1997)", "Ulee's Gold (1997)"),
+             Item(1, "303", "Ulee's Gold (1997) [item 303]", "Ulee's Gold (1997)")]  # fmt: skip
+    raw = PromptTemplate(write(tmp_path, "raw", blocks("x", target=" {{ item.raw_title }}")))
+    with pytest.raises(TemplateError, match=r"raw\.jinja: .*same text \"Ulee's Gold \(1997\)\" for items '296' and '303'"):
+        raw.render_targets(twins)
+    titled = PromptTemplate(write(tmp_path, "titled", blocks("x")))
+    assert titled.render_targets(twins) == [" Ulee's Gold (1997)", " Ulee's Gold (1997) [item 303]"]

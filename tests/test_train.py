@@ -639,3 +639,30 @@ def test_a_run_folder_without_tokenizer_files_loads_the_base_tokenizer(tiny_dirs
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         (out / name).unlink(missing_ok=True)
     assert tokenizer_fingerprint(load_trained(out)[1]) == tokenizer_fingerprint(saved)
+
+
+def test_history_packing_check_renders_with_the_users_profiles(tiny_dirs, tmp_path):
+    """A template using a profile field must not fail the token-incremental check (it once rendered without profiles)."""
+    from m6gen.prompts import PromptTemplate
+    from m6gen.train_data import is_token_incremental
+
+    tok, ds, split, _, _ = tiny_world(tiny_dirs, "sequence", max_history=6)
+    (tmp_path / "aged.jinja").write_text("{% block prompt %}Age {{ user.age }}:{% for it in history %} {{ it.title }}"
+                                         "{{ eos }}{% endfor %}{% endblock %}{% block target %} {{ item.title }}"
+                                         "{% endblock %}")  # fmt: skip
+    template = PromptTemplate(tmp_path / "aged.jinja", max_history=6)
+    from m6gen.model import encode_targets
+
+    target_ids = encode_targets(tok, template.render_targets(ds.catalog))
+    profiles = {u: {"age": "30"} for u in split.train}
+    assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train, profiles=profiles) is True
+
+
+def test_output_folder_problems_are_found_before_loading(tiny_dirs, tmp_path):
+    """--resume of a folder with no run (a typo would start over from step 0), a folder that cannot be made."""
+    with pytest.raises(TrainError, match="no run to resume there; check --output-dir"):
+        train(tiny_config(tiny_dirs, tmp_path / "typo", resume=True))
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TrainError, match=r"cannot create the output folder \(.*afile is not a writable folder\)"):
+        train(tiny_config(tiny_dirs, tmp_path / "afile" / "sub"))

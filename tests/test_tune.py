@@ -51,10 +51,45 @@ def test_score_template_known_answers():
     from m6gen.tune import score_template
 
     beam = lambda *items: [SimpleNamespace(item=i) for i in items]  # noqa: E731
-    rec = SimpleNamespace(generate=lambda hs, progress=False: [beam(3, 1), beam(3, 2)], prompts=lambda hs: ["a b", "a b c d"],
-                          tokenizer=lambda text: {"input_ids": text.split()}, catalog=list(range(8)))  # fmt: skip
-    row = score_template(rec, [[0], [0]], np.array([1, 5]))
+    seen = []  # the profiles each call got: templates are scored on the prompts they are used with
+
+    def generate(hs, profiles=None, progress=False):
+        seen.append(profiles)
+        return [beam(3, 1), beam(3, 2)]
+
+    def prompts(hs, profiles=None):
+        seen.append(profiles)
+        return ["a b", "a b c d"]
+
+    rec = SimpleNamespace(generate=generate, prompts=prompts, tokenizer=lambda text: {"input_ids": text.split()},
+                          catalog=list(range(8)))  # fmt: skip
+    users = [{"user_id": "u1", "age": "30"}, {"user_id": "u2", "age": ""}]
+    row = score_template(rec, [[0], [0]], np.array([1, 5]), users)
+    assert seen == [users, users]
     assert row["HR@10"] == pytest.approx(0.5)  # user 0 finds item 1 at rank 2
     assert row["NDCG@10"] == pytest.approx(0.5 / np.log2(3))
     assert row["coverage@10"] == pytest.approx(3 / 8)  # items 1, 2, 3 of 8
     assert row["prompt_tokens"] == pytest.approx(3.0)
+
+
+def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """--templates reaches the short training runs and the written config; a wrong name fails before any scoring."""
+    import tempfile
+
+    data, model_dir = world
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "films.jinja").write_text("{% block prompt %}Films:{% for it in history %} {{ it.title }};{% endfor %}"
+                                        "\nNext:{% endblock %}{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    cfg = tmp_path / "best.yaml"
+    argv = ["--data", str(data), "--model", str(model_dir), "--templates", str(folder), "--beams", "4", "--only", "films",
+            "--history", "3,", "--max-users", "2", "--train-steps", "1", "--no-progress", "--write-config", str(cfg)]
+    assert main(argv) == 0
+    assert "films (history 3)" in capsys.readouterr().out
+    assert yaml.safe_load(cfg.read_text()) == {"template": "films", "max_history": 3, "templates": str(folder.resolve())}
+    bad = ["--data", str(data), "--model", str(model_dir), "--only", "titles,nosuch", "--max-users", "2",
+           "--write-config", ""]  # fmt: skip
+    assert main(bad) == 2
+    out, err = capsys.readouterr()
+    assert "titles (history" not in out and "unknown template 'nosuch'" in err
