@@ -133,13 +133,19 @@ SETTINGS = ("data", "format", "title_field", "dedupe", "min_history", "unknown_i
 
 def settings_of(args) -> dict:
     """The result-deciding options of a ``recommend`` run; paths that exist are made absolute."""
+    from m6gen.data import default_data_dir
+
     out = {}
     for name in SETTINGS:
         value = getattr(args, name, None)
+        if name == "data" and value is None:
+            value = str(default_data_dir(must_exist=False))
         if isinstance(value, str) and name in ("data", "model", "templates", "candidates", "sasrec", "template") \
                 and Path(value).exists():  # fmt: skip
             value = str(Path(value).resolve())
         out[name] = value
+    if out["sasrec"] is None:  # a weight of nothing changes nothing
+        out["sasrec_weight"] = None
     return out
 
 
@@ -261,7 +267,9 @@ def run(args) -> int:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserListError(f"{output}: cannot create its folder ({err.strerror})") from None
+        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file" if blocker else err.strerror
+        raise UserListError(f"{output}: cannot create its folder ({why})") from None
     state = _Processes()
     ds, split = load_data(args)
     users = read_user_ids(args.users_file, set(split.train), ds.interactions) if args.users_file else split.users
@@ -276,8 +284,6 @@ def run(args) -> int:
     finished = set(done_users(target, k=args.k))
     if recorded == "unrecorded":  # written before settings were recorded: trusted, and recorded from now on
         print(f"note: {output} has no settings record; appending with this run's options", file=sys.stderr)
-    if recorded != "same" and state.is_main:
-        record_settings(output, settings)
     todo = [u for u in users if u not in finished]
     if output.suffix == ".csv" and (not target.exists() or target.stat().st_size == 0):
         append(target, ",".join(CSV_FIELDS) + "\n")
@@ -294,6 +300,9 @@ def run(args) -> int:
         histories = [history_of(u) for u in chunk]
         results = rec.recommend(histories, rcfg, profiles=[user_vars(u, ds.profiles) for u in chunk])
         append(target, format_records(chunk, results, ds.catalog, output.suffix.lstrip(".")))
+        if recorded != "same" and state.is_main:  # with the first rows: a run that fails before leaves no record
+            record_settings(output, settings)
+            recorded = "same"
         bar.update(len(chunk))
     bar.close()
     if state.count > 1:

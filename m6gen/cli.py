@@ -250,7 +250,7 @@ def pick_users(split, users: str | None, n: int, all_users=()) -> list[str]:
     """The users asked for (comma list), else the first ``n``; ``all_users``: every user in the data."""
     if not users:
         return split.users[:n]
-    chosen = [u.strip() for u in users.split(",") if u.strip()]
+    chosen = list(dict.fromkeys(u.strip() for u in users.split(",") if u.strip()))
     for u in chosen:
         if u not in split.train:
             raise UsageError(unknown_user(u, split, all_users))
@@ -429,6 +429,9 @@ def run_guarded(func, args) -> int:
 
     try:
         return func(args)
+    except BrokenPipeError:  # output piped into e.g. `head`, which has seen enough: not an error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 1
     except (DataError, ModelError, TemplateError, UsageError, OSError) as err:  # OSError: e.g. a file not writable
         print(f"error: {err}", file=sys.stderr)
         return 2

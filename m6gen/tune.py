@@ -64,13 +64,17 @@ def run(args) -> int:
     lengths = [int(x) for x in args.history.split(",") if x.strip()]
     if not names or not lengths:
         raise UsageError(f"nothing to score: --only {args.only!r} --history {args.history!r}")
-    # every template is loaded (and so checked) before the first one costs minutes of scoring
     templates = {(name, n): lib.load_template(name, max_history=n) for name in names for n in lengths}
     ds, split = load_data(args)
     users = split.users[: args.max_users]
     histories = [split.valid_history(u) for u in users]
     profiles = [user_vars(u, ds.profiles) for u in users]
     targets = np.array([split.valid[u] for u in users])
+    # every template renders its prompts and the catalog's targets before the first one costs minutes of scoring
+    for template in templates.values():
+        template.render_targets(ds.catalog)
+        for hist, prof in zip(histories, profiles):
+            template.render_prompt([ds.catalog[i] for i in hist], user=prof)
     tokenizer = load_tokenizer(args.model, args.gguf_file)
     base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
     # a retriever: every template is scored on ranking its candidates (candidate templates list them)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tiny_lm import make_model, make_tokenizer
 
-from m6gen.batch import UserListError, done_users, main, read_user_ids
+from m6gen.batch import UserListError, done_users, main, make_parser, read_user_ids
 
 TITLES = ["Toy Story", "Alien", "Aliens", "Heat", "Casino", "Amélie", "The Godfather", "Fargo"]
 
@@ -219,3 +219,13 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_loading(world, 
     (tmp_path / "adir.jsonl").mkdir()
     assert "adir.jsonl: --output is a folder" in capsys_error(world, tmp_path / "adir.jsonl")
     assert "cannot create its folder" in capsys_error(world, tmp_path / "afile" / "x.csv")
+
+
+def test_settings_name_the_default_data_and_ignore_a_weight_without_sasrec():
+    """Leaving --data out and naming the default folder are the same data; --sasrec-weight alone changes nothing."""
+    from m6gen.batch import settings_of
+    from m6gen.data import default_data_dir
+
+    a = make_parser().parse_args(["--output", "x.jsonl", "--sasrec-weight", "5"])
+    b = make_parser().parse_args(["--output", "x.jsonl", "--data", str(default_data_dir(must_exist=False))])
+    assert settings_of(a) == settings_of(b)

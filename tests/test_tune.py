@@ -93,3 +93,8 @@ def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_pa
     assert main(bad) == 2
     out, err = capsys.readouterr()
     assert "titles (history" not in out and "unknown template 'nosuch'" in err
+    (folder / "typo.jinja").write_text("{% block prompt %}{{ history[0].titel }}{% endblock %}"
+                                       "{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    assert main([*bad[:4], "--templates", str(folder), "--only", "titles,typo", *bad[6:]]) == 2
+    out, err = capsys.readouterr()  # found by rendering, before titles is scored
+    assert "titles (history" not in out and "typo.jinja, line 1: UndefinedError" in err
