@@ -207,19 +207,21 @@ def load_data(args):
 
 def resolve_template_args(args) -> None:
     """Fill ``--template``/``--max-history`` left unset: a trained model's own, else the defaults."""
-    from m6gen.pipeline import run_prompt_defaults
+    from pathlib import Path
 
+    from m6gen.pipeline import run_prompt_defaults
     from m6gen.train_io import trained_run_config
 
     run = trained_run_config(getattr(args, "model", None))
     defaults = run_prompt_defaults(run)
     if args.template is None:
         args.template = defaults["template"]
-    # the run's own template (by default or by name) may live in the run's template folder
-    if run is not None and run.prompts_dir and args.template == run.template and getattr(args, "templates", None) is None:
+    # the run's own template (by default or by name): the copy in the run folder, else where it was trained from
+    if run is not None and args.template in (run.template, Path(run.template).stem) \
+            and getattr(args, "templates", None) is None:  # fmt: skip
         from m6gen.pipeline import run_templates
 
-        args.templates = run_templates(args.model, run)
+        args.templates, args.template = run_templates(args.model, run)
     if args.max_history is None:
         args.max_history = defaults["max_history"]
     if getattr(args, "n_candidates", 0) is None:

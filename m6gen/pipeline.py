@@ -89,9 +89,10 @@ class Recommender:
                                  f"this one has {len(catalog)}: load the run's own data")
         if config is None:
             config = RecommendConfig(**run_prompt_defaults(run))
-        if templates is None and run is not None and config.template == run.template:
-            templates = run_templates(model, run)  # the run's own template may live outside prompts/
-        template = TemplateLibrary(templates, max_history=config.max_history).load_template(config.template)
+        name = config.template
+        if templates is None and run is not None and config.template in (run.template, Path(run.template).stem):
+            templates, name = run_templates(model, run)  # the run's own copy of its template
+        template = TemplateLibrary(templates, max_history=config.max_history).load_template(name)
         if run is not None:
             lm, tokenizer, _ = load_trained(model, dtype=config.dtype, merge=True, device=device)
         else:
@@ -217,14 +218,26 @@ class Recommender:
         return results
 
 
-def run_templates(model, run) -> str | None:
-    """The template folder a run was trained with (None: the shipped ones); an error naming the run if it is gone."""
+def run_templates(model, run) -> tuple[str | None, str]:
+    """(folder searched first, template name or path) that give a run its own template.
+
+    The copy the run saved (``<run>/prompts/``), so later edits of the original change nothing;
+    runs saved before there was one read the template where they were trained from (None: the
+    shipped folder), and a folder that is gone is an error naming the run.
+    """
+    from m6gen.prompts import SUFFIX
+    from m6gen.train_io import SAVED_TEMPLATES
+
+    name = Path(run.template).name.removesuffix(SUFFIX)
+    saved = Path(model) / SAVED_TEMPLATES
+    if (saved / f"{name}{SUFFIX}").is_file():
+        return str(saved), name
     if run.prompts_dir and not Path(run.prompts_dir).is_dir():
         from m6gen.model import ModelError
 
         raise ModelError(f"{model} was trained with templates from {run.prompts_dir}, which is not there: "
                          f"pass --templates DIR (a folder holding {run.template}.jinja)")
-    return run.prompts_dir
+    return run.prompts_dir, run.template
 
 
 def run_prompt_defaults(run) -> dict:

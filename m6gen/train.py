@@ -32,7 +32,7 @@ from m6gen.config import add_config_args, config_from_args, config_to_dict
 from m6gen.lora import LLAMA_LIKE, resolve_target_modules  # noqa: F401  (LLAMA_LIKE re-exported for tests)
 from m6gen.train_io import (ADAPTER_FILES, CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic_text, check_output_dir,
                             checkpoint_pointer, load_checkpoint, load_init_adapter, plot_log, resolve_paths,
-                            save_checkpoint)  # fmt: skip
+                            save_checkpoint, save_template, SAVED_TEMPLATES)  # fmt: skip
 from m6gen.train_io import OPERATIONAL, load_trained, read_run_config  # noqa: F401  (re-exported for cli, tune, tests)
 
 # DeepSpeed wraps the model in its own engine, whose checkpoints and forward this module does not handle.
@@ -246,6 +246,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
                     "engine": acc.distributed_type.value,
                     "m6gen_version": __version__}  # fmt: skip
         atomic_text(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
+        save_template(template, out / SAVED_TEMPLATES)
         build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
     acc.wait_for_everyone()
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved

@@ -156,8 +156,20 @@ class TrainConfig:
 def atomic_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+SAVED_TEMPLATES = "prompts"  # a run's copy of its template (and the _partials beside it), what loading reads
+
+
+def save_template(template, folder: Path) -> None:
+    """Copy the template a run trains with into the run, so that editing, moving or deleting the
+    original later changes nothing the run reads (its ``_*.jinja`` partials come along)."""
+    folder.mkdir(exist_ok=True)
+    partials = sorted(template.path.parent.glob("_*.jinja"))
+    for src, name in [(template.path, f"{template.name}.jinja"), *((p, p.name) for p in partials)]:
+        atomic_text(folder / name, src.read_text(encoding="utf-8"))
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:

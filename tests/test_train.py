@@ -666,3 +666,30 @@ def test_output_folder_problems_are_found_before_loading(tiny_dirs, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(TrainError, match=r"cannot create the output folder \(.*afile is not a writable folder\)"):
         train(tiny_config(tiny_dirs, tmp_path / "afile" / "sub"))
+
+
+def test_a_run_keeps_its_own_copy_of_its_template(tiny_dirs, tmp_path, capsys):
+    """Editing or deleting the template after training changes nothing the run reads (it once read the live file)."""
+    import shutil
+
+    from m6gen.cli import main as cli_main
+    from m6gen.pipeline import Recommender
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    text = ("{% block prompt %}{% import '_m.jinja' as m %}Seen:{% for it in history %}{{ m.t(it) }}{% endfor %}"
+            "\nNext:{% endblock %}{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    (folder / "films.jinja").write_text(text)
+    (folder / "_m.jinja").write_text("{% macro t(it) %} {{ it.title }};{% endmacro %}")
+    out = tmp_path / "run"
+    train(tiny_config(tiny_dirs, out, epochs=1, max_steps=1, template="films", prompts_dir=str(folder)))
+    assert (out / "prompts" / "films.jinja").read_text() == text and (out / "prompts" / "_m.jinja").is_file()
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "titles")
+    before = Recommender.from_pretrained(out, ds.catalog, device="cpu").prompts([split.test_history(split.users[0])])
+    (folder / "films.jinja").write_text(text.replace("Seen:", "EDITED:"))
+    after = Recommender.from_pretrained(out, ds.catalog, device="cpu")
+    assert after.template.path == (out / "prompts" / "films.jinja").resolve()
+    assert after.prompts([split.test_history(split.users[0])]) == before and "Seen:" in before[0]
+    shutil.rmtree(folder)  # moved to another machine, say: the run still has what it needs
+    assert cli_main(["prompts", "--model", str(out), "--data", str(tiny_dirs[1]), "--template", "films"]) == 0
+    assert "Seen:" in capsys.readouterr().out
