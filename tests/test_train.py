@@ -653,7 +653,7 @@ def test_history_packing_check_renders_with_the_users_profiles(tiny_dirs, tmp_pa
     template = PromptTemplate(tmp_path / "aged.jinja", max_history=6)
     from m6gen.model import encode_targets
 
-    target_ids = encode_targets(tok, template.render_targets(ds.catalog))
+    target_ids = encode_targets(tok, [template.render_target(it) for it in ds.catalog])
     profiles = {u: {"age": "30"} for u in split.train}
     assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train, profiles=profiles) is True
 
