@@ -55,6 +55,14 @@ def _evaluate(ranked, targets, seen, user_freq, n_users, n_items, features, ks) 
                              n_items=n_items, seen=seen)  # fmt: skip
 
 
+def split_fingerprint(split) -> str:
+    """12 hex digits naming a split's training interactions: a saved SASRec is reused only on the same ones."""
+    import hashlib
+
+    text = "\n".join(f"{u}:{','.join(map(str, split.train[u]))}" for u in split.users)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
 def run_baselines(
     dataset_path: str | Path | None = None,
     *,
@@ -128,6 +136,7 @@ def run_baselines(
 
         before = torch.get_num_threads()
         torch.set_num_threads(threads or before)
+        trained_here = model is None
         try:
             if model is None:
                 model = fit(split, n_items, config or SASRecConfig(), valid=True, progress=progress)
@@ -141,11 +150,12 @@ def run_baselines(
         out = Path(out_dir)
         for stage in ("valid", "test"):
             write_results(out / f"baselines_{stage}", result[stage])
-        if "SASRec" in methods:
+        if "SASRec" in methods and trained_here:  # a model given is already saved (re-saving would look like a new one)
             model.save(out / "sasrec")
         from m6gen.sasrec import _atomic
 
-        text = json.dumps({**result, "dataset_path": str(dataset_path) if dataset_path else None}, indent=2)
+        text = json.dumps({**result, "dataset_path": str(dataset_path) if dataset_path else None,
+                           "train_split": split_fingerprint(split)}, indent=2)  # fmt: skip
         _atomic(out / "baselines.json", lambda f: f.write(text.encode()))
     return result
 

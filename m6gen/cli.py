@@ -113,8 +113,35 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
         skipped = sorted(k for k in values if k not in dests)
         if skipped:  # shared files are fine; a typo should not pass unseen
             print(f"note: {path}: {target.prog} does not take {', '.join(skipped)} (skipped)", file=sys.stderr)
-        target.set_defaults(**{k: v for k, v in values.items() if k in dests})
+        actions = {a.dest: a for a in target._actions}
+        target.set_defaults(**{k: _config_value(path, actions[k], v, target) for k, v in values.items() if k in dests})
     return parser.parse_args(argv)
+
+
+def _config_value(path: str, action: argparse.Action, value, parser: argparse.ArgumentParser):
+    """A config file's value checked as the same flag on the command line would be (type, choices, on/off)."""
+    flag = action.option_strings[-1] if action.option_strings else action.dest
+
+    def fail(problem: str):
+        parser.exit(2, f"error: {path}: {action.dest}: {problem} (as {flag})\n")
+
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            fail(f"expected true or false, got {value!r}")
+        return value
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if action.type is not None:
+        try:
+            converted = action.type(text)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
+            fail(str(err))
+    else:
+        converted = text
+    if action.choices is not None and converted not in action.choices:
+        fail(f"invalid choice {converted!r} (choose from {', '.join(map(str, action.choices))})")
+    return converted
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:

@@ -159,6 +159,7 @@ def m6gen_rankings(beams, histories, seen, *, sasrec, blend, weights, features, 
 def run(args) -> int:
     from m6gen.baselines import run_baselines
     from m6gen.cli import item_features, load_data, load_recommender
+    from m6gen.train_io import trained_run_config
     from m6gen.data import default_data_dir, user_frequency
     from m6gen.metrics import evaluate_rankings, per_user_scores
 
@@ -173,6 +174,7 @@ def run(args) -> int:
     features = item_features(ds, split)
     user_freq = user_frequency(split, n_items)
 
+    rec = load_recommender(args, ds.catalog)  # first: a wrong template, device or model fails before SASRec trains
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
     sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
     base = {}
@@ -184,9 +186,18 @@ def run(args) -> int:
             cfg = SASRecConfig(epochs=args.sasrec_epochs)
         saved = out / "baselines" / "sasrec"
         if "SASRec" in methods and (saved / "sasrec.json").is_file() and not args.sasrec_epochs:
+            from m6gen.baselines import split_fingerprint
             from m6gen.sasrec import SASRec
+            from m6gen.train_io import read_json
 
-            sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder (same data, train split)
+            info = out / "baselines" / "baselines.json"
+            recorded = read_json(info) if info.is_file() else {}
+            same = (recorded.get("train_split") == split_fingerprint(split) if "train_split" in recorded
+                    else recorded.get("dataset_path") == (str(args.data) if args.data else None))  # an older record
+            if same:
+                sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder on these train items
+            else:
+                print(f"note: {saved} was trained on other data; training SASRec again", file=sys.stderr)
         base = run_baselines(args.data, config=cfg, methods=methods, max_users=args.max_users, model=sasrec,
                              out_dir=out / "baselines", progress=not args.no_progress, loaded=(ds, split))
         if "SASRec" in methods and sasrec is None:
@@ -199,12 +210,13 @@ def run(args) -> int:
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
     if decode_blend and sasrec is None:
         raise UsageError("--decode-blend needs the SASRec baseline (keep SASRec in --baselines)")
-    rec = load_recommender(args, ds.catalog)
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
     data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
-    fingerprint = cache_fingerprint(args.model, rec.template.path, args.candidates, out / "baselines" / "sasrec",
+    run = trained_run_config(args.model)
+    retriever = args.candidates or (run.candidates if run is not None else None)  # the run's own, when not given
+    fingerprint = cache_fingerprint(args.model, rec.template.path, retriever, out / "baselines" / "sasrec",
                                     args.data or default_data_dir(must_exist=False), extra=data_options)
 
     def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
@@ -276,6 +288,9 @@ def report(out: Path, split_name: str, n_users: int, n_items: int, rows: dict[st
               f" {VERSUS_LEVEL:.0%} intervals; p_not_better = share of resamples where the row is not above SASRec):\n")
         print(format_table(versus, VERSUS_METRICS))
         written += write_results(out / f"eval_{split_name}_vs_sasrec", versus, VERSUS_METRICS)
+    else:  # an earlier run's comparison would contradict this table
+        for stale in out.glob(f"eval_{split_name}_vs_sasrec.*"):
+            stale.unlink()
     plot_tradeoff(rows, out / f"tradeoff_{split_name}.png")
     print(f"\nwrote {', '.join(str(p) for p in written)} and {out / f'tradeoff_{split_name}.png'}")
 

@@ -160,9 +160,6 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         raise TrainError("FSDP version 1 is not supported (validation gathers weights the FSDP2 way): "
                          "launch with --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)")  # fmt: skip
     out = Path(cfg.output_dir)
-    if mode == "overwrite" and acc.is_main_process:
-        shutil.rmtree(out)
-    acc.wait_for_everyone()
     dataset = load_dataset_noted(cfg.data, cfg.data_format, cfg.title_field, cfg.unknown_items, say=acc.print)
     split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe))
 
@@ -234,6 +231,11 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     n_users = len(split.users)
     pick = np.random.default_rng(cfg.seed).choice(n_users, min(cfg.eval_users, n_users), replace=False)
 
+    # --overwrite deletes the old run only now, after every check above could still refuse this one
+    # (and after --init-adapter has read it, so a run can be trained further into its own folder)
+    if mode == "overwrite" and acc.is_main_process:
+        shutil.rmtree(out)
+    acc.wait_for_everyone()
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         name, gguf = resolve_model(cfg.model, cfg.gguf_file)
@@ -368,7 +370,9 @@ def train(cfg: TrainConfig, step_callback: Callable[[int, float], None] | None =
             valid_log.write(row)
         improved = state["best"] is None or row[f"NDCG@{k}"] > state["best"][f"NDCG@{k}"]
         state["best"], state["bad_evals"] = (row, 0) if improved else (state["best"], state["bad_evals"] + 1)
-        state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
+        # early only when steps were left to skip (the last validation ends the run anyway)
+        state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience \
+            and step < run.total_steps  # fmt: skip
         save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=improved, sharded=sharded)
 
     bar = tqdm(total=run.total_steps, initial=state["step"], disable=not (acc.is_main_process and cfg.progress),

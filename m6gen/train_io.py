@@ -415,9 +415,11 @@ def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
     ours = sorted(cfg.target_modules)
     theirs = saved.get("target_modules")
     theirs = sorted(theirs) if isinstance(theirs, list) else [theirs]
-    if saved.get("r") != cfg.lora_r or theirs != ours:
-        raise TrainError(f"--init-adapter {folder}: its LoRA has r={saved.get('r')} on {', '.join(map(str, theirs))}; "
-                         f"this run has r={cfg.lora_r} on {', '.join(ours)}")  # fmt: skip
+    if saved.get("r") != cfg.lora_r or theirs != ours or saved.get("lora_alpha", cfg.lora_alpha) != cfg.lora_alpha:
+        # another alpha would rescale the loaded update (scale = alpha / r)
+        raise TrainError(f"--init-adapter {folder}: its LoRA has r={saved.get('r')}, alpha={saved.get('lora_alpha')} "
+                         f"on {', '.join(map(str, theirs))}; this run has r={cfg.lora_r}, alpha={cfg.lora_alpha} on "
+                         f"{', '.join(ours)}")  # fmt: skip
     result = set_peft_model_state_dict(peft_model, load_peft_weights(folder, device="cpu"))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:

@@ -91,10 +91,25 @@ def test_config_file_problems(world, tmp_path, capsys):  # noqa: F811
 def test_a_bad_value_from_a_config_file_is_one_line(world, tmp_path, capsys):  # noqa: F811
     data, model_dir = world
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("k: 0\n")  # config values skip argparse's checks; the library's own check still reads as one line
-    assert main(["demo", "--config", str(cfg), "--data", str(data), "--model", str(model_dir), "--beams", "4"]) == 2
-    err = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading bar
-    assert err == "error: k must be an integer >= 1, got 0"
+    # a config value gets the checks of the same flag (it once skipped them: max_users 0 evaluated everyone,
+    # split: train evaluated the validation items under the name "train", a string "no" switched an option on)
+    import pytest
+
+    from m6gen.evaluate import main as eval_main
+
+    for text, command, message in [
+        ("k: 0\n", main, "k: expected an integer >= 1, got 0 (as --k)"),
+        ("max_users: 0\n", eval_main, "max_users: expected an integer >= 1, got 0 (as --max-users)"),
+        ("split: train\n", eval_main, "split: invalid choice 'train' (choose from test, valid) (as --split)"),
+        ("choose_on_valid: 'no'\n", eval_main, "choose_on_valid: expected true or false, got 'no' (as --choose-on-valid)"),
+        ("blend: -1\n", eval_main, "blend: expected a finite number >= 0, got '-1' (as --blend)"),
+    ]:  # fmt: skip
+        cfg.write_text(text)
+        argv = ["--config", str(cfg), "--data", str(data), "--model", str(model_dir)]
+        with pytest.raises(SystemExit) as exit_:
+            command(["demo", *argv] if command is main else argv)
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {cfg}: {message}"), text
 
 
 def test_a_damaged_run_folder_is_one_line(world, tmp_path, capsys):  # noqa: F811

@@ -124,3 +124,39 @@ def test_peers_use_the_same_data_options(world, tmp_path):  # noqa: F811
             "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((tmp_path / "e" / "baselines" / "baselines.json").read_text())["users_evaluated"] == 4
+
+
+def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys):
+    """A rerun reuses the folder's SASRec, and so its beam cache; other data trains SASRec again (once reused silently)."""
+    import json
+
+    from test_batch import TITLES
+    from tiny_lm import make_model, make_tokenizer
+
+    from m6gen.evaluate import main
+
+    def world(name, shift):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "items.jsonl").write_text("".join(json.dumps({"item_id": str(i), "title": t}) + "\n"
+                                                  for i, t in enumerate(TITLES)), encoding="utf-8")  # fmt: skip
+        rows = "".join(f"u{u},{(u * shift + s) % len(TITLES)},{s}\n" for u in range(6) for s in range(4))
+        (data / "interactions.csv").write_text("user_id,item_id,timestamp\n" + rows)
+        return data
+
+    model = tmp_path / "model"
+    tok = make_tokenizer()
+    make_model(len(tok)).save_pretrained(model)
+    tok.save_pretrained(model)
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--out", str(out), "--beams", "3", "--baselines", "SASRec", "--blend", "",
+            "--weights", "", "--no-progress"]  # fmt: skip
+    assert main(["--data", str(world("a", 1)), *argv]) == 0
+    caches = sorted(out.glob("beams_*.jsonl"))
+    stamp = (out / "baselines" / "sasrec" / "sasrec.json").stat().st_mtime_ns
+    assert main(["--data", str(tmp_path / "a"), *argv]) == 0
+    assert sorted(out.glob("beams_*.jsonl")) == caches  # the same SASRec, not saved again: the cache is reused
+    assert (out / "baselines" / "sasrec" / "sasrec.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["--data", str(world("b", 2)), *argv]) == 0
+    assert "was trained on other data; training SASRec again" in capsys.readouterr().err

@@ -382,8 +382,19 @@ def test_init_adapter_starts_from_a_finished_run(tiny_dirs, tmp_path, capsys):
 
     err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "c", "--init-adapter", str(first), "--lora-r", "2"))
     assert "--init-adapter" in err and "r=4" in err and "r=2" in err
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "c", "--init-adapter", str(first), "--lora-alpha", "64"))
+    assert "alpha=8" in err and "alpha=64" in err  # another alpha would rescale the loaded update
     err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "c", "--init-adapter", str(tmp_path)))
     assert "no adapter_config.json" in err
+
+    # --overwrite deletes the old run only after every check: a refused command keeps it, and a run can be
+    # trained further into its own folder (its adapter is read before the folder is replaced)
+    before = adapter_weights(second)
+    with pytest.raises(TrainError, match="history packing needs"):
+        train(tiny_config(tiny_dirs, second, overwrite=True, history_packing="on"))
+    assert all(torch.equal(before[k], adapter_weights(second)[k]) for k in before)
+    train(tiny_config(tiny_dirs, second, overwrite=True, init_adapter=str(second), max_steps=2))
+    assert len(read_log(second / "train_log.csv")) == 2
     with pytest.raises(TrainError, match="no adapter_config.json"):
         resolve_paths(tiny_config(tiny_dirs, tmp_path / "c", init_adapter=str(tmp_path / "nope")))
 
@@ -693,3 +704,12 @@ def test_a_run_keeps_its_own_copy_of_its_template(tiny_dirs, tmp_path, capsys):
     shutil.rmtree(folder)  # moved to another machine, say: the run still has what it needs
     assert cli_main(["prompts", "--model", str(out), "--data", str(tiny_dirs[1]), "--template", "films"]) == 0
     assert "Seen:" in capsys.readouterr().out
+
+
+def test_stopped_early_only_when_steps_were_left(tiny_dirs, tmp_path):
+    """A vanishing lr: validation never improves, so patience 1 stops at the second validation; at the last step that is no early stop."""
+    kw = dict(lr=1e-12, eval_every=2, patience=1, epochs=5, eval_users=4)
+    done = train(tiny_config(tiny_dirs, tmp_path / "a", max_steps=4, **kw))
+    assert (done["steps"], done["stopped_early"]) == (4, False)
+    cut = train(tiny_config(tiny_dirs, tmp_path / "b", max_steps=8, **kw))
+    assert (cut["steps"], cut["stopped_early"]) == (4, True)
