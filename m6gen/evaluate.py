@@ -159,9 +159,9 @@ def m6gen_rankings(beams, histories, seen, *, sasrec, blend, weights, features, 
 def run(args) -> int:
     from m6gen.baselines import run_baselines
     from m6gen.cli import item_features, load_data, load_recommender
-    from m6gen.train_io import trained_run_config
     from m6gen.data import default_data_dir, user_frequency
     from m6gen.metrics import evaluate_rankings, per_user_scores
+    from m6gen.train_io import trained_run_config
 
     weights = parse_weights(args.weights)
     if args.choose_on_valid and args.split != "test":
@@ -214,8 +214,8 @@ def run(args) -> int:
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
     data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
-    run = trained_run_config(args.model)
-    retriever = args.candidates or (run.candidates if run is not None else None)  # the run's own, when not given
+    trained = trained_run_config(args.model)
+    retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(args.model, rec.template.path, retriever, out / "baselines" / "sasrec",
                                     args.data or default_data_dir(must_exist=False), extra=data_options)
 

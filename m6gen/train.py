@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 from m6gen.config import add_config_args, config_from_args, config_to_dict
 from m6gen.lora import LLAMA_LIKE, resolve_target_modules  # noqa: F401  (LLAMA_LIKE re-exported for tests)
-from m6gen.train_io import (ADAPTER_FILES, CONFIG_FILE, CsvLog, TrainConfig, TrainError, atomic_text, check_output_dir,
-                            checkpoint_pointer, load_checkpoint, load_init_adapter, plot_log, resolve_paths,
-                            save_checkpoint, save_template, SAVED_TEMPLATES)  # fmt: skip
+from m6gen.train_io import (ADAPTER_FILES, CONFIG_FILE, SAVED_TEMPLATES, CsvLog, TrainConfig, TrainError, atomic_text,
+                            check_output_dir, checkpoint_pointer, load_checkpoint, load_init_adapter, plot_log,
+                            resolve_paths, save_checkpoint, save_template)  # fmt: skip
 from m6gen.train_io import OPERATIONAL, load_trained, read_run_config  # noqa: F401  (re-exported for cli, tune, tests)
 
 # DeepSpeed wraps the model in its own engine, whose checkpoints and forward this module does not handle.
