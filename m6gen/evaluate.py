@@ -174,6 +174,8 @@ def run(args) -> int:
     features = item_features(ds, split)
     user_freq = user_frequency(split, n_items)
 
+    if args.k != 10:  # the shared model options include --k; the tables always report K = 5, 10 and 20
+        print("note: --k has no effect in eval (the tables report HR/NDCG/MRR at 5, 10 and 20)", file=sys.stderr)
     rec = load_recommender(args, ds.catalog)  # first: a wrong template, device or model fails before SASRec trains
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
     sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
@@ -266,8 +268,13 @@ def run(args) -> int:
         label = f"m6gen, chosen on valid: {chosen.removeprefix('m6gen ')}"
         rows[label], per_user[label] = rows[chosen], per_user[chosen]
     report(out, args.split, len(users), n_items, rows, per_user)
-    settings = dict(vars(args))
+    # the options as given, and what they became (dtype auto, a run's own template and retriever)
+    settings = {**vars(args), "resolved": {"dtype": dtype, "template": rec.config.template,
+                                           "template_path": str(rec.template.path),
+                                           "max_history": rec.config.max_history, "retriever": retriever,
+                                           "n_users": len(users), "beam_cache_fingerprint": fingerprint}}  # fmt: skip
     if args.choose_on_valid:
+        (out / "eval_valid_config.json").write_text(json.dumps({**settings, "split": "valid"}, indent=2, default=str))
         settings["chosen_on_valid"] = {"row": chosen, "valid_NDCG@10": valid_rows[chosen]["NDCG@10"]}
     (out / f"eval_{args.split}_config.json").write_text(json.dumps(settings, indent=2, default=str))
     return 0

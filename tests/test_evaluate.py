@@ -99,8 +99,12 @@ def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_p
     test = json.loads((tmp_path / "eval_test.json").read_text())
     m6gen_rows = [r for r in valid if r.startswith("m6gen")]
     best = max(m6gen_rows, key=lambda r: valid[r]["NDCG@10"])  # first of equals, as the command picks
-    chosen = json.loads((tmp_path / "eval_test_config.json").read_text())["chosen_on_valid"]
-    assert chosen == {"row": best, "valid_NDCG@10": valid[best]["NDCG@10"]}
+    config = json.loads((tmp_path / "eval_test_config.json").read_text())
+    assert config["chosen_on_valid"] == {"row": best, "valid_NDCG@10": valid[best]["NDCG@10"]}
+    # what the options became, and the validation tables' own config beside them
+    assert config["dtype"] == "auto" and config["resolved"]["dtype"] in ("float32", "bfloat16")
+    assert config["resolved"]["template"] == "titles" and config["resolved"]["n_users"] == 6
+    assert json.loads((tmp_path / "eval_valid_config.json").read_text())["split"] == "valid"
     label = f"m6gen, chosen on valid: {best.removeprefix('m6gen ')}"
     assert label not in valid and test[label] == test[best]  # the test row is the test score of the valid pick
     assert set(test) == set(valid) | {label}
