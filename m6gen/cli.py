@@ -322,6 +322,7 @@ def cmd_prompts(args) -> int:
         tokenizer = load_tokenizer(args.model)
     retriever = None
     if args.candidates:  # what a candidate template lists: the retriever's items for this history
+        from m6gen.candidates import retrieve
         from m6gen.pipeline import load_sasrec
 
         retriever = load_sasrec(args.candidates, len(ds.catalog))
@@ -330,8 +331,6 @@ def cmd_prompts(args) -> int:
         history = [ds.catalog[i] for i in split.test_history(user)]
         candidates = []
         if retriever is not None:
-            from m6gen.candidates import retrieve
-
             found = retrieve(retriever, [split.test_history(user)], args.n_candidates)
             candidates = [ds.catalog[int(i)] for i in found[0]]
         for tpl in templates:

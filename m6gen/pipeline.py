@@ -117,6 +117,10 @@ class Recommender:
                 candidates: list[np.ndarray] | None = None) -> list[str]:  # fmt: skip
         """Prompt texts; ``candidates`` default to :meth:`candidates`."""
         self._check_histories(histories)
+        return self._render_prompts(histories, profiles, candidates)
+
+    def _render_prompts(self, histories, profiles=None, candidates=None) -> list[str]:
+        """:meth:`prompts` for histories already checked (:meth:`generate` checks them all once)."""
         profiles = profiles or [{} for _ in histories]
         candidates = candidates if candidates is not None else self.candidates(histories)
         return [
@@ -164,7 +168,7 @@ class Recommender:
                 else:
                     limit = allowed[s : s + cfg.batch_size] if allowed is not None else None
                 batch_profiles = profiles[s : s + cfg.batch_size] if profiles else None
-                prompt_ids = encode_prompts(self.tokenizer, self.prompts(hist, batch_profiles, candidates=cands))
+                prompt_ids = encode_prompts(self.tokenizer, self._render_prompts(hist, batch_profiles, cands))
                 self._check_context(prompt_ids)
                 banned = [np.asarray(h, dtype=np.int64) for h in hist] if cfg.exclude_seen else None
                 with torch.no_grad():
