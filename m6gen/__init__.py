@@ -1,3 +1,3 @@
 """m6gen: generative recommendation by trie-constrained generation of item titles."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -151,8 +151,14 @@ def resolve_dtype(dtype: str, device=None):
 
     if dtype == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ModelError(f"dtype {dtype!r}: expected one of {sorted(table)}")
     return table[dtype]
@@ -185,8 +191,9 @@ def encode_targets_flat(tokenizer, targets: list[str], chunk: int = 8192):
     eos = tokenizer.eos_token_id
     flats, lengths = [], []
     for start in range(0, len(targets), chunk):
-        ids = tokenizer(list(targets[start : start + chunk]), add_special_tokens=False,
-                        return_attention_mask=False)["input_ids"]
+        ids = tokenizer(list(targets[start : start + chunk]), add_special_tokens=False, return_attention_mask=False)[
+            "input_ids"
+        ]
         lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
         flat = np.full(int(lens.sum()), eos, dtype=np.int32)
         ends = np.cumsum(lens)
@@ -217,7 +224,7 @@ def build_catalog_trie(tokenizer, targets: list[str], cache_dir: str | Path | No
     With ``cache_dir``, a trie saved there for the same tokenizer and texts is loaded instead of
     re-tokenizing, and a freshly built one is saved.
     """
-    from m6gen.trie import CatalogTrie
+    from m6gen.decoding.trie import CatalogTrie
 
     digest = hashlib.sha1("\x00".join(targets).encode("utf-8")).hexdigest()[:16]
     fingerprint = tokenizer_fingerprint(tokenizer)

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from m6gen.catalog import Item
+from m6gen.data.catalog import Item
 
 DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "prompts"
 ENV_VAR = "M6GEN_PROMPTS"  # folder(s) searched before the default one, os.pathsep-separated
@@ -129,7 +129,9 @@ class PromptTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(self._where(exc.filename or str(self.path), exc.lineno, exc)) from exc
         except UnicodeDecodeError as exc:
-            raise TemplateError(f"template {self.path}: byte offset {exc.start}: not UTF-8 text (save it as UTF-8)") from None
+            raise TemplateError(
+                f"template {self.path}: byte offset {exc.start}: not UTF-8 text (save it as UTF-8)"
+            ) from None
         missing = [b for b in BLOCKS if b not in self._template.blocks]
         if missing:
             raise TemplateError(
@@ -138,6 +140,13 @@ class PromptTemplate:
             )
         match = _DESCRIPTION.match(self.path.read_text(encoding="utf-8-sig"))
         self.description = " ".join(match.group(1).split()) if match else ""
+
+    def reads(self, variable: str) -> bool:
+        """Whether the template's own source uses ``variable`` (e.g. ``candidates``; partials not searched)."""
+        from jinja2 import meta
+
+        source = self.path.read_text(encoding="utf-8-sig")
+        return variable in meta.find_undeclared_variables(self._env.parse(source))
 
     def __repr__(self) -> str:
         return f"PromptTemplate(name={self.name!r}, path='{self.path}', max_history={self.max_history})"
@@ -200,8 +209,10 @@ class PromptTemplate:
         }
         text = self._render_block("prompt", variables)
         if not text.strip():
-            raise TemplateError(f"template {self.path}: block 'prompt' rendered empty text "
-                                f"(user {variables['user']['user_id']!r}); the model needs something to read")
+            raise TemplateError(
+                f"template {self.path}: block 'prompt' rendered empty text "
+                f"(user {variables['user']['user_id']!r}); the model needs something to read"
+            )
         return text
 
     def render_target(self, item: Item) -> str:
@@ -223,9 +234,11 @@ class PromptTemplate:
         for i, text in enumerate(texts):
             j = first.setdefault(text.strip(), i)
             if j != i:
-                raise TemplateError(f"template {self.path}: block 'target' renders the same text {text.strip()!r} for "
-                                    f"items {items[j].item_id!r} and {items[i].item_id!r}; a target must tell items "
-                                    f"apart (item.title is unique)")  # fmt: skip
+                raise TemplateError(
+                    f"template {self.path}: block 'target' renders the same text {text.strip()!r} for "
+                    f"items {items[j].item_id!r} and {items[i].item_id!r}; a target must tell items "
+                    f"apart (item.title is unique)"
+                )
         return texts
 
     def render_example(self, history: Sequence[Item], next_item: Item, **kw) -> tuple[str, str]:

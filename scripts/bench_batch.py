@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from m6gen.data import build_histories, leave_one_out, load_dataset
-    from m6gen.generate import constrained_beam_search, open_generate
+    from m6gen.decoding.search import constrained_beam_search, open_generate
     from m6gen.model import build_catalog_trie, encode_prompts, load_model, load_tokenizer
     from m6gen.prompts import TemplateLibrary
 
@@ -55,14 +55,22 @@ def main(argv: list[str] | None = None) -> int:
                 p = prompts[s : s + bs]
                 with torch.no_grad():
                     if mode == "constrained":
-                        constrained_beam_search(model, trie, p, args.beams, banned=[np.array(h) for h in hist[s : s + bs]],
-                                                pad_token_id=tok.pad_token_id)
+                        constrained_beam_search(
+                            model,
+                            trie,
+                            p,
+                            args.beams,
+                            banned=[np.array(h) for h in hist[s : s + bs]],
+                            pad_token_id=tok.pad_token_id,
+                        )
                     else:
                         open_generate(model, tok, p, targets, args.beams, max_new_tokens=trie.max_depth)
             el = time.perf_counter() - t0
             row.append(f"{len(users) / el:.3f}")
         rows.append(row)
-        print(f"batch {bs}: " + ", ".join(f"{m} {v} users/s" for m, v in zip(args.modes.split(","), row[1:])), flush=True)
+        print(
+            f"batch {bs}: " + ", ".join(f"{m} {v} users/s" for m, v in zip(args.modes.split(","), row[1:])), flush=True
+        )
 
     header = ["batch size"] + [f"{m} users/s" for m in args.modes.split(",")]
     if len(header) == 3:

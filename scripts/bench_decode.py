@@ -51,29 +51,47 @@ def trie_child(n: int) -> None:
     """Subprocess body: tokenize n synthetic titles with the default tokenizer, build the trie."""
     import random
 
+    from m6gen.decoding.trie import CatalogTrie
     from m6gen.model import encode_targets_flat, load_tokenizer
-    from m6gen.trie import CatalogTrie
 
     tok = load_tokenizer()
     rng = random.Random(0)
     words = [w.strip("Ġ") for w in list(tok.get_vocab())[:20000] if w.isascii() and w.strip("Ġ").isalpha()]
-    titles = list({" " + " ".join(rng.choice(words).capitalize() for _ in range(rng.randint(1, 5))) + f" ({rng.randint(1920, 2024)})"
-                   for _ in range(int(n * 1.05))})[:n]
+    titles = list(
+        {
+            " "
+            + " ".join(rng.choice(words).capitalize() for _ in range(rng.randint(1, 5)))
+            + f" ({rng.randint(1920, 2024)})"
+            for _ in range(int(n * 1.05))
+        }
+    )[:n]
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     seqs = encode_targets_flat(tok, titles)  # chunked, as build_catalog_trie does
     t1 = time.perf_counter()
     trie = CatalogTrie.from_sequences(seqs)
     t2 = time.perf_counter()
-    print(json.dumps({"n": len(titles), "tokenize_s": t1 - t0, "build_s": t2 - t1, "nodes": trie.n_nodes,
-                      "rss_before_mb": rss0, "peak_rss_mb": peak_rss_mb()}))
+    print(
+        json.dumps(
+            {
+                "n": len(titles),
+                "tokenize_s": t1 - t0,
+                "build_s": t2 - t1,
+                "nodes": trie.n_nodes,
+                "rss_before_mb": rss0,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 def table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+    return "\n".join(
+        [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from m6gen.data import build_histories, leave_one_out, load_dataset
-    from m6gen.generate import constrained_beam_search, open_generate
+    from m6gen.decoding.search import constrained_beam_search, open_generate
     from m6gen.model import build_catalog_trie, encode_prompts, load_model, load_tokenizer
     from m6gen.prompts import TemplateLibrary
 
@@ -100,14 +118,25 @@ def main(argv: list[str] | None = None) -> int:
     trie = build_catalog_trie(tok, targets)
     users = split.users
     hist = {u: split.test_history(u) for u in users}
-    prompt = {u: encode_prompts(tok, [tpl.render_prompt([ds.catalog[i] for i in hist[u]])])[0] for u in users[: max(args.users, args.batch, args.open_users)]}
+    prompt = {
+        u: encode_prompts(tok, [tpl.render_prompt([ds.catalog[i] for i in hist[u]])])[0]
+        for u in users[: max(args.users, args.batch, args.open_users)]
+    }
     batch = users[: args.batch]
     print(f"prompt tokens (first batch): {[len(prompt[u]) for u in batch]}; trie depth {trie.max_depth}")
 
     def m6(model, us, max_new, stats=None):
         with torch.no_grad():
-            return constrained_beam_search(model, trie, [prompt[u] for u in us], args.beams, banned=[np.array(hist[u]) for u in us],
-                                           pad_token_id=tok.pad_token_id, max_new_tokens=max_new, stats=stats)
+            return constrained_beam_search(
+                model,
+                trie,
+                [prompt[u] for u in us],
+                args.beams,
+                banned=[np.array(hist[u]) for u in us],
+                pad_token_id=tok.pad_token_id,
+                max_new_tokens=max_new,
+                stats=stats,
+            )
 
     if "speed" not in skip:
         rows = []
@@ -120,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             m6(model, batch[:1], 2)  # warm-up
             t0 = time.perf_counter()
             with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=mask, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
-                               do_sample=False, pad_token_id=tok.pad_token_id)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    num_beams=args.beams,
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
             hf = time.perf_counter() - t0
             stats: dict = {}
             t0 = time.perf_counter()
@@ -131,12 +166,33 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             m6(model, batch, None, full_stats)
             full = time.perf_counter() - t0
-            rows.append([dtype, f"{hf:.1f}", f"{ours:.1f}", f"{hf / ours:.1f}x", f"{stats['constraint_s']:.2f} ({stats['steps']} steps)",
-                         f"{full:.1f}", f"{full_stats['constraint_s']:.2f} ({full_stats['steps']} steps)"])
+            rows.append(
+                [
+                    dtype,
+                    f"{hf:.1f}",
+                    f"{ours:.1f}",
+                    f"{hf / ours:.1f}x",
+                    f"{stats['constraint_s']:.2f} ({stats['steps']} steps)",
+                    f"{full:.1f}",
+                    f"{full_stats['constraint_s']:.2f} ({full_stats['steps']} steps)",
+                ]
+            )
             del model
         print(f"\n## Throughput: {args.batch} prompts, B={args.beams}, max_new_tokens={args.max_new_tokens} (seconds)")
-        print(table(rows, ["dtype", "HF generate (unconstrained)", "m6gen constrained", "speed-up",
-                           "m6gen constraint time", "m6gen full depth", "constraint time (full)"]))
+        print(
+            table(
+                rows,
+                [
+                    "dtype",
+                    "HF generate (unconstrained)",
+                    "m6gen constrained",
+                    "speed-up",
+                    "m6gen constraint time",
+                    "m6gen full depth",
+                    "constraint time (full)",
+                ],
+            )
+        )
 
     if "users" not in skip:
         model = load_model(dtype=args.dtypes.split(",")[-1])
@@ -151,16 +207,28 @@ def main(argv: list[str] | None = None) -> int:
         in_cat = sum(0 <= i < len(ds.catalog) and trie.lookup(trie.sequence(i)) == i for r in items for i in r)
         dups = sum(len(r) - len(set(r)) for r in items)
         seen = sum(len(set(r) & set(hist[u])) for r, u in zip(items, us))
-        opened = open_generate(model, tok, [prompt[u] for u in us[: args.open_users]], targets, args.beams, max_new_tokens=24)
+        opened = open_generate(
+            model, tok, [prompt[u] for u in us[: args.open_users]], targets, args.beams, max_new_tokens=24
+        )
         n_open = sum(map(len, opened))
         outside = sum(not o.in_catalog for r in opened for o in r)
         print(f"\n## Users ({args.dtypes.split(',')[-1]}, B={args.beams}, batch {args.batch}, full depth)")
-        print(table([[len(us), f"{el:.1f}", f"{len(us) / el:.2f}", f"{el / len(us) * len(users) / 60:.1f} min"]],
-                    ["users", "seconds", "users/s", f"projected for all {len(users)}"]))
+        print(
+            table(
+                [[len(us), f"{el:.1f}", f"{len(us) / el:.2f}", f"{el / len(us) * len(users) / 60:.1f} min"]],
+                ["users", "seconds", "users/s", f"projected for all {len(users)}"],
+            )
+        )
         print("\n## Validity (untuned default model)")
-        print(table([["constrained", n_out, f"{in_cat / n_out:.1%}", dups, seen],
-                     [f"open ({args.open_users} users)", n_open, f"{(n_open - outside) / n_open:.1%}", "-", "-"]],
-                    ["mode", "outputs", "in catalog", "duplicates", "seen items"]))
+        print(
+            table(
+                [
+                    ["constrained", n_out, f"{in_cat / n_out:.1%}", dups, seen],
+                    [f"open ({args.open_users} users)", n_open, f"{(n_open - outside) / n_open:.1%}", "-", "-"],
+                ],
+                ["mode", "outputs", "in catalog", "duplicates", "seen items"],
+            )
+        )
 
     if "trie" not in skip:
         rows = []
@@ -170,10 +238,22 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([n, "failed", out.stderr.strip().splitlines()[-1][:60], "", ""])
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append([r["n"], f"{r['tokenize_s']:.1f}", f"{r['build_s']:.1f}", r["nodes"],
-                         f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] - r['rss_before_mb']:.0f}"])
+            rows.append(
+                [
+                    r["n"],
+                    f"{r['tokenize_s']:.1f}",
+                    f"{r['build_s']:.1f}",
+                    r["nodes"],
+                    f"{r['peak_rss_mb']:.0f}",
+                    f"{r['peak_rss_mb'] - r['rss_before_mb']:.0f}",
+                ]
+            )
         print("\n## Trie build (synthetic titles, default tokenizer)")
-        print(table(rows, ["titles", "tokenize s", "build s", "nodes", "peak RSS MB (process)", "MB above tokenizer+titles"]))
+        print(
+            table(
+                rows, ["titles", "tokenize s", "build s", "nodes", "peak RSS MB (process)", "MB above tokenizer+titles"]
+            )
+        )
     return 0
 
 

@@ -12,14 +12,8 @@ from __future__ import annotations
 import sys
 
 
-def make_parser():
-    from m6gen.chat import make_parser as chat_parser
-
-    return chat_parser()
-
-
 def main(argv: list[str] | None = None) -> int:
-    from m6gen.chat import main as chat_main
+    from m6gen.commands.chat import main as chat_main
 
     return chat_main(argv)
 

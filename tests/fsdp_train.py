@@ -2,7 +2,7 @@
 
 accelerate sets FSDP up only on accelerators (GPUs, ...); on CPU processes it stays DDP. This
 entry point switches each process's accelerate state to FSDP2, as ``accelerate launch --use_fsdp
---fsdp_version 2`` does on GPUs, so that the sharded paths of ``m6gen.train`` run in the tests.
+--fsdp_version 2`` does on GPUs, so that the sharded paths of ``m6gen.training.loop`` run in the tests.
 ``M6GEN_TEST_KILL_AT=N`` interrupts every process after optimizer step N (a kill, for --resume).
 """
 
@@ -17,7 +17,7 @@ def main() -> int:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
 
-    import m6gen.train as train_module
+    import m6gen.training.loop as train_module
 
     real_init = Accelerator.__init__
 
@@ -26,8 +26,10 @@ def main() -> int:
         self.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does on GPUs
         self.state.fsdp_plugin = FullyShardedDataParallelPlugin(
-            fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=["LlamaDecoderLayer"])  # fmt: skip
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=["LlamaDecoderLayer"],
+        )
 
     Accelerator.__init__ = init_with_fsdp
     kill_at = int(os.environ.get("M6GEN_TEST_KILL_AT", "0"))
@@ -40,7 +42,9 @@ def main() -> int:
         return result
 
     train_module.train_step = step_then_maybe_die
-    return train_module.main(sys.argv[1:])
+    from m6gen.commands.train import main as train_main
+
+    return train_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

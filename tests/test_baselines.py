@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from m6gen.baselines import pop_rank, run_baselines
+from m6gen.baselines.run import pop_rank, run_baselines
+from m6gen.baselines.sasrec import SASRec, SASRecConfig, SASRecModel, _pad_left, fit, training_windows
 from m6gen.data import Split, leave_one_out
-from m6gen.sasrec import SASRec, SASRecConfig, SASRecModel, _pad_left, fit, training_windows
 
 N = 20  # items in the synthetic catalog
 
@@ -146,7 +146,7 @@ def test_early_stopping_keeps_best_validation_model():
     rec = fit(split, N, tiny(epochs=6, eval_every=2, patience=1), valid=True, progress=False)
     best = max(rec.log, key=lambda r: r["valid_NDCG@10"])
     assert rec.best_epoch == best["epoch"]
-    from m6gen.sasrec import validation_ndcg
+    from m6gen.baselines.sasrec import validation_ndcg
 
     assert validation_ndcg(rec, split) == pytest.approx(best["valid_NDCG@10"])
 
@@ -184,8 +184,11 @@ def test_run_baselines_on_plain_files(tmp_path):
     data.mkdir()
     items = [{"item_id": str(i), "title": f"Item {i}", "genres": ["A" if i % 2 else "B"]} for i in range(N)]
     (data / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    rows = [{"user_id": u, "item_id": str(i), "timestamp": t} for u, h in cyclic_histories(30).items()
-            for t, i in enumerate(h)]  # fmt: skip
+    rows = [
+        {"user_id": u, "item_id": str(i), "timestamp": t}
+        for u, h in cyclic_histories(30).items()
+        for t, i in enumerate(h)
+    ]
     (data / "interactions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     res = run_baselines(data, config=tiny(epochs=4, eval_every=2), out_dir=out, progress=False)
@@ -194,3 +197,102 @@ def test_run_baselines_on_plain_files(tmp_path):
     assert res["users_evaluated"] == 30 and "ILD@10" in res["test"]["Pop"]
     assert (out / "baselines_test.md").is_file() and (out / "sasrec" / "sasrec.pt").is_file()
     assert json.loads((out / "baselines.json").read_text())["sasrec"]["config"]["max_len"] == 8
+
+
+# ---- a killed SASRec keeps its best model and resumes (issue #20) ----
+
+
+def test_killed_fit_keeps_the_best_model_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import m6gen.baselines.sasrec as sasrec_module
+
+    split = leave_one_out(cyclic_histories())
+    config = tiny(epochs=6, patience=100)
+    whole = fit(split, N, config, valid=True, progress=False)
+
+    real_check, calls = sasrec_module.validation_ndcg, []
+
+    def check_then_die(rec, split_):
+        calls.append(1)
+        if len(calls) == 4:  # killed during the 4th epoch's validation
+            raise KeyboardInterrupt
+        return real_check(rec, split_)
+
+    monkeypatch.setattr(sasrec_module, "validation_ndcg", check_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(split, N, config, valid=True, progress=False, checkpoint=tmp_path / "ck")
+    kept = SASRec.load(tmp_path / "ck")  # the best model of the first three epochs, loadable
+    assert 1 <= kept.best_epoch <= 3
+    monkeypatch.setattr(sasrec_module, "validation_ndcg", real_check)
+    resumed = fit(split, N, config, valid=True, progress=False, checkpoint=tmp_path / "ck")
+    assert [e["epoch"] for e in resumed.log] == list(range(1, 7))
+    for name, weight in whole.model.state_dict().items():
+        assert torch.equal(weight, resumed.model.state_dict()[name]), name
+    assert resumed.stopped == whole.stopped == "epochs"
+
+
+def test_fit_says_why_it_stopped():
+    split = leave_one_out(cyclic_histories())
+    assert "patience" in fit(split, N, tiny(epochs=50, patience=1, lr=1e-9), progress=False).stopped
+    assert "time budget" in fit(split, N, tiny(epochs=50, time_budget_s=1e-6), progress=False).stopped
+
+
+# ---- the command: one-line errors and the same data options as every command (issue #20) ----
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sasrec-epochs", "0"], "sasrec_epochs must be an integer >= 1"),
+        (["--sasrec-hidden", "10", "--sasrec-n-heads", "3"], "sasrec_hidden (10) must be divisible"),
+        (["--methods", "Pop,ItemKNN"], "methods: unknown 'ItemKNN'"),
+    ],
+)
+def test_baselines_command_bad_options_are_one_line(plain_data, capsys, extra, message):
+    from m6gen.commands import main
+
+    assert main(["baselines", "--data", str(plain_data), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_baselines_command_takes_the_data_options(plain_data, tmp_path, capsys):
+    from m6gen.commands import main
+
+    with open(plain_data / "interactions.csv", "a", encoding="utf-8") as f:
+        f.write("u0,no-such-item,999\n")
+    assert main(["baselines", "--data", str(plain_data), "--no-progress", "--sasrec-epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-item" in err and err.count("\n") == 1
+    out = tmp_path / "b"
+    assert (
+        main(
+            [
+                "baselines",
+                "--data",
+                str(plain_data),
+                "--unknown-items",
+                "skip",
+                "--no-progress",
+                "--sasrec-epochs",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "stopped by epochs" in capsys.readouterr().out
+    assert (out / "sasrec" / "sasrec.json").is_file() and not (out / "sasrec.partial").exists()
+
+
+@pytest.fixture
+def plain_data(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    items = "".join(json.dumps({"item_id": str(i), "title": f"Film {i} ({1990 + i})"}) + "\n" for i in range(N))
+    (data / "items.jsonl").write_text(items, encoding="utf-8")
+    rows = ["user_id,item_id,timestamp"]
+    for u, hist in cyclic_histories(30).items():
+        rows += [f"{u},{item},{t}" for t, item in enumerate(hist)]
+    (data / "interactions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return data

@@ -5,36 +5,30 @@ import json
 
 import numpy as np
 import pytest
-from tiny_lm import make_model, make_tokenizer
 
-from m6gen.batch import UserListError, done_users, main, make_parser, read_user_ids
-
-TITLES = ["Toy Story", "Alien", "Aliens", "Heat", "Casino", "Amélie", "The Godfather", "Fargo"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    data = root / "data"
-    data.mkdir()
-    (data / "items.jsonl").write_text("".join(json.dumps({"item_id": str(i), "title": t, "year": 1990 + i}) + "\n"
-                                              for i, t in enumerate(TITLES)), encoding="utf-8")
-    rows = ["user_id,item_id,timestamp"]
-    for u in range(6):
-        for step in range(4):
-            rows.append(f"u{u},{(u + step) % len(TITLES)},{step}")
-    (data / "interactions.csv").write_text("\n".join(rows) + "\n")
-    model_dir = root / "model"
-    tok = make_tokenizer()
-    make_model(len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    return data, model_dir
+from m6gen.commands.recommend import UserListError, done_users, main, read_user_ids
 
 
 def run(world, out, *extra):
     data, model_dir = world
-    return main(["--data", str(data), "--model", str(model_dir), "--output", str(out), "--beams", "4", "--k", "3",
-                 "--batch-size", "4", "--no-progress", *extra])
+    return main(
+        [
+            "--data",
+            str(data),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(out),
+            "--beams",
+            "4",
+            "--k",
+            "3",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_jsonl_every_user_once_and_resume_after_kill(world, tmp_path):
@@ -73,14 +67,18 @@ def test_a_finished_file_is_left_alone_and_says_so(world, tmp_path, capsys, monk
     assert run(world, out) == 0
     assert capsys.readouterr().err.splitlines()[-1] == f"wrote 6 users to {out}"
     before = out.read_bytes()
-    import m6gen.cli
+    import m6gen.commands.common
 
-    monkeypatch.setattr(m6gen.cli, "load_recommender", lambda *a: pytest.fail("loaded a model with nothing to do"))
+    monkeypatch.setattr(
+        m6gen.commands.common, "load_recommender", lambda *a: pytest.fail("loaded a model with nothing to do")
+    )
     assert run(world, out) == 0
     assert out.read_bytes() == before
     assert capsys.readouterr().err.splitlines()[-1] == f"wrote 0 users to {out} (6 already there)"
     (tmp_path / "empty.txt").write_text("# nobody\n")
-    assert "empty.txt: no user ids in it" in capsys_error(world, tmp_path / "x.jsonl", "--users-file", str(tmp_path / "empty.txt"))
+    assert "empty.txt: no user ids in it" in capsys_error(
+        world, tmp_path / "x.jsonl", "--users-file", str(tmp_path / "empty.txt")
+    )
 
 
 def test_csv_resume_with_other_users_keeps_finished_ones(world, tmp_path):
@@ -94,11 +92,17 @@ def test_csv_resume_with_other_users_keeps_finished_ones(world, tmp_path):
     assert out.read_text(encoding="utf-8") == before and before.count("\nu2,") == 3
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"a,b,c\n1,2,3\n", ":1: not an m6gen recommendations header"),
-    (b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob\nu0,1\n", ":2: not an m6gen recommendations row"),
-    (b"\xff\xfe\n", "not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"a,b,c\n1,2,3\n", ":1: not an m6gen recommendations header"),
+        (
+            b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob\nu0,1\n",
+            ":2: not an m6gen recommendations row",
+        ),
+        (b"\xff\xfe\n", "not UTF-8 text"),
+    ],
+)
 def test_foreign_output_file_is_refused_and_kept(world, tmp_path, content, message):
     for name in ("recs.csv", "recs.jsonl"):
         out = tmp_path / name
@@ -131,7 +135,7 @@ def test_bad_users_file_is_one_line_error(world, tmp_path, capsys):
 
 
 def test_merge_shards_keeps_one_csv_header(tmp_path):
-    from m6gen.batch import merge_shards
+    from m6gen.commands.recommend import merge_shards
 
     out = tmp_path / "recs.csv"
     shards = [tmp_path / "recs.shard0of2.csv", tmp_path / "recs.shard1of2.csv"]
@@ -144,8 +148,8 @@ def test_merge_shards_keeps_one_csv_header(tmp_path):
 
 def test_sasrec_prior_steers_recommendations(world, tmp_path):
     """--sasrec joins SASRec's log-probabilities to the search; a heavy weight returns SASRec's own top-k."""
+    from m6gen.baselines.sasrec import SASRecConfig, fit
     from m6gen.data import build_histories, leave_one_out, load_dataset
-    from m6gen.sasrec import SASRecConfig, fit
 
     data, _ = world
     ds = load_dataset(data)
@@ -162,17 +166,18 @@ def test_sasrec_prior_steers_recommendations(world, tmp_path):
     assert [[i["item_id"] for i in r["items"]] for r in records] == [[ids[j] for j in e] for e in expected]
     # "logprob" is the language model's own, not the blended search score (about 1000 x SASRec's log-prob here):
     # the same items searched without SASRec, one at a time, score the same.
-    from m6gen.pipeline import RecommendConfig, Recommender
+    from m6gen.recommender import RecommendConfig, Recommender
 
-    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(num_beams=6, batch_size=1), device="cpu")
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(beams=6, batch_size=1), device="cpu")
     for r, hist in zip(records, histories):
         for item in r["items"]:
             (alone,) = rec.generate([hist], allowed=[np.array([ids.index(item["item_id"])])])[0]
             assert item["logprob"] == pytest.approx(alone.logprob, abs=1e-4)
     assert "no saved SASRec" in capsys_error(world, tmp_path / "x.jsonl", "--sasrec", str(tmp_path))
     # from Python: generate() returns the beams recommend() reranks, the recommender's own prior included
-    steered = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(num_beams=6), device="cpu",
-                                          sasrec=tmp_path / "sasrec", sasrec_weight=1000)  # fmt: skip
+    steered = Recommender.from_pretrained(
+        world[1], ds.catalog, RecommendConfig(beams=6), device="cpu", sasrec=tmp_path / "sasrec", sasrec_weight=1000
+    )
     assert [[h.item for h in b][:3] for b in steered.generate(histories)] == [list(e) for e in expected]
     plain = [[h.item for h in b] for b in steered.generate(histories, prior=None)]
     assert plain == [[h.item for h in b] for b in rec.generate(histories)]
@@ -181,10 +186,10 @@ def test_sasrec_prior_steers_recommendations(world, tmp_path):
 def test_histories_must_hold_catalog_indices(world):
     """A raw data id, an index past the catalog or a negative one (which Python would read from the end) is named."""
     from m6gen.data import load_dataset
-    from m6gen.pipeline import RecommendConfig, Recommender
+    from m6gen.recommender import RecommendConfig, Recommender
 
     ds = load_dataset(world[0])
-    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(num_beams=2), device="cpu")
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(beams=2), device="cpu")
     for bad in (["3"], [1, 99], [-1]):
         with pytest.raises(ValueError, match=rf"history 1: {bad[-1]!r} is not a catalog index \(0..7\)"):
             rec.recommend([[0, 1], bad])
@@ -208,8 +213,8 @@ def test_appending_with_other_options_is_refused_and_the_file_kept(world, tmp_pa
         before = out.read_bytes()
         settings = json.loads((tmp_path / f"{name}.m6gen.json").read_text())
         assert settings["k"] == 3 and settings["beams"] == 4 and settings["template"] == "titles"
-        err = capsys_error(world, out, "--k", "5")  # run() passes --k 3 first; the last flag wins
-        assert f"{out}: written with other options (--k 3 there, 5 now); resume it with the same options" in err
+        err = capsys_error(world, out, "--k", "2")  # run() passes --k 3 first; the last flag wins
+        assert f"{out}: written with other options (--k 3 there, 2 now); resume it with the same options" in err
         assert out.read_bytes() == before
         assert run(world, out) == 0 and out.read_bytes() == before  # the same options: nothing to do
 
@@ -223,9 +228,54 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_loading(world, 
 
 def test_settings_name_the_default_data_and_ignore_a_weight_without_sasrec():
     """Leaving --data out and naming the default folder are the same data; --sasrec-weight alone changes nothing."""
-    from m6gen.batch import settings_of
+    from m6gen.commands import recommend
+    from m6gen.commands.common import parse
+    from m6gen.commands.recommend import settings_of
     from m6gen.data import default_data_dir
 
-    a = make_parser().parse_args(["--output", "x.jsonl", "--sasrec-weight", "5"])
-    b = make_parser().parse_args(["--output", "x.jsonl", "--data", str(default_data_dir(must_exist=False))])
+    def args(*argv):  # the options as `m6gen recommend` parses them
+        return parse(recommend.GROUPS, "m6gen recommend", "", list(argv))
+
+    a = args("--output", "x.jsonl", "--sasrec-weight", "5")
+    b = args("--output", "x.jsonl", "--data", str(default_data_dir(must_exist=False)))
     assert settings_of(a) == settings_of(b)
+    assert settings_of(args("--output", "x.jsonl", "--k", "5"))["k"] == 5  # and it reads the options it is given
+
+
+# ---------------------------------------------------------------------- issue #20 regressions
+def test_a_users_file_with_a_byte_order_mark_is_read(world, tmp_path):
+    """Windows editors save UTF-8 with a BOM; it is not part of the first id (it once made it '\\ufeffu3', unknown)."""
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes("\ufeffu3\r\nu1\r\n".encode("utf-8"))
+    assert ids.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_user_ids(ids, {"u1", "u3"}) == ["u3", "u1"]
+    out = tmp_path / "bom.jsonl"
+    assert run(world, out, "--users-file", str(ids)) == 0
+    assert [json.loads(x)["user_id"] for x in out.read_text(encoding="utf-8").splitlines()] == ["u3", "u1"]
+
+
+def test_max_users_keeps_the_first_users(world, tmp_path):
+    out = tmp_path / "two.jsonl"
+    assert run(world, out, "--max-users", "2") == 0
+    assert [json.loads(x)["user_id"] for x in out.read_text(encoding="utf-8").splitlines()] == ["u0", "u1"]
+
+
+@pytest.mark.parametrize("name", ["recs.jsonl", "recs.csv"])
+def test_more_recommendations_than_beams_is_refused_in_one_line(world, tmp_path, name):
+    """--k 30 --beams 5 once wrote lists of at most 5 items (marked unfilled) and exited 0."""
+    out = tmp_path / name
+    err = capsys_error(world, out, "--k", "30", "--beams", "5")
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert "k: 30" in err and "--beams 5" in err
+    assert not out.exists() and not (tmp_path / f"{name}.m6gen.json").exists()
+
+
+@pytest.mark.parametrize("name", ["recs.jsonl", "recs.csv"])
+def test_no_user_left_is_an_error_not_an_empty_file(world, tmp_path, name):
+    """Every world user has 4 interactions: with --min-history 5 none is left. This once exited 0, "wrote 0 users"
+    (and for CSV left a file holding only the header)."""
+    out = tmp_path / name
+    err = capsys_error(world, out, "--min-history", "5")
+    assert err.count("\n") == 1 and err.startswith("error: no user left to recommend for")
+    assert "--min-history 5" in err  # says why
+    assert not out.exists() and not (tmp_path / f"{name}.m6gen.json").exists()

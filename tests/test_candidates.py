@@ -1,14 +1,14 @@
-"""Candidate prompts (m6gen.candidates, m6gen train --candidates, a Recommender with a retriever) on tiny data."""
+"""Candidate prompts (m6gen.baselines.retrieval, m6gen train --candidates, a Recommender with a
+retriever) on tiny data."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import N_USERS, tiny_config, tiny_world
 
-from m6gen.candidates import in_catalog_order, retrieve, training_candidates
-from m6gen.train import TrainError, train
-from tests.test_batch import world  # noqa: F401  (fixture: tiny data folder + tiny model)
-from tests.test_train import N_USERS, one_thread, tiny_config, tiny_dirs, tiny_world  # noqa: F401  (fixtures)
+from m6gen.baselines.retrieval import in_catalog_order, retrieve, training_candidates
+from m6gen.training.loop import TrainError, train
 
 
 class FixedRetriever:
@@ -50,15 +50,17 @@ def test_candidates_template_lists_the_candidates_after_the_history(tiny_dirs):
     tok, ds, split, template, _ = tiny_world(tiny_dirs, "candidates")
     history, cands = [ds.catalog[0], ds.catalog[1]], [ds.catalog[7], ds.catalog[3]]
     text = template.render_prompt(history, candidates=cands)
-    assert text == ("Movies watched, most recent last:\n- Movie A (1980)\n- Movie B (1981)\n"
-                    "Candidates:\n- Movie H (1987)\n- Movie D (1983)\nNext:")  # fmt: skip
+    assert text == (
+        "Movies watched, most recent last:\n- Movie A (1980)\n- Movie B (1981)\n"
+        "Candidates:\n- Movie H (1987)\n- Movie D (1983)\nNext:"
+    )
     assert template.render_prompt(history).endswith("(1981)\nNext:")  # no retriever: no list
     assert "Movie H" not in tiny_world(tiny_dirs, "titles")[3].render_prompt(history, candidates=cands)  # ignored
 
 
 @pytest.fixture(scope="module")
 def tiny_sasrec(tiny_dirs, tmp_path_factory):
-    from m6gen.sasrec import SASRecConfig, fit
+    from m6gen.baselines.sasrec import SASRecConfig, fit
 
     _, ds, split, _, _ = tiny_world(tiny_dirs, "titles")
     rec = fit(split, len(ds.catalog), SASRecConfig(hidden=16, epochs=3, batch_size=16), valid=False, progress=False)
@@ -68,12 +70,15 @@ def tiny_sasrec(tiny_dirs, tmp_path_factory):
 def test_train_with_candidates_then_recommend_from_them(tiny_dirs, tiny_sasrec, tmp_path):
     import json
 
-    from m6gen.pipeline import RecommendConfig, Recommender
-    from m6gen.sasrec import SASRec
+    from m6gen.baselines.sasrec import SASRec
+    from m6gen.recommender import RecommendConfig, Recommender
 
     out = tmp_path / "run"
-    summary = train(tiny_config(tiny_dirs, out, epochs=1, template="candidates", candidates=str(tiny_sasrec),
-                                n_candidates=5, eval_beams=5))  # fmt: skip
+    summary = train(
+        tiny_config(
+            tiny_dirs, out, epochs=1, template="candidates", candidates=str(tiny_sasrec), n_candidates=5, eval_beams=5
+        )
+    )
     resolved = json.loads((out / "m6gen_config.json").read_text())["resolved"]
     assert resolved["history_packing"] is False and resolved["target_not_in_candidates"] >= 0
     assert resolved["examples_per_epoch"] + resolved["target_not_in_candidates"] == N_USERS * 6  # every train step
@@ -89,16 +94,20 @@ def test_train_with_candidates_then_recommend_from_them(tiny_dirs, tiny_sasrec, 
         assert split.train[u][i] in c and len(c) == 5 and not set(c.tolist()) & set(split.train[u][:i])
 
     # The run recommends from its retriever's candidates: all of them, only them.
-    rec = Recommender.from_pretrained(out, ds.catalog, RecommendConfig(template="candidates", max_history=4,
-                                                                       n_candidates=5, dtype="float32"), device="cpu")
+    rec = Recommender.from_pretrained(
+        out,
+        ds.catalog,
+        RecommendConfig(template="candidates", max_history=4, n_candidates=5, dtype="float32"),
+        device="cpu",
+    )
     assert rec.retriever is not None
     histories = [split.test_history(u) for u in split.users[:6]]
     expected = retrieve(sasrec, histories, 5)
-    for hist, beams, want, prompt in zip(histories, rec.generate(histories), expected, rec.prompts(histories)):
+    for _hist, beams, want, prompt in zip(histories, rec.generate(histories), expected, rec.prompts(histories)):
         assert sorted(h.item for h in beams) == want.tolist()
         assert all(ds.catalog[int(i)].title in prompt.split("Candidates:")[1] for i in want)
     assert Recommender.from_pretrained(out, ds.catalog, device="cpu").config.n_candidates == 5  # the run's own
-    from m6gen.catalog import Catalog
+    from m6gen.data.catalog import Catalog
     from m6gen.model import ModelError
 
     with pytest.raises(ModelError, match=f"trained on a catalog of {len(ds.catalog)} items"):  # another data set's
@@ -109,30 +118,43 @@ def test_candidate_options_fail_in_one_line(tiny_dirs, tiny_sasrec, tmp_path):
     with pytest.raises(TrainError, match="no saved SASRec there"):
         train(tiny_config(tiny_dirs, tmp_path / "a", template="candidates", candidates=str(tmp_path)))
     with pytest.raises(TrainError, match="history packing cannot be used with --candidates"):
-        train(tiny_config(tiny_dirs, tmp_path / "b", template="candidates", candidates=str(tiny_sasrec),
-                          history_packing="on"))  # fmt: skip
-    with pytest.raises(TrainError, match="n_candidates must be >= 1"):
+        train(
+            tiny_config(
+                tiny_dirs, tmp_path / "b", template="candidates", candidates=str(tiny_sasrec), history_packing="on"
+            )
+        )
+    with pytest.raises(TrainError, match="n_candidates: expected a number >= 1"):
         tiny_config(tiny_dirs, tmp_path / "c", n_candidates=0)
 
 
-def test_recommend_and_tune_rank_a_retrievers_candidates(world, tmp_path, capsys, monkeypatch):  # noqa: F811
-    """--candidates on the commands: `m6gen recommend` returns only the retriever's items; tune-prompts scores with them."""
+def test_recommend_and_tune_rank_a_retrievers_candidates(world, tmp_path, capsys, monkeypatch):
+    """--candidates on the commands: `m6gen recommend` returns only the retriever's items; tune-prompts
+    scores with them."""
     import json
     import tempfile
 
-    from m6gen.batch import main as recommend
+    from m6gen.baselines.sasrec import SASRecConfig, fit
+    from m6gen.commands.recommend import main as recommend
+    from m6gen.commands.tune import main as tune
     from m6gen.data import build_histories, leave_one_out, load_dataset
-    from m6gen.sasrec import SASRecConfig, fit
-    from m6gen.tune import main as tune
 
     data, model_dir = world
     ds = load_dataset(data)
     split = leave_one_out(build_histories(ds))
     fit(split, len(ds.catalog), SASRecConfig(epochs=2, hidden=16), valid=False, progress=False).save(tmp_path / "sas")
     out = tmp_path / "recs.jsonl"
-    common = ["--data", str(data), "--model", str(model_dir), "--candidates", str(tmp_path / "sas"), "--n-candidates", "3"]
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--candidates",
+        str(tmp_path / "sas"),
+        "--n-candidates",
+        "3",
+    ]
     assert recommend([*common, "--output", str(out), "--k", "3", "--no-progress"]) == 0
-    from m6gen.sasrec import SASRec
+    from m6gen.baselines.sasrec import SASRec
 
     sasrec = SASRec.load(tmp_path / "sas")
     ids = [it.item_id for it in ds.catalog]
@@ -141,12 +163,28 @@ def test_recommend_and_tune_rank_a_retrievers_candidates(world, tmp_path, capsys
         want = retrieve(sasrec, [split.train[u] + [split.valid[u], split.test[u]]], 3)[0]
         assert sorted(i["item_id"] for i in r["items"]) == sorted(ids[j] for j in want)
 
-    def prompt_tokens(argv) -> float:  # the candidates template's row of the leaderboard
+    def leaderboard(argv, templates="candidates,titles") -> tuple[dict[str, float], str]:
+        """(template row -> mean prompt tokens, stderr) of a tune-prompts run."""
         capsys.readouterr()
-        assert tune([*argv, "--only", "candidates", "--history", "3", "--max-users", "4", "--write-config", ""]) == 0
-        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| candidates (history 3)"))
-        return float(row.split("|")[5])  # NDCG@10, HR@10, coverage@10, prompt_tokens
+        assert (
+            tune([*argv, "--template", templates, "--history-lengths", "3", "--tune-users", "4", "--write-config", ""])
+            == 0
+        )
+        out, err = capsys.readouterr()
+        rows = [line.split("|") for line in out.splitlines() if line.startswith("| ")]
+        return {r[1].strip(): float(r[5]) for r in rows if "(history 3)" in r[1]}, err  # NDCG, HR, coverage, tokens
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    # with the retriever the prompts list 3 more titles
-    assert prompt_tokens(common) > prompt_tokens(common[:4]) + 6
+    # with the retriever the candidates template's prompts list 3 titles more than the history alone
+    tokens, _ = leaderboard(common)
+    assert tokens["candidates (history 3)"] > tokens["titles (history 3)"] + 6
+    # without one, a candidates template could only score 0: it is skipped, and said so
+    tokens, err = leaderboard(common[:4])
+    assert set(tokens) == {"titles (history 3)"} and "note: skipping candidates" in err and "--candidates" in err
+    # nothing left to score is a one-line error.
+    # FAILS on the current m6gen: in m6gen/commands/tune.py run(), `best = next(iter(board))` raises StopIteration
+    # when every template asked for was skipped (no "nothing to score" check after the skip).
+    capsys.readouterr()
+    assert tune([*common[:4], "--template", "candidates", "--tune-users", "4", "--write-config", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "--candidates" in err[-1]

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from test_titles import ITEMS  # the known titles, shared with the matcher tests
 from tiny_lm import make_model, make_tokenizer
 
-from m6gen.catalog import build_catalog
-from m6gen.chat import ChatSession, ChatSettings
+from m6gen.commands.chat import ChatSession, ChatSettings
 from m6gen.data import leave_one_out
-from m6gen.pipeline import RecommendConfig, Recommender
+from m6gen.data.catalog import build_catalog
 from m6gen.prompts import TemplateLibrary
-from m6gen.rerank import ItemFeatures
+from m6gen.ranking.rerank import ItemFeatures
+from m6gen.recommender import RecommendConfig, Recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORIES = {"u1": [7, 8, 0, 2], "u2": [2, 3, 5, 6], "u3": [9, 10, 11]}
@@ -39,17 +39,29 @@ def lm():
     return tok, make_model(len(tok))
 
 
+# Every test using this fixture FAILS on the current m6gen: ChatSession.__init__ (m6gen/commands/chat.py) reads
+# `cfg.num_beams`, renamed `beams` in 0.2.0; and its ChatSettings keeps k=10 against the 8 beams here, which
+# ChatSettings refuses (k <= beams). Suggested fix there: ChatSettings(k=min(10, cfg.beams), beams=cfg.beams, ...).
 @pytest.fixture
 def new_session(catalog, lm):
     """A factory: a fresh session (its own Recommender) writing to a StringIO."""
     split = leave_one_out(HISTORIES)
 
-    def make(**kw):
+    def make(recommender=None, **kw):
+        """``recommender``: extra ``Recommender`` arguments (prior, retriever)."""
+        recommender = recommender or {}
         tok, model = lm
         pop = [sum(i in h for h in split.train.values()) for i in range(len(catalog))]
         feats = ItemFeatures.from_genres([list(it.genres) for it in catalog], popularity=pop)
-        rec = Recommender(model, tok, catalog, TemplateLibrary().get("titles"), RecommendConfig(num_beams=8),
-                          features=feats)  # fmt: skip
+        rec = Recommender(
+            model,
+            tok,
+            catalog,
+            TemplateLibrary().get("titles"),
+            RecommendConfig(beams=8),
+            features=feats,
+            **recommender,
+        )
         return ChatSession(rec, split=split, out=io.StringIO(), **kw)
 
     return make
@@ -102,24 +114,49 @@ def test_rec_shows_breakdown_and_set_changes_take_effect(new_session):
     out = drive(s, ["toy st", "heat", "set k 3", "rec"])
     rows = [line for line in out.splitlines() if line[:5].strip().rstrip(".").isdigit()]
     assert len(rows) == 3 and "accur  diver  novel  logprob" in out
-    assert len(s.last) == 3 and all(r["in_catalog"] and r["title"] in s.catalog.titles for r in s.last)
+    assert len(s.last) == 3
+    assert_catalog_items(s)
     assert not {s.catalog.index_of(r["item_id"]) for r in s.last} & set(s.history)
     assert {"accuracy", "diversity", "novelty", "logprob", "score"} <= set(s.last[0])
 
-    drive(s, ["set beams 5", "set rank_by catalog", "set div 0.3", "set nov 0.1", "set k 2", "rec"])
-    assert s.rec.config.num_beams == 5 and s.rec.config.rank_by == "catalog"
-    assert (s.settings.div, s.settings.nov, len(s.last)) == (0.3, 0.1, 2)
+    drive(s, ["set beams 5", "set rank_by catalog", "set diversity 0.3", "set novelty 0.1", "set k 2", "rec"])
+    assert s.rec.config.beams == 5 and s.rec.config.rank_by == "catalog"
+    assert (s.settings.diversity, s.settings.novelty, len(s.last)) == (0.3, 0.1, 2)
 
     drive(s, ["set template instruct"])
     assert s.rec.template.name == "instruct" and s.rec.targets[0] == "Toy Story (1995)"  # no leading space
-    assert s.rec.config.num_beams == 5  # other settings survive the rebuild
+    assert s.rec.config.beams == 5  # other settings survive the rebuild
     drive(s, ["rec"])
     assert len(s.last) == 2
 
 
-@pytest.mark.parametrize("line", ["set k 0", "set k -1", "set k 1e3", "set beams 99999999999999999999", "set div nan",
-                                  "set nov -1", "set rank_by best", "set colour red", "set k", "set open maybe",
-                                  "set template nosuch", "why 1", "rec", "user", "load", "save", "remove x"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "set k 0",
+        "set k -1",
+        "set k 1e3",
+        "set k abc",
+        "set beams 99999999999999999999",
+        "set diversity nan",
+        "set novelty -1",
+        "set rank_by best",
+        "set colour red",
+        "set k",
+        "set open maybe",
+        "set template nosuch",
+        "set k 9",
+        "set beams 2",  # k <= beams
+        "set div 0.3",
+        "set nov 0.1",  # the 0.1 spellings are gone (CHANGELOG 0.2.0)
+        "why 1",
+        "rec",
+        "user",
+        "load",
+        "save",
+        "remove x",
+    ],
+)
 def test_bad_lines_give_one_error_line_and_change_nothing(new_session, line):
     s = new_session()
     before = dataclass_dict(s.settings), s.rec
@@ -134,6 +171,69 @@ def dataclass_dict(obj):
     return dataclasses.asdict(obj)
 
 
+def assert_catalog_items(session):
+    """Every listed recommendation is a catalog item: its title is the catalog's and its id maps back to that title."""
+    catalog = session.catalog
+    for r in session.last:
+        assert r["title"] in catalog.titles and catalog.has_id(r["item_id"]), r
+        assert catalog[catalog.index_of(r["item_id"])].title == r["title"], r
+        assert catalog.by_title(r["title"]).item_id == r["item_id"], r
+
+
+# ---------------------------------------------------------------------- issue #20 regressions
+def test_set_template_keeps_the_prior_and_the_retriever(new_session, catalog):
+    """`set template` once rebuilt the Recommender from model, tokenizer and config only: a SASRec prior or a
+    retriever given at the start (m6gen chat --sasrec / --candidates) silently stopped being used."""
+    import numpy as np
+
+    def prior(histories):  # (users, items) log-scores, as SASRec.score
+        return np.zeros((len(histories), len(catalog)))
+
+    class Retriever:  # as a SASRec: the top-k unseen items
+        def recommend(self, histories, k, exclude=None):
+            return [np.array([i for i in range(len(catalog)) if i not in set(h)][:k]) for h in exclude or histories]
+
+    retriever = Retriever()
+    s = new_session(recommender={"prior": prior, "prior_weight": 2.5, "retriever": retriever})
+    old = s.rec
+    out = drive(s, ["set template instruct"])
+    assert out == "template = instruct\n" and s.rec is not old and s.rec.template.name == "instruct"
+    assert s.rec.prior is prior and s.rec.retriever is retriever and s.rec.prior_weight == 2.5
+    assert s.rec.features is old.features and s.rec.config.beams == old.config.beams
+
+
+def test_set_with_a_value_that_is_not_a_number_says_what_it_expected(new_session):
+    """Once "set k: 'abc' is not a int"; now the command line's own check and words."""
+    s = new_session()
+    out = drive(s, ["set k abc", "set diversity lots"])
+    assert out.splitlines() == [
+        "error: set: k: expected a whole number, got 'abc'",
+        "error: set: diversity: expected a number, got 'lots'",
+    ]
+    assert "a int" not in out
+
+
+def test_wide_titles_keep_the_rec_table_aligned(new_session):
+    """CJK and emoji take two terminal columns each: the table pads by display width, not by characters."""
+    from m6gen.commands.common import display_width, pad
+
+    assert display_width("千と千尋") == 8 and display_width("🎬 x") == 4 and display_width("Ame\u0301lie") == 6
+    assert display_width(pad("千と千尋", 10)) == 10 and pad("千と千尋", 10) == "千と千尋  "
+    for width in range(1, 12):  # clipped titles too: exactly `width` columns
+        assert display_width(pad("千と千尋の神隠し (2001)", width)) == width
+    s = new_session()
+    s.apply(ChatSettings(k=12, beams=12))
+    out = drive(s, ["toy story", "rec"])  # 13 items, 1 seen: all 12 others are listed, the wide ones among them
+    lines = out.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("#"))
+    column = display_width(header[: header.index("score")])
+    rows = [line for line in lines if line[:5].strip().rstrip(".").isdigit()]
+    assert len(rows) == 12 and any(display_width(r) > len(r) for r in rows)  # wide titles are in the table
+    for line, r in zip(rows, s.last):
+        at = line.index(f"  {r['score']:.3f}  {r['accuracy']:.3f}  ") + 2  # where this row's score starts
+        assert display_width(line[:at]) == column, line
+
+
 def test_why_explains_a_recommendation(new_session):
     s = new_session()
     s.apply(ChatSettings(k=3, beams=8, tokens=8))
@@ -146,7 +246,7 @@ def test_why_explains_a_recommendation(new_session):
 
 def test_open_mode_flags_catalog_titles(new_session):
     s = new_session()
-    s.apply(ChatSettings(beams=4))  # HF beam search is slow on shared CPUs
+    s.apply(ChatSettings(k=4, beams=4))  # HF beam search is slow on shared CPUs (k <= beams)
     out = drive(s, ["heat", "open", "set k 3", "rec"])
     assert "open-ended mode on" in out and "open-ended top-3" in out
     assert 0 < len(s.last) <= 3
@@ -154,7 +254,8 @@ def test_open_mode_flags_catalog_titles(new_session):
         assert r["in_catalog"] == (s.catalog.by_title(r["title"]) is not None)
         assert ("[in catalog" if r["in_catalog"] else "[NOT in catalog") in out
     drive(s, ["open", "rec"])
-    assert not s.settings.open and all(r["in_catalog"] for r in s.last)
+    assert not s.settings.open and s.last
+    assert_catalog_items(s)  # catalog mode: every title from the catalog (checked, not read off a flag)
 
 
 # ---------------------------------------------------------------------- save / load
@@ -162,8 +263,20 @@ def test_save_load_round_trip(new_session, tmp_path):
     a = new_session()
     path = tmp_path / "sub" / "s.json"
     path.parent.mkdir()
-    out = drive(a, ["toy st", "amelie", "set k 2", "set template instruct", "set nov 0.2", "open", "open", "rec",
-                    f"save {path}"])  # fmt: skip
+    out = drive(
+        a,
+        [
+            "toy st",
+            "amelie",
+            "set k 2",
+            "set template instruct",
+            "set novelty 0.2",
+            "open",
+            "open",
+            "rec",
+            f"save {path}",
+        ],
+    )
     assert "saved 2 history items" in out and [p.name for p in path.parent.iterdir()] == ["s.json"]  # no temp left
     state = json.loads(path.read_text(encoding="utf-8"))
     assert [h["item_id"] for h in state["history"]] == ["1", "10"] and state["settings"]["template"] == "instruct"
@@ -177,8 +290,11 @@ def test_save_load_round_trip(new_session, tmp_path):
 
 def test_load_skips_unknown_items_and_rejects_bad_files(new_session, tmp_path):
     s = new_session()
-    good = {"m6gen_chat": 1, "history": [{"item_id": "999", "title": "Nope"}, {"item_id": "x", "title": "Heat (1995)"}],
-            "settings": {"k": 4}}  # fmt: skip
+    good = {
+        "m6gen_chat": 1,
+        "history": [{"item_id": "999", "title": "Nope"}, {"item_id": "x", "title": "Heat (1995)"}],
+        "settings": {"k": 4},
+    }
     (tmp_path / "good.json").write_text(json.dumps(good))
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text('{"history": []}')
@@ -195,13 +311,47 @@ def test_load_skips_unknown_items_and_rejects_bad_files(new_session, tmp_path):
 
 
 # ---------------------------------------------------------------------- no line crashes it
-TRICKY = st.sampled_from([
-    "why 999", "why -1", "why 0", "set k -1", "set k 10000000000000000000000", "set beams 0", "set div inf",
-    "set template ../../nowhere.jinja", "set template", "user \x00", "load \x00", "save /", "save \x00",
-    "load /", "remove 99999999999999999999", "1", "0", "rec", "open", "user u1", "toy", "ali", "clear",
-    "history", "set", "help", "set nov 0.1", "set div 0.5", "set rank_by normalized", "\x1b[A", "\r\n",
-    "9" * 5000, "add " + "x" * 10000, "𝔱𝔬𝔶", "\u202e", "\ufeffheat",
-])  # fmt: skip
+TRICKY = st.sampled_from(
+    [
+        "why 999",
+        "why -1",
+        "why 0",
+        "set k -1",
+        "set k 10000000000000000000000",
+        "set beams 0",
+        "set diversity inf",
+        "set template ../../nowhere.jinja",
+        "set template",
+        "user \x00",
+        "load \x00",
+        "save /",
+        "save \x00",
+        "load /",
+        "remove 99999999999999999999",
+        "1",
+        "0",
+        "rec",
+        "open",
+        "user u1",
+        "toy",
+        "ali",
+        "clear",
+        "history",
+        "set",
+        "help",
+        "set novelty 0.1",
+        "set diversity 0.5",
+        "set rank_by normalized",
+        "set div 0.5",
+        "\x1b[A",
+        "\r\n",
+        "9" * 5000,
+        "add " + "x" * 10000,
+        "𝔱𝔬𝔶",
+        "\u202e",
+        "\ufeffheat",
+    ]
+)
 LINE = st.one_of(TRICKY, st.text(max_size=40), st.builds(lambda a, b: f"{a} {b}", TRICKY, st.text(max_size=10)))
 
 
@@ -230,29 +380,63 @@ def test_slash_commands(new_session):
 
 
 # ---------------------------------------------------------------------- the script, through a real stdin
+# FAILS on the current m6gen, as the session tests above: ChatSession.__init__ reads `cfg.num_beams`.
 def test_script_through_stdin(tmp_path, lm, catalog):
     data = tmp_path / "data"
     data.mkdir()
     items = [{"item_id": i, "title": t, "year": y, "genres": g} for i, t, y, g in ITEMS]
-    (data / "items.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
-    rows = [{"user_id": u, "item_id": ITEMS[i][0], "timestamp": t} for u, h in HISTORIES.items() for t, i in enumerate(h)]
+    (data / "items.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8"
+    )
+    rows = [
+        {"user_id": u, "item_id": ITEMS[i][0], "timestamp": t} for u, h in HISTORIES.items() for t, i in enumerate(h)
+    ]
     (data / "interactions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok, model = lm
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    lines = ["help", "toy st", "ali", "2", "history", "rec", "why 1", "open", "rec", "set k 0", "\x01\x02 \ud7ff",
-             "save s.json", "user u2", "quit", "never read"]  # fmt: skip
+    lines = [
+        "help",
+        "toy st",
+        "ali",
+        "2",
+        "history",
+        "rec",
+        "why 1",
+        "open",
+        "rec",
+        "set k 0",
+        "\x01\x02 \ud7ff",
+        "save s.json",
+        "user u2",
+        "quit",
+        "never read",
+    ]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "interactive.py"), "--data", str(data), "--model", str(tmp_path / "model"),
-         "--beams", "4", "--k", "3", "--min-history", "3"],
-        input=b"\xff\xfe not utf-8 \xc3\n" + "\n".join(lines).encode() + b"\n", capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "interactive.py"),
+            "--data",
+            str(data),
+            "--model",
+            str(tmp_path / "model"),
+            "--beams",
+            "4",
+            "--k",
+            "3",
+            "--min-history",
+            "3",
+        ],
+        input=b"\xff\xfe not utf-8 \xc3\n" + "\n".join(lines).encode() + b"\n",
+        capture_output=True,
+        cwd=tmp_path,
         timeout=300,
-    )  # fmt: skip
+    )
     out, err = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 0, err
     assert "Traceback" not in err + out and "error: no title matches" in out
     assert "added: Toy Story (1995)" in out and "added: Aliens (1986)" in out
-    assert "top-3" in out and "open-ended top-3" in out and "error: k must be an integer in 1..100" in out
+    assert "top-3" in out and "open-ended top-3" in out and "error: k: expected a number >= 1, got 0" in out
     assert "user u2: 3 items" in out and "never read" not in out
     saved = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     assert [h["title"] for h in saved["history"]] == ["Toy Story (1995)", "Aliens (1986)"]

@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 
-from m6gen.catalog import build_catalog, display_title, normalize_text, restore_articles
 from m6gen.data import (
     DataError,
     Split,
@@ -21,6 +20,7 @@ from m6gen.data import (
     summary,
     user_frequency,
 )
+from m6gen.data.catalog import build_catalog, display_title, normalize_text, restore_articles
 
 # ---------------------------------------------------------------- tiny fixtures, one per format
 # Every format holds the same story: user "a" watched 30 (t=50), then 20 and 10 at the same
@@ -124,8 +124,11 @@ def plain_jsonl(tmp_path):
 def plain_csv(tmp_path):
     d = tmp_path / "plaincsv"
     d.mkdir()
-    write(d / "items.csv", 'item_id,title,year,genres,director\n10,"Usual Suspects, The",1995,Crime|Thriller,Singer\n'
-          "20,Sabrina,1954,,\n30,Sabrina,1995,,\n40,Chasing Amy,1997,Drama,\n")  # fmt: skip
+    write(
+        d / "items.csv",
+        'item_id,title,year,genres,director\n10,"Usual Suspects, The",1995,Crime|Thriller,Singer\n'
+        "20,Sabrina,1954,,\n30,Sabrina,1995,,\n40,Chasing Amy,1997,Drama,\n",
+    )
     write(d / "interactions.csv", "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in INTER_ROWS))
     return d
 
@@ -141,17 +144,29 @@ def test_recbole_reader(recbole):
     ds = load_dataset(recbole)
     assert detect_format(recbole) == "recbole" and ds.name == "toy"
     assert ds.catalog.titles == [
-        "The Usual Suspects (1995)", "Sabrina (1954)", "Sabrina (1995)",
-        "Chasing Amy (1997)", "Chasing Amy (1997) [item 50]", "Unknown item 60",
-    ]  # fmt: skip
+        "The Usual Suspects (1995)",
+        "Sabrina (1954)",
+        "Sabrina (1995)",
+        "Chasing Amy (1997)",
+        "Chasing Amy (1997) [item 50]",
+        "Unknown item 60",
+    ]
     first = ds.catalog.by_id("10")
     assert (first.raw_title, first.year, first.genres, first.extra) == (
-        "Usual Suspects, The", 1995, ("Crime", "Thriller"), {"director": "Singer"})  # fmt: skip
+        "Usual Suspects, The",
+        1995,
+        ("Crime", "Thriller"),
+        {"director": "Singer"},
+    )
     assert ds.catalog[5].year is None  # RecBole writes 'unkonwn'
     assert ds.catalog.index_of("40") == 3
     assert list(ds.interactions) == ["a", "b"]  # order of first appearance
     assert [(ds.catalog[i].item_id, t) for i, t in ds.interactions["a"]] == [
-        ("30", 50.0), ("20", 100.0), ("10", 100.0), ("40", 200.0)]  # fmt: skip
+        ("30", 50.0),
+        ("20", 100.0),
+        ("10", 100.0),
+        ("40", 200.0),
+    ]
     assert ds.profiles["b"] == {"age": "53", "gender": "F", "occupation": "other"}
     assert ds.n_interactions == 8
 
@@ -159,8 +174,13 @@ def test_recbole_reader(recbole):
 def test_ml100k_reader(ml100k):
     ds = load_dataset(ml100k)
     assert detect_format(ml100k) == "ml-100k"
-    assert ds.catalog.titles == ["Les Misérables (1995)", "Sabrina (1954)", "Sabrina (1995)",
-                                 "The Shawshank Redemption (1994)", "Unknown item 267"]  # fmt: skip
+    assert ds.catalog.titles == [
+        "Les Misérables (1995)",
+        "Sabrina (1954)",
+        "Sabrina (1995)",
+        "The Shawshank Redemption (1994)",
+        "Unknown item 267",
+    ]
     assert ds.catalog[0].genres == ("Drama", "Musical") and ds.catalog[0].year == 1995
     assert ids_of(ds, build_histories(ds)["a"]) == ["30", "20", "10", "40"]
     assert ds.profiles["a"] == {"age": "24", "gender": "M", "occupation": "technician", "zip_code": "85711"}
@@ -169,8 +189,12 @@ def test_ml100k_reader(ml100k):
 def test_ml1m_reader(ml1m):
     ds = load_dataset(ml1m)
     assert detect_format(ml1m) == "ml-1m"
-    assert ds.catalog.titles == ["L'Avventura (1960)", "Sabrina (1954)", "Sabrina (1995)",
-                                 "La Cité des enfants perdus (1995)"]  # fmt: skip
+    assert ds.catalog.titles == [
+        "L'Avventura (1960)",
+        "Sabrina (1954)",
+        "Sabrina (1995)",
+        "La Cité des enfants perdus (1995)",
+    ]
     assert ds.catalog[1].genres == ("Comedy", "Romance")
     assert ids_of(ds, build_histories(ds)["a"]) == ["30", "20", "10", "40"]
     assert ds.profiles["a"] == {"gender": "F", "age": "Under 18", "occupation": "K-12 student", "zip_code": "48067"}
@@ -217,20 +241,23 @@ def test_default_data_dir(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- titles
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Usual Suspects, The", "The Usual Suspects"),
-    ("Shawshank Redemption, The (1994)", "The Shawshank Redemption (1994)"),
-    ("Fish Called Wanda, A", "A Fish Called Wanda"),
-    ("American in Paris, An", "An American in Paris"),
-    ("Avventura, L'", "L'Avventura"),
-    ("Postino, Il", "Il Postino"),
-    ("Boot, Das", "Das Boot"),
-    ("Contempt (Mépris, Le)", "Contempt (Le Mépris)"),
-    ("Horseman on the Roof, The (Hussard sur le toit, Le)", "The Horseman on the Roof (Le Hussard sur le toit)"),
-    ("Good, The Bad and The Ugly, The", "The Good, The Bad and The Ugly"),
-    ("Sex, Lies, and Videotape", "Sex, Lies, and Videotape"),
-    ("I, Worst of All (Yo, la peor de todas)", "I, Worst of All (Yo, la peor de todas)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Usual Suspects, The", "The Usual Suspects"),
+        ("Shawshank Redemption, The (1994)", "The Shawshank Redemption (1994)"),
+        ("Fish Called Wanda, A", "A Fish Called Wanda"),
+        ("American in Paris, An", "An American in Paris"),
+        ("Avventura, L'", "L'Avventura"),
+        ("Postino, Il", "Il Postino"),
+        ("Boot, Das", "Das Boot"),
+        ("Contempt (Mépris, Le)", "Contempt (Le Mépris)"),
+        ("Horseman on the Roof, The (Hussard sur le toit, Le)", "The Horseman on the Roof (Le Hussard sur le toit)"),
+        ("Good, The Bad and The Ugly, The", "The Good, The Bad and The Ugly"),
+        ("Sex, Lies, and Videotape", "Sex, Lies, and Videotape"),
+        ("I, Worst of All (Yo, la peor de todas)", "I, Worst of All (Yo, la peor de todas)"),
+    ],
+)
 def test_restore_articles(raw, expected):
     assert restore_articles(raw) == expected
 
@@ -317,9 +344,18 @@ def test_popularity_from_train_only():
 def test_summary(recbole):
     ds = load_dataset(recbole)
     info = summary(ds, leave_one_out(build_histories(ds)))
-    assert info == {"name": "toy", "users": 2, "items": 6, "interactions": 8, "skipped_interactions": 0,
-                    "split_users": 2, "train_interactions": 4, "valid": 2, "test": 2,
-                    "mean_history_length": 4.0}  # fmt: skip
+    assert info == {
+        "name": "toy",
+        "users": 2,
+        "items": 6,
+        "interactions": 8,
+        "skipped_interactions": 0,
+        "split_users": 2,
+        "train_interactions": 4,
+        "valid": 2,
+        "test": 2,
+        "mean_history_length": 4.0,
+    }
 
 
 # ---------------------------------------------------------------- errors: one line, file and line named
@@ -332,46 +368,142 @@ def _replace(path, old: str, new: str):
 ERROR_CASES = {
     # name: (fixture, edit(folder), file expected in message, line, text expected in message)
     "missing file": ("recbole", lambda d: (d / "toy.item").unlink(), "toy.item", None, "missing file"),
-    "missing column": ("recbole", lambda d: _replace(d / "toy.inter", "user_id:token", "uid:token"),
-                       "toy.inter", 1, "user_id"),
-    "bad header type": ("recbole", lambda d: _replace(d / "toy.inter", "rating:float", "rating:number"),
-                        "toy.inter", 1, "name:type"),
-    "field count": ("recbole", lambda d: _replace(d / "toy.inter", "b\t20\t2\t20", "b\t20\t2"),
-                    "toy.inter", 6, "expected 4 fields"),
-    "timestamp": ("recbole", lambda d: _replace(d / "toy.inter", "a\t40\t1\t200", "a\t40\t1\tsoon"),
-                  "toy.inter", 7, "timestamp"),
-    "unknown item": ("recbole", lambda d: _replace(d / "toy.inter", "b\t40\t2", "b\t99\t2"),
-                     "toy.inter", 9, "'99'"),
-    "duplicate item": ("recbole", lambda d: _replace(d / "toy.item", "20\tSabrina\t1954", "10\tSabrina\t1954"),
-                       "toy.item", 3, "duplicate item id"),
-    "empty catalog": ("recbole", lambda d: write(d / "toy.item", RECBOLE_ITEM.split("\n")[0] + "\n"),
-                      "toy.item", None, "empty catalog"),
-    "bad utf-8": ("recbole", lambda d: write(d / "toy.item", RECBOLE_ITEM.replace("Sabrina\t1995", "Sabr\xefna\t1995"),
-                                             "latin-1"), "toy.item", 4, "byte offset"),
-    "ml-100k fields": ("ml100k", lambda d: write(d / "u.item", "1|Toy Story (1995)|01-Jan-1995\n", "latin-1"),
-                       "u.item", 1, "expected 24 fields"),
-    "ml-1m timestamp": ("ml1m", lambda d: write(d / "ratings.dat", "a::30::4::50\na::20::3::x\n"),
-                        "ratings.dat", 2, "timestamp"),
-    "ml-1m unknown": ("ml1m", lambda d: write(d / "ratings.dat", "a::30::4::50\na::77::3::60\n"),
-                      "ratings.dat", 2, "'77'"),
-    "jsonl syntax": ("plain_jsonl", lambda d: write(d / "interactions.jsonl", '{"user_id": "a", "item_id": "10", '
-                     '"timestamp": 1}\n{"user_id": "a",\n'), "interactions.jsonl", 2, "invalid JSON"),  # fmt: skip
-    "jsonl missing id": ("plain_jsonl", lambda d: write(d / "items.jsonl", '{"item_id": "1", "title": "X"}\n'
-                         '{"title": "Y"}\n'), "items.jsonl", 2, "item_id"),  # fmt: skip
-    "csv column": ("plain_csv", lambda d: write(d / "interactions.csv", "user,item_id,timestamp\na,10,1\n"),
-                   "interactions.csv", 1, "user_id"),
-    "csv timestamp": ("plain_csv", lambda d: write(d / "interactions.csv", "user_id,item_id,timestamp\na,10,1\n"
-                      "a,20,yesterday\n"), "interactions.csv", 3, "timestamp"),  # fmt: skip
-    "csv year": ("plain_csv", lambda d: write(d / "items.csv", "item_id,title,year\n1,X,soon\n"),
-                 "items.csv", 2, "year"),
-    "recbole duplicate user": ("recbole", lambda d: write(d / "toy.user", RECBOLE_USER + "a\t30\tF\twriter\n"),
-                               "toy.user", 4, "duplicate user id 'a'"),
-    "ml-100k duplicate user": ("ml100k", lambda d: write(d / "u.user", "a|24|M|x|1\nb|5|F|y|2\na|9|F|z|3\n"),
-                               "u.user", 3, "duplicate user id 'a'"),
-    "jsonl duplicate user": ("plain_jsonl", lambda d: write(d / "users.jsonl", '{"user_id": "a", "age": 24}\n'
-                             '{"user_id": "a", "age": 30}\n'), "users.jsonl", 2, "duplicate user id 'a'"),  # fmt: skip
-    "csv stray CR": ("plain_csv", lambda d: write(d / "items.csv", "item_id,title\n10,Heat\n20,Ali\ren\n"),
-                     "items.csv", 3, "line break inside an unquoted field"),
+    "missing column": (
+        "recbole",
+        lambda d: _replace(d / "toy.inter", "user_id:token", "uid:token"),
+        "toy.inter",
+        1,
+        "user_id",
+    ),
+    "bad header type": (
+        "recbole",
+        lambda d: _replace(d / "toy.inter", "rating:float", "rating:number"),
+        "toy.inter",
+        1,
+        "name:type",
+    ),
+    "field count": (
+        "recbole",
+        lambda d: _replace(d / "toy.inter", "b\t20\t2\t20", "b\t20\t2"),
+        "toy.inter",
+        6,
+        "expected 4 fields",
+    ),
+    "timestamp": (
+        "recbole",
+        lambda d: _replace(d / "toy.inter", "a\t40\t1\t200", "a\t40\t1\tsoon"),
+        "toy.inter",
+        7,
+        "timestamp",
+    ),
+    "unknown item": ("recbole", lambda d: _replace(d / "toy.inter", "b\t40\t2", "b\t99\t2"), "toy.inter", 9, "'99'"),
+    "duplicate item": (
+        "recbole",
+        lambda d: _replace(d / "toy.item", "20\tSabrina\t1954", "10\tSabrina\t1954"),
+        "toy.item",
+        3,
+        "duplicate item id",
+    ),
+    "empty catalog": (
+        "recbole",
+        lambda d: write(d / "toy.item", RECBOLE_ITEM.split("\n")[0] + "\n"),
+        "toy.item",
+        None,
+        "empty catalog",
+    ),
+    "bad utf-8": (
+        "recbole",
+        lambda d: write(d / "toy.item", RECBOLE_ITEM.replace("Sabrina\t1995", "Sabr\xefna\t1995"), "latin-1"),
+        "toy.item",
+        4,
+        "byte offset",
+    ),
+    "ml-100k fields": (
+        "ml100k",
+        lambda d: write(d / "u.item", "1|Toy Story (1995)|01-Jan-1995\n", "latin-1"),
+        "u.item",
+        1,
+        "expected 24 fields",
+    ),
+    "ml-1m timestamp": (
+        "ml1m",
+        lambda d: write(d / "ratings.dat", "a::30::4::50\na::20::3::x\n"),
+        "ratings.dat",
+        2,
+        "timestamp",
+    ),
+    "ml-1m unknown": (
+        "ml1m",
+        lambda d: write(d / "ratings.dat", "a::30::4::50\na::77::3::60\n"),
+        "ratings.dat",
+        2,
+        "'77'",
+    ),
+    "jsonl syntax": (
+        "plain_jsonl",
+        lambda d: write(
+            d / "interactions.jsonl", '{"user_id": "a", "item_id": "10", "timestamp": 1}\n{"user_id": "a",\n'
+        ),
+        "interactions.jsonl",
+        2,
+        "invalid JSON",
+    ),
+    "jsonl missing id": (
+        "plain_jsonl",
+        lambda d: write(d / "items.jsonl", '{"item_id": "1", "title": "X"}\n{"title": "Y"}\n'),
+        "items.jsonl",
+        2,
+        "item_id",
+    ),
+    "csv column": (
+        "plain_csv",
+        lambda d: write(d / "interactions.csv", "user,item_id,timestamp\na,10,1\n"),
+        "interactions.csv",
+        1,
+        "user_id",
+    ),
+    "csv timestamp": (
+        "plain_csv",
+        lambda d: write(d / "interactions.csv", "user_id,item_id,timestamp\na,10,1\na,20,yesterday\n"),
+        "interactions.csv",
+        3,
+        "timestamp",
+    ),
+    "csv year": (
+        "plain_csv",
+        lambda d: write(d / "items.csv", "item_id,title,year\n1,X,soon\n"),
+        "items.csv",
+        2,
+        "year",
+    ),
+    "recbole duplicate user": (
+        "recbole",
+        lambda d: write(d / "toy.user", RECBOLE_USER + "a\t30\tF\twriter\n"),
+        "toy.user",
+        4,
+        "duplicate user id 'a'",
+    ),
+    "ml-100k duplicate user": (
+        "ml100k",
+        lambda d: write(d / "u.user", "a|24|M|x|1\nb|5|F|y|2\na|9|F|z|3\n"),
+        "u.user",
+        3,
+        "duplicate user id 'a'",
+    ),
+    "jsonl duplicate user": (
+        "plain_jsonl",
+        lambda d: write(d / "users.jsonl", '{"user_id": "a", "age": 24}\n{"user_id": "a", "age": 30}\n'),
+        "users.jsonl",
+        2,
+        "duplicate user id 'a'",
+    ),
+    "csv stray CR": (
+        "plain_csv",
+        lambda d: write(d / "items.csv", "item_id,title\n10,Heat\n20,Ali\ren\n"),
+        "items.csv",
+        3,
+        "line break inside an unquoted field",
+    ),
 }
 
 
@@ -426,11 +558,15 @@ def test_default_movielens_100k():
 def test_every_user_and_item_has_every_field_so_templates_can_test_them(tmp_path):
     """An empty cell, a user missing from the users file, an item without a column: "" (not an absent key)."""
     (tmp_path / "items.csv").write_text("item_id,title,director\n1,A,Ann\n2,B,\n3,C,Cy\n")
-    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\n"
-                                               + "".join(f"{u},{i},{t}\n" for u in ("u1", "u2", "u3")
-                                                         for t, i in enumerate((1, 2, 3))))  # fmt: skip
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,timestamp\n"
+        + "".join(f"{u},{i},{t}\n" for u in ("u1", "u2", "u3") for t, i in enumerate((1, 2, 3)))
+    )
     (tmp_path / "users.csv").write_text("user_id,age,country\nu1,30,JP\nu2,,FR\n")
     ds = load_dataset(tmp_path)
-    assert ds.profiles == {"u1": {"age": "30", "country": "JP"}, "u2": {"age": "", "country": "FR"},
-                           "u3": {"age": "", "country": ""}}  # fmt: skip
+    assert ds.profiles == {
+        "u1": {"age": "30", "country": "JP"},
+        "u2": {"age": "", "country": "FR"},
+        "u3": {"age": "", "country": ""},
+    }
     assert [it.extra for it in ds.catalog] == [{"director": "Ann"}, {"director": ""}, {"director": "Cy"}]

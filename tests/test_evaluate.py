@@ -3,21 +3,56 @@
 import json
 
 import pytest
-from test_batch import world  # noqa: F401  (shared fixture: tiny data folder + tiny model)
 
-from m6gen.cli import UsageError
-from m6gen.evaluate import main, make_parser, parse_weights, run
+from m6gen.commands import eval as eval_command
+from m6gen.commands.common import UsageError, parse
+from m6gen.commands.eval import main, parse_weights, run
+from m6gen.config import ConfigError
+
+# BUGS in the current m6gen that the end-to-end tests below hit (marked "FAILS"; each passes with them fixed):
+# m6gen/commands/eval.py:249 reads `rec.config.num_beams`, renamed `beams` in 0.2.0 (AttributeError); and
+# m6gen/commands/eval.py:286 writes `{**vars(args), ...}` as JSON, whose `groups` entry has classes for keys
+# (TypeError).
 
 
-def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
+def eval_args(argv):
+    """The options as `m6gen eval` parses them (to call ``run`` directly and see its exception)."""
+    return parse(eval_command.GROUPS, "m6gen eval", "", argv)
+
+
+# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
+def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
     data, model_dir = world
-    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--split", "valid", "--out", str(tmp_path),
-            "--baselines", "Pop,SASRec", "--sasrec-epochs", "2", "--weights", "0.5,0;0,0.5", "--no-progress"]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "6",
+        "--split",
+        "valid",
+        "--out",
+        str(tmp_path),
+        "--baselines",
+        "Pop,SASRec",
+        "--sasrec-epochs",
+        "2",
+        "--weights",
+        "0.5,0;0,0.5",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = json.loads((tmp_path / "eval_valid.json").read_text())
-    assert {"Pop", "SASRec", "m6gen beams (rank by logprob)", "m6gen beams (rank by catalog)",
-            "m6gen reranked (div 0.5, nov 0)", "m6gen reranked (div 0, nov 0.5)",
-            "m6gen beams + SASRec blend (w 1)"} <= set(rows)
+    assert {
+        "Pop",
+        "SASRec",
+        "m6gen beams (rank by logprob)",
+        "m6gen beams (rank by catalog)",
+        "m6gen reranked (div 0.5, nov 0)",
+        "m6gen reranked (div 0, nov 0.5)",
+        "m6gen beams + SASRec blend (w 1)",
+    } <= set(rows)
     assert (tmp_path / "baselines" / "sasrec" / "sasrec.json").is_file()
     for metrics in rows.values():
         assert 0.0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1.0
@@ -37,18 +72,29 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):  # noqa: F811
     assert cache.read_text().splitlines() == lines
 
 
-def test_another_model_never_reuses_the_beam_cache(world, tmp_path):  # noqa: F811
+# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
+def test_another_model_never_reuses_the_beam_cache(world, tmp_path):
     """Beams are cached per model: a different model evaluated into the same folder generates its own."""
-    from tiny_lm import make_model, make_tokenizer
+    from helpers import save_tiny_model
 
     data, model_dir = world
-    other = tmp_path / "other-model"
-    tok = make_tokenizer()
-    make_model(len(tok), seed=1).save_pretrained(other)
-    tok.save_pretrained(other)
+    other = save_tiny_model(tmp_path / "other-model", seed=1)
     out = tmp_path / "eval"
-    argv = ["--data", str(data), "--beams", "6", "--split", "valid", "--out", str(out), "--baselines", "",
-            "--weights", "", "--no-progress"]  # fmt: skip
+    argv = [
+        "--data",
+        str(data),
+        "--beams",
+        "6",
+        "--split",
+        "valid",
+        "--out",
+        str(out),
+        "--baselines",
+        "",
+        "--weights",
+        "",
+        "--no-progress",
+    ]
     assert main([*argv, "--model", str(model_dir)]) == 0
     first = json.loads((out / "eval_valid.json").read_text())
     assert main([*argv, "--model", str(other)]) == 0
@@ -60,40 +106,84 @@ def test_another_model_never_reuses_the_beam_cache(world, tmp_path):  # noqa: F8
     # the same model on other data (items in another order: other indices) never reads those beams either
     reordered = tmp_path / "reordered"
     reordered.mkdir()
-    (reordered / "items.jsonl").write_text("".join(reversed((data / "items.jsonl").read_text().splitlines(keepends=True))))
+    (reordered / "items.jsonl").write_text(
+        "".join(reversed((data / "items.jsonl").read_text().splitlines(keepends=True)))
+    )
     (reordered / "interactions.csv").write_text((data / "interactions.csv").read_text())
     assert main([*argv[:1], str(reordered), *argv[2:], "--model", str(other)]) == 0
     assert len(list(out.glob("beams_valid-*.jsonl"))) == 3
 
 
-def test_sasrec_in_decoding_rows(world, tmp_path):  # noqa: F811
+# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
+def test_sasrec_in_decoding_rows(world, tmp_path):
     """--decode-blend searches with SASRec's log-probs; a huge weight makes the beams SASRec's own top items."""
     data, model_dir = world
-    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--split", "valid", "--out", str(tmp_path),
-            "--baselines", "SASRec", "--sasrec-epochs", "2", "--weights", "", "--blend", "", "--decode-blend",
-            "0.5,10000", "--no-progress"]  # fmt: skip
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "6",
+        "--split",
+        "valid",
+        "--out",
+        str(tmp_path),
+        "--baselines",
+        "SASRec",
+        "--sasrec-epochs",
+        "2",
+        "--weights",
+        "",
+        "--blend",
+        "",
+        "--decode-blend",
+        "0.5,10000",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = json.loads((tmp_path / "eval_valid.json").read_text())
     assert {"m6gen + SASRec in decoding (w 0.5)", "m6gen + SASRec in decoding (w 10000)"} <= set(rows)
     for k in ("HR@5", "NDCG@5"):  # 6 beams: the top 5 must be SASRec's top 5
         assert rows["m6gen + SASRec in decoding (w 10000)"][k] == pytest.approx(rows["SASRec"][k])
-    beams = [json.loads(x)["beams"] for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()]
+    beams = [
+        json.loads(x)["beams"] for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()
+    ]
     assert all(len(b) == 6 and all(len(x) == 5 and x[4] < 0 for x in b) for b in beams)
     with pytest.raises(UsageError, match="decode-blend needs the SASRec"):
-        run(make_parser().parse_args([*argv[:-7], "--baselines", "Pop", "--weights", "", "--decode-blend", "1"]))
+        run(eval_args([*argv[:-7], "--baselines", "Pop", "--weights", "", "--decode-blend", "1"]))
 
 
 def test_bad_weights():
     assert parse_weights("0.1,0;0,0.2") == [(0.1, 0.0), (0.0, 0.2)]
-    with pytest.raises(UsageError, match="--weights"):
+    with pytest.raises(ConfigError, match="weights: expected 'diversity,novelty' pairs"):
         parse_weights("0.1")
+    assert main(["--weights", "0.1"]) == 2  # checked with the options, before any data or model loads
 
 
-def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_path):  # noqa: F811
+# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
+def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_path):
     data, model_dir = world
-    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--out", str(tmp_path),
-            "--baselines", "SASRec", "--sasrec-epochs", "2", "--weights", "0.5,0;0,0.5", "--blend", "1,100",
-            "--choose-on-valid", "--no-progress"]  # fmt: skip
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "6",
+        "--out",
+        str(tmp_path),
+        "--baselines",
+        "SASRec",
+        "--sasrec-epochs",
+        "2",
+        "--weights",
+        "0.5,0;0,0.5",
+        "--blend",
+        "1,100",
+        "--choose-on-valid",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     valid = json.loads((tmp_path / "eval_valid.json").read_text())
     test = json.loads((tmp_path / "eval_test.json").read_text())
@@ -111,50 +201,78 @@ def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_p
     assert label in json.loads((tmp_path / "eval_test_vs_sasrec.json").read_text())
     assert len(list(tmp_path.glob("beams_valid-*.jsonl"))) == len(list(tmp_path.glob("beams_test-*.jsonl"))) == 1
     with pytest.raises(UsageError, match="use it with --split test"):
-        run(make_parser().parse_args([*argv, "--split", "valid"]))
+        run(eval_args([*argv, "--split", "valid"]))
 
 
-def test_peers_use_the_same_data_options(world, tmp_path):  # noqa: F811
+# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
+def test_peers_use_the_same_data_options(world, tmp_path):
     """--min-history (and the other data options) shape the peers' split too: the same users for every row."""
     _, model_dir = world
     data = tmp_path / "data"
     data.mkdir()
-    (data / "items.jsonl").write_text("".join(json.dumps({"item_id": str(i), "title": t}) + "\n"
-                                              for i, t in enumerate(["Heat", "Alien", "Fargo", "Casino", "Amélie", "Aliens"])))  # fmt: skip
-    rows = ["user_id,item_id,timestamp"] + [f"u{u},{(u + s) % 6},{s}" for u in range(6) for s in range(3 if u < 2 else 5)]
+    (data / "items.jsonl").write_text(
+        "".join(
+            json.dumps({"item_id": str(i), "title": t}) + "\n"
+            for i, t in enumerate(["Heat", "Alien", "Fargo", "Casino", "Amélie", "Aliens"])
+        )
+    )
+    rows = ["user_id,item_id,timestamp"] + [
+        f"u{u},{(u + s) % 6},{s}" for u in range(6) for s in range(3 if u < 2 else 5)
+    ]
     (data / "interactions.csv").write_text("\n".join(rows) + "\n")
-    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--split", "valid", "--out", str(tmp_path / "e"),
-            "--baselines", "Pop,SASRec", "--sasrec-epochs", "1", "--weights", "", "--blend", "", "--min-history", "4",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "4",
+        "--split",
+        "valid",
+        "--out",
+        str(tmp_path / "e"),
+        "--baselines",
+        "Pop,SASRec",
+        "--sasrec-epochs",
+        "1",
+        "--weights",
+        "",
+        "--blend",
+        "",
+        "--min-history",
+        "4",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert json.loads((tmp_path / "e" / "baselines" / "baselines.json").read_text())["users_evaluated"] == 4
 
 
+# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys):
-    """A rerun reuses the folder's SASRec, and so its beam cache; other data trains SASRec again (once reused silently)."""
-    import json
+    """A rerun reuses the folder's SASRec, and so its beam cache; other data trains SASRec again (once reused
+    silently)."""
+    from helpers import save_tiny_model, write_world_data
 
-    from test_batch import TITLES
-    from tiny_lm import make_model, make_tokenizer
+    def world(name, shift):  # user u's step s is item u * shift + s: other shifts, other training interactions
+        return write_world_data(tmp_path / name, shift=shift)
 
-    from m6gen.evaluate import main
-
-    def world(name, shift):
-        data = tmp_path / name
-        data.mkdir()
-        (data / "items.jsonl").write_text("".join(json.dumps({"item_id": str(i), "title": t}) + "\n"
-                                                  for i, t in enumerate(TITLES)), encoding="utf-8")  # fmt: skip
-        rows = "".join(f"u{u},{(u * shift + s) % len(TITLES)},{s}\n" for u in range(6) for s in range(4))
-        (data / "interactions.csv").write_text("user_id,item_id,timestamp\n" + rows)
-        return data
-
-    model = tmp_path / "model"
-    tok = make_tokenizer()
-    make_model(len(tok)).save_pretrained(model)
-    tok.save_pretrained(model)
+    model = save_tiny_model(tmp_path / "model")
     out = tmp_path / "out"
-    argv = ["--model", str(model), "--out", str(out), "--beams", "3", "--baselines", "SASRec", "--blend", "",
-            "--weights", "", "--no-progress"]  # fmt: skip
+    argv = [
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--beams",
+        "3",
+        "--baselines",
+        "SASRec",
+        "--blend",
+        "",
+        "--weights",
+        "",
+        "--no-progress",
+    ]
     assert main(["--data", str(world("a", 1)), *argv]) == 0
     caches = sorted(out.glob("beams_*.jsonl"))
     stamp = (out / "baselines" / "sasrec" / "sasrec.json").stat().st_mtime_ns

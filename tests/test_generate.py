@@ -1,22 +1,37 @@
 """Constrained beam search on tiny random Llamas: validity, exactness against teacher forcing,
 exclusion, subsets, batching and scripts beyond ASCII."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tiny_lm import make_model, make_tokenizer
 
-from m6gen.generate import constrained_beam_search, rank_hypotheses, score_items
+from m6gen.decoding.search import constrained_beam_search, open_generate, rank_hypotheses, score_items
 from m6gen.model import build_catalog_trie, encode_prompts
 
 TITLES = [
-    " Toy Story (1995)", " Toy Soldiers (1991)", " Alien (1979)", " Aliens (1986)", " Alien 3 (1992)",
-    " Heat (1995)", " Casino (1995)", " The Godfather (1972)", " The Godfather: Part II (1974)",
-    " Amélie (2001)", " 千と千尋の神隠し (2001)", " 🎬 Emoji Movie (2017)",
+    " Toy Story (1995)",
+    " Toy Soldiers (1991)",
+    " Alien (1979)",
+    " Aliens (1986)",
+    " Alien 3 (1992)",
+    " Heat (1995)",
+    " Casino (1995)",
+    " The Godfather (1972)",
+    " The Godfather: Part II (1974)",
+    " Amélie (2001)",
+    " 千と千尋の神隠し (2001)",
+    " 🎬 Emoji Movie (2017)",
 ]
-PROMPTS = ["A user watched these movies, in order:\n- Heat (1995)\n- Alien (1979)\nNext:", "Next:", "- Casino (1995)\nNext:"]
+PROMPTS = [
+    "A user watched these movies, in order:\n- Heat (1995)\n- Alien (1979)\nNext:",
+    "Next:",
+    "- Casino (1995)\nNext:",
+]
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +148,21 @@ def test_any_script_round_trips(kind):
     for i, title in enumerate(TITLES):
         seq = trie.sequence(i)
         assert seq[-1] == eos
-        assert tok.decode(seq[:-1]) .strip() == title.strip()
+        assert tok.decode(seq[:-1]).strip() == title.strip()
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 8), st.lists(st.text("abcxyz ", min_size=1, max_size=8), min_size=1, max_size=15, unique=True))
+@given(
+    st.integers(0, 10_000),
+    st.integers(1, 8),
+    st.lists(st.text("abcxyz ", min_size=1, max_size=8), min_size=1, max_size=15, unique=True),
+)
 def test_every_output_is_a_distinct_catalog_item(seed, beams, words):
     """Property: random catalogs and random models only ever produce distinct catalog items."""
     tok = make_tokenizer()
     titles = [" " + w for w in words]
-    if len({tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in titles}) < len(titles):
-        return  # two titles tokenize alike (e.g. trailing spaces): not a valid catalog
+    # two titles that tokenize alike (e.g. trailing spaces) are not a valid catalog: not an example
+    assume(len({tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in titles}) == len(titles))
     trie = build_catalog_trie(tok, titles)
     model = make_model(len(tok), seed=seed % 7)
     rng = np.random.default_rng(seed)
@@ -156,15 +175,43 @@ def test_every_output_is_a_distinct_catalog_item(seed, beams, words):
         assert trie.lookup(trie.sequence(h.item)) == h.item
 
 
-def test_open_mode_flags_titles_outside_the_catalog(setup):
-    from m6gen.generate import open_generate
+class _CannedGenerator:
+    """Stands in for a model in ``open_generate``: ``generate`` returns fixed texts, so the answers are known."""
 
-    tok, trie, model, prompts = setup
+    def __init__(self, tok, texts: list[list[str]]):
+        self.tok, self.texts = tok, texts
+
+    def generate(self, input_ids, num_return_sequences, pad_token_id, **kw):
+        rows = [self.tok(t, add_special_tokens=False)["input_ids"] for user in self.texts for t in user]
+        width = max(len(r) for r in rows)
+        new = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])  # (users * beams, new tokens)
+        prompts = input_ids.repeat_interleave(num_return_sequences, dim=0)  # (users * beams, prompt width)
+        scores = -torch.arange(1.0, len(rows) + 1)
+        return SimpleNamespace(sequences=torch.cat([prompts, new], dim=1), sequences_scores=scores)
+
+
+def test_open_mode_flags_titles_outside_the_catalog(setup):
+    tok, _, _, prompts = setup
+    catalog = TITLES[:4]  # Toy Story, Toy Soldiers, Alien, Aliens
+    texts = [
+        [" Alien (1979)", " Alien 5 (2031)"],  # a catalog title; a made-up one
+        ["\n Toy Story (1995)\nNext:", "Aliens (1986) "],  # the first non-empty line; other whitespace
+        [" Alien", " Heat (1995)"],  # a prefix of a title; a real film outside this catalog
+    ]
+    outs = open_generate(_CannedGenerator(tok, texts), tok, prompts, catalog, num_beams=2)
+    assert [[o.item for o in row] for row in outs] == [[2, -1], [0, 3], [-1, -1]]
+    assert [[o.in_catalog for o in row] for row in outs] == [[True, False], [True, True], [False, False]]
+    assert outs[1][0].text == " Toy Story (1995)"
+    assert [o.logprob for row in outs for o in row] == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
+
+
+def test_open_mode_runs_a_real_beam_search(setup):
+    tok, _, model, prompts = setup
     outs = open_generate(model, tok, prompts, TITLES[:4], num_beams=4, max_new_tokens=6)
-    assert len(outs) == len(prompts) and all(len(o) == 4 for o in outs)
-    for o in (o for row in outs for o in row):
-        known = o.text.strip() in {t.strip() for t in TITLES[:4]}
-        assert o.in_catalog == known and (o.item >= 0) == known
+    assert len(outs) == len(prompts) and all(len(row) == 4 for row in outs)
+    for row in outs:
+        assert [o.logprob for o in row] == sorted((o.logprob for o in row), reverse=True)
+        assert all(-1 <= o.item < 4 and o.in_catalog == (o.item >= 0) for o in row)
 
 
 def test_stats_are_reported(setup):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from m6gen.metrics import (
+from m6gen.ranking.metrics import (
     catalog_coverage,
     duplicate_rate,
     evaluate_rankings,
@@ -24,7 +24,7 @@ from m6gen.metrics import (
     validity,
     write_results,
 )
-from m6gen.rerank import ItemFeatures
+from m6gen.ranking.rerank import ItemFeatures
 
 # targets at rank 1, rank 3 and missing
 RANKED = [[7, 1, 2], np.array([1, 2, 8]), [1, 2, 3]]
@@ -99,10 +99,21 @@ def test_evaluate_rankings_keys_and_values():
         seen=[set(), {2}, set()],
     )
     assert list(out) == [
-        "HR@2", "HR@3", "NDCG@2", "NDCG@3", "MRR@2", "MRR@3",
-        "ILD@2", "ILD@3", "Novelty@2", "Novelty@3", "Coverage@2", "Coverage@3",
-        "SeenRate", "DuplicateRate",
-    ]  # fmt: skip
+        "HR@2",
+        "HR@3",
+        "NDCG@2",
+        "NDCG@3",
+        "MRR@2",
+        "MRR@3",
+        "ILD@2",
+        "ILD@3",
+        "Novelty@2",
+        "Novelty@3",
+        "Coverage@2",
+        "Coverage@3",
+        "SeenRate",
+        "DuplicateRate",
+    ]
     assert out["NDCG@3"] == pytest.approx(0.5)
     assert out["ILD@3"] == pytest.approx(0.0)  # every item has the same genre
     assert out["Novelty@3"] == pytest.approx(2.0)  # -log2(1/4)

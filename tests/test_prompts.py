@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from m6gen.catalog import Item
+from m6gen.data.catalog import Item
 from m6gen.prompts import DEFAULT_FOLDER, ENV_VAR, PromptTemplate, TemplateError, TemplateLibrary
 
 SHIPPED = ["instruct", "sequence", "titles", "titles_genres"]
@@ -108,7 +108,9 @@ def test_target_is_independent_of_history(lib, name):
 
 
 def test_target_may_not_use_history(tmp_path):
-    path = write(tmp_path, "leaky", "{% block prompt %}x{% endblock %}\n{% block target %} {{ history[-1].title }}{% endblock %}")
+    path = write(
+        tmp_path, "leaky", "{% block prompt %}x{% endblock %}\n{% block target %} {{ history[-1].title }}{% endblock %}"
+    )
     with pytest.raises(TemplateError, match=r"leaky\.jinja, line 2.*'history' is undefined"):
         PromptTemplate(path).render_target(ALIEN)
 
@@ -181,7 +183,7 @@ def test_missing_block_names_the_file(tmp_path):
 
 def test_syntax_error_names_file_and_line(tmp_path):
     text = "{# d #}\n{% block prompt %}\n{% for it in history %}\n{{ it.title }\n{% endfor %}{% endblock %}\n" + TARGET
-    path = write(tmp_path, "broken", text)
+    write(tmp_path, "broken", text)
     with pytest.raises(TemplateError) as info:
         TemplateLibrary(tmp_path).get("broken")
     message = str(info.value)
@@ -189,7 +191,10 @@ def test_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_unknown_variable_names_variable_file_and_line(tmp_path):
-    text = "{# d #}\n{% block prompt %}\n{% for it in history %}\n{{ it.title }}\n{% endfor %}\n{{ histroy }}{% endblock %}\n"
+    text = (
+        "{# d #}\n{% block prompt %}\n{% for it in history %}\n{{ it.title }}\n{% endfor %}\n"
+        "{{ histroy }}{% endblock %}\n"
+    )
     write(tmp_path, "typo", text + TARGET)
     with pytest.raises(TemplateError) as info:
         TemplateLibrary(tmp_path).get("typo").render_prompt([TOY])
@@ -283,8 +288,12 @@ def test_instruct_fallback_without_chat_template(lib):
 def test_partials_named_with_underscore_are_not_templates(tmp_path):
     """Files for {% import %}/{% include %} live next to the templates without being listed as ones."""
     write(tmp_path, "_macros", "{% macro line(it) %}* {{ it.title }}{% endmacro %}")
-    write(tmp_path, "mine", "{% block prompt %}{% import '_macros.jinja' as m %}{{ m.line(history[0]) }}{% endblock %}"
-                            "{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    write(
+        tmp_path,
+        "mine",
+        "{% block prompt %}{% import '_macros.jinja' as m %}{{ m.line(history[0]) }}{% endblock %}"
+        "{% block target %} {{ item.title }}{% endblock %}",
+    )
     lib = TemplateLibrary(tmp_path)
     assert "mine" in lib.names() and "_macros" not in lib.names()
     assert lib.get("mine").render_prompt([TOY]) == "* Toy Story (1995)"
@@ -313,10 +322,14 @@ def test_empty_prompt_is_an_error_naming_the_template(tmp_path):
 
 def test_targets_that_do_not_tell_items_apart_are_an_error(tmp_path):
     """raw_title repeats on MovieLens; a constant target names no item: both fail before a trie is built."""
-    twins = [Item(0, "296", "Ulee's Gold (1997)", "Ulee's Gold (1997)"),
-             Item(1, "303", "Ulee's Gold (1997) [item 303]", "Ulee's Gold (1997)")]  # fmt: skip
+    twins = [
+        Item(0, "296", "Ulee's Gold (1997)", "Ulee's Gold (1997)"),
+        Item(1, "303", "Ulee's Gold (1997) [item 303]", "Ulee's Gold (1997)"),
+    ]
     raw = PromptTemplate(write(tmp_path, "raw", blocks("x", target=" {{ item.raw_title }}")))
-    with pytest.raises(TemplateError, match=r"raw\.jinja: .*same text \"Ulee's Gold \(1997\)\" for items '296' and '303'"):
+    with pytest.raises(
+        TemplateError, match=r"raw\.jinja: .*same text \"Ulee's Gold \(1997\)\" for items '296' and '303'"
+    ):
         raw.render_targets(twins)
     titled = PromptTemplate(write(tmp_path, "titled", blocks("x")))
     assert titled.render_targets(twins) == [" Ulee's Gold (1997)", " Ulee's Gold (1997) [item 303]"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from m6gen.rerank import ItemFeatures, RerankConfig, calibrate, rerank, rerank_many
+from m6gen.ranking.rerank import ItemFeatures, RerankConfig, calibrate, rerank, rerank_many
 
 LOG = np.log
 
@@ -35,7 +35,7 @@ def test_ties_go_to_first_occurrence():
 
 
 def test_all_weights_zero_is_beam_order_too():
-    cfg = RerankConfig(accuracy_weight=0.0, k=3)
+    cfg = RerankConfig(accuracy=0.0, k=3)
     res = rerank(np.array([3, 1, 2]), np.array([-2.0, -0.5, -1.0]), config=cfg)
     assert res.item_ids.tolist() == [1, 2, 3]
 
@@ -84,7 +84,7 @@ def test_diversity_pushes_same_genre_item_down():
     plain = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3))
     assert plain.item_ids.tolist() == [0, 1, 2]
     # step 2: item 1 (Drama, like pick 0) scores .3 + .5*0 = .3; item 2 (Comedy) .2 + .5*1 = .7
-    res = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, diversity_weight=0.5))
+    res = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, diversity=0.5))
     assert res.item_ids.tolist() == [0, 2, 1]
     first, second, third = res.items
     assert first.diversity == 1.0 and first.score == pytest.approx(1.0)
@@ -95,7 +95,7 @@ def test_diversity_pushes_same_genre_item_down():
 
 def test_dpp_pushes_same_genre_item_down():
     feats = drama_comedy()
-    res = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, method="dpp", diversity_weight=0.1))
+    res = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, method="dpp", diversity=0.1))
     assert res.item_ids.tolist() == [0, 2, 1]
     assert [r.diversity for r in res] == pytest.approx([1.0, 1.0, 0.0])
     plain = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, method="dpp"))
@@ -107,7 +107,7 @@ def test_novelty_promotes_long_tail_item():
     # p = (c + 1) / (200 + 3); novelty = -log2(p) / log2(203)
     expected = [math.log2(203 / 101) / math.log2(203)] * 2 + [1.0]
     np.testing.assert_allclose(feats.novelty(IDS), expected)
-    res = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, novelty_weight=0.5))
+    res = rerank(IDS, LPS, features=feats, config=RerankConfig(k=3, novelty=0.5))
     # item 2: .2 + .5 * 1 = .7 beats item 0: .5 + .5 * .131
     assert res.item_ids.tolist() == [2, 0, 1]
     assert res.items[0].score == pytest.approx(0.7)
@@ -131,7 +131,7 @@ def test_similarity_genres_and_embeddings():
 
 def test_config_validation_names_the_field():
     for kwargs, name in [
-        ({"diversity_weight": -1}, "diversity_weight"),
+        ({"diversity": -1}, "diversity"),
         ({"method": "xyz"}, "method"),
         ({"temperature": 0}, "temperature"),
         ({"k": 0}, "k"),
@@ -144,7 +144,7 @@ def test_config_validation_names_the_field():
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="features"):
-        rerank(IDS, LPS, config=RerankConfig(novelty_weight=1.0))
+        rerank(IDS, LPS, config=RerankConfig(novelty=1.0))
     with pytest.raises(ValueError, match="item ids"):
         rerank(np.array([7]), np.array([0.0]), features=drama_comedy())
     with pytest.raises(ValueError, match="length"):
@@ -153,7 +153,7 @@ def test_bad_inputs_raise():
 
 def test_rerank_many_matches_single():
     feats = drama_comedy()
-    cfg = RerankConfig(k=2, diversity_weight=0.5)
+    cfg = RerankConfig(k=2, diversity=0.5)
     beams = [(IDS, LPS), (np.array([2, 1]), np.array([-1.0, -0.1]))]
     out = rerank_many(beams, [set(), {1}], feats, cfg)
     assert [r.item_ids.tolist() for r in out] == [[0, 2], [2]]
@@ -175,7 +175,7 @@ def test_property_min_k_distinct_unseen(ids, seen, k, w, method, seed):
     genres = [[g for g in "ABCD" if rng.random() < 0.4] for _ in range(12)]
     feats = ItemFeatures.from_genres(genres, rng.integers(0, 50, size=12))
     lps = -rng.exponential(size=len(ids))
-    cfg = RerankConfig(accuracy_weight=w[0], diversity_weight=w[1], novelty_weight=w[2], method=method, k=k)
+    cfg = RerankConfig(accuracy=w[0], diversity=w[1], novelty=w[2], method=method, k=k)
     res = rerank(np.array(ids, dtype=int), lps, seen, feats, cfg)
     expected = min(k, len(set(ids) - seen))
     got = res.item_ids.tolist()

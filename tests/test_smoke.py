@@ -28,7 +28,11 @@ def test_tokenizer_special_tokens_and_chat_template(real):
     ds, split, tok = real
     assert tok.eos_token == "<|im_end|>"  # transformers 4.x misread these
     user = split.users[0]
-    prompt = TemplateLibrary().get("instruct").render_prompt([ds.catalog[i] for i in split.test_history(user)], tokenizer=tok)
+    prompt = (
+        TemplateLibrary()
+        .get("instruct")
+        .render_prompt([ds.catalog[i] for i in split.test_history(user)], tokenizer=tok)
+    )
     assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
 
 
@@ -51,7 +55,7 @@ def test_sequence_template_is_token_incremental_on_the_real_tokenizer(real):
     """History packing's precondition holds for SmolLM2's tokenizer on MovieLens titles; titles' does not."""
     from m6gen.model import encode_targets
     from m6gen.prompts import TemplateLibrary
-    from m6gen.train_data import is_token_incremental
+    from m6gen.training.examples import is_token_incremental
 
     ds, split, tok = real
     for name, expected in (("sequence", True), ("titles", False)):
@@ -62,12 +66,13 @@ def test_sequence_template_is_token_incremental_on_the_real_tokenizer(real):
 
 def test_default_model_recommends_catalog_items(real):
     from m6gen.model import load_model
-    from m6gen.pipeline import RecommendConfig, Recommender
     from m6gen.prompts import TemplateLibrary
+    from m6gen.recommender import RecommendConfig, Recommender
 
     ds, split, tok = real
-    rec = Recommender(load_model(), tok, ds.catalog, TemplateLibrary().get("titles"),
-                      RecommendConfig(num_beams=5, max_history=10))
+    rec = Recommender(
+        load_model(), tok, ds.catalog, TemplateLibrary().get("titles"), RecommendConfig(beams=5, max_history=10)
+    )
     user = split.users[0]
     history = split.test_history(user)
     beams = rec.generate([history])[0]

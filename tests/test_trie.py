@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from m6gen.trie import CatalogTrie, TitleIndex
+from m6gen.decoding.trie import CatalogTrie, TitleIndex
 
 EOS = 9
 
@@ -94,7 +94,9 @@ def test_save_and_load(tmp_path):
 
 
 def test_title_index_exact_and_prefix():
-    idx = TitleIndex(["Toy Story (1995)", "Toy Soldiers (1991)", "Alien (1979)", "Amélie (2001)", "千と千尋の神隠し (2001)"])
+    idx = TitleIndex(
+        ["Toy Story (1995)", "Toy Soldiers (1991)", "Alien (1979)", "Amélie (2001)", "千と千尋の神隠し (2001)"]
+    )
     assert idx.lookup("Alien (1979)") == 2 and idx.lookup("alien (1979)") == -1
     assert idx.prefix("toy s") == [0, 1]
     assert idx.prefix("AMÉ") == [3]

@@ -3,41 +3,73 @@
 import numpy as np
 import pytest
 import yaml
-from test_batch import world  # noqa: F401  (shared fixture: tiny data folder + tiny model)
 
-from m6gen.cli import parse_with_config
-from m6gen.tune import main, make_parser
+from m6gen.commands import recommend, tune
+from m6gen.commands.tune import main
+from m6gen.config import ConfigParser, DecodeArgs, PromptArgs, RerankArgs
 
 
-def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_path, capsys):  # noqa: F811
+def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_path, capsys):
     data, model_dir = world
     cfg = tmp_path / "m6gen.yaml"
     cfg.write_text("beams: 4\nk: 3\n")  # other keys are kept
-    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--only", "titles,titles_genres",
-            "--history", "2,5", "--max-users", "6", "--write-config", str(cfg)]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "4",
+        "--template",
+        "titles,titles_genres",
+        "--history-lengths",
+        "2,5",
+        "--tune-users",
+        "6",
+        "--write-config",
+        str(cfg),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("(history ") >= 4 and "best: " in out and "coverage@10" in out
     saved = yaml.safe_load(cfg.read_text())
     assert saved["template"] in {"titles", "titles_genres"} and saved["max_history"] in {2, 5}
     assert saved["beams"] == 4 and saved["k"] == 3
+
     # the recorded choice is what --config gives every command; flags still win
-    args = parse_with_config(make_parser(), ["--config", str(cfg)])
-    assert args.beams == 4
-    from m6gen.batch import make_parser as batch_parser
+    def parse(module, prog, argv):  # one instance per option group, by group
+        return {type(g): g for g in ConfigParser(module.GROUPS, prog=prog).parse(argv)}
 
-    args = parse_with_config(batch_parser(), ["--config", str(cfg), "--output", "x.jsonl", "--k", "7"])
-    assert args.template == saved["template"] and args.max_history == saved["max_history"] and args.k == 7
+    assert parse(tune, "m6gen tune-prompts", ["--config", str(cfg)])[DecodeArgs].beams == 4
+    args = parse(recommend, "m6gen recommend", ["--config", str(cfg), "--output", "x.jsonl", "--k", "7"])
+    assert args[PromptArgs].template == saved["template"] and args[PromptArgs].max_history == saved["max_history"]
+    assert args[DecodeArgs].beams == 4 and args[RerankArgs].k == 7
 
 
-def test_short_training_per_template_leaves_no_run_folders(world, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_short_training_per_template_leaves_no_run_folders(world, tmp_path, capsys, monkeypatch):
     """--train-steps: a short LoRA run per template (history packing where the template allows), folders removed."""
     import tempfile
 
     data, model_dir = world
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--only", "titles,sequence",
-            "--history", "3", "--max-users", "4", "--train-steps", "2", "--write-config", ""]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "4",
+        "--template",
+        "titles,sequence",
+        "--history-lengths",
+        "3",
+        "--tune-users",
+        "4",
+        "--train-steps",
+        "2",
+        "--write-config",
+        "",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "titles (history 3)" in out and "sequence (history 3)" in out and "after 2 LoRA steps" in out
@@ -48,7 +80,7 @@ def test_short_training_per_template_leaves_no_run_folders(world, tmp_path, caps
 def test_score_template_known_answers():
     from types import SimpleNamespace
 
-    from m6gen.tune import score_template
+    from m6gen.commands.tune import score_template
 
     beam = lambda *items: [SimpleNamespace(item=i) for i in items]  # noqa: E731
     seen = []  # the profiles each call got: templates are scored on the prompts they are used with
@@ -61,8 +93,9 @@ def test_score_template_known_answers():
         seen.append(profiles)
         return ["a b", "a b c d"]
 
-    rec = SimpleNamespace(generate=generate, prompts=prompts, tokenizer=lambda text: {"input_ids": text.split()},
-                          catalog=list(range(8)))  # fmt: skip
+    rec = SimpleNamespace(
+        generate=generate, prompts=prompts, tokenizer=lambda text: {"input_ids": text.split()}, catalog=list(range(8))
+    )
     users = [{"user_id": "u1", "age": "30"}, {"user_id": "u2", "age": ""}]
     row = score_template(rec, [[0], [0]], np.array([1, 5]), users)
     assert seen == [users, users]
@@ -72,7 +105,7 @@ def test_score_template_known_answers():
     assert row["prompt_tokens"] == pytest.approx(3.0)
 
 
-def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_path, capsys, monkeypatch):
     """--templates reaches the short training runs and the written config; a wrong name fails before any scoring."""
     import tempfile
 
@@ -80,21 +113,57 @@ def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_pa
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "films.jinja").write_text("{% block prompt %}Films:{% for it in history %} {{ it.title }};{% endfor %}"
-                                        "\nNext:{% endblock %}{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
+    (folder / "films.jinja").write_text(
+        "{% block prompt %}Films:{% for it in history %} {{ it.title }};{% endfor %}"
+        "\nNext:{% endblock %}{% block target %} {{ item.title }}{% endblock %}"
+    )
     cfg = tmp_path / "best.yaml"
-    argv = ["--data", str(data), "--model", str(model_dir), "--templates", str(folder), "--beams", "4", "--only", "films",
-            "--history", "3,", "--max-users", "2", "--train-steps", "1", "--no-progress", "--write-config", str(cfg)]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--templates",
+        str(folder),
+        "--beams",
+        "4",
+        "--template",
+        "films",
+        "--history-lengths",
+        "3,",
+        "--tune-users",
+        "2",
+        "--train-steps",
+        "1",
+        "--no-progress",
+        "--write-config",
+        str(cfg),
+    ]
     assert main(argv) == 0
     assert "films (history 3)" in capsys.readouterr().out
-    assert yaml.safe_load(cfg.read_text()) == {"template": "films", "max_history": 3, "templates": str(folder.resolve())}
-    bad = ["--data", str(data), "--model", str(model_dir), "--only", "titles,nosuch", "--max-users", "2",
-           "--write-config", ""]  # fmt: skip
+    assert yaml.safe_load(cfg.read_text()) == {
+        "template": "films",
+        "max_history": 3,
+        "templates": str(folder.resolve()),
+    }
+    bad = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--template",
+        "titles,nosuch",
+        "--tune-users",
+        "2",
+        "--write-config",
+        "",
+    ]
     assert main(bad) == 2
     out, err = capsys.readouterr()
     assert "titles (history" not in out and "unknown template 'nosuch'" in err
-    (folder / "typo.jinja").write_text("{% block prompt %}{{ history[0].titel }}{% endblock %}"
-                                       "{% block target %} {{ item.title }}{% endblock %}")  # fmt: skip
-    assert main([*bad[:4], "--templates", str(folder), "--only", "titles,typo", *bad[6:]]) == 2
+    (folder / "typo.jinja").write_text(
+        "{% block prompt %}{{ history[0].titel }}{% endblock %}{% block target %} {{ item.title }}{% endblock %}"
+    )
+    assert main([*bad[:4], "--templates", str(folder), "--template", "titles,typo", *bad[6:]]) == 2
     out, err = capsys.readouterr()  # found by rendering, before titles is scored
     assert "titles (history" not in out and "typo.jinja, line 1: UndefinedError" in err

@@ -1,0 +1,1 @@
+"""Baselines and retrievers: Pop and SASRec (full cross-entropy), evaluated on the same split as m6gen."""

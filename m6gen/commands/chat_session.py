@@ -1,0 +1,124 @@
+"""The chat session's settings and save files: `set` values checked, session JSON written and read back safely."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from m6gen.config import ConfigError, ConfigParser, DecodeArgs, PromptArgs, RerankArgs, _at_least, option
+
+MAX_SESSION_BYTES = 10_000_000  # `load` refuses bigger files (and never reads a device like /dev/zero)
+
+
+class ChatError(ValueError):
+    """A line the session cannot act on; the message says what to type instead."""
+
+
+@dataclass
+class ChatArgs:
+    """What `why` and `open` do in a chat session."""
+
+    _argument_group_name = "chat"
+
+    open: bool = option(False, "open-ended generation: titles may be outside the catalog (flagged)")
+    tokens: int = option(40, "`why`: most new tokens of an explanation (1..200)")
+    sample: bool = option(False, "`why`: sample (temperature 0.7) instead of greedy")
+
+    def __post_init__(self):
+        _at_least(self, 1, "tokens")
+
+
+# What `set` changes: the same fields, names and checks as the command-line options.
+SETTABLE = {
+    "k": RerankArgs,
+    "diversity": RerankArgs,
+    "novelty": RerankArgs,
+    "beams": DecodeArgs,
+    "rank_by": DecodeArgs,
+    "template": PromptArgs,
+    "open": ChatArgs,
+    "tokens": ChatArgs,
+    "sample": ChatArgs,
+}
+LIMITS = {"k": 100, "beams": 1000, "tokens": 200}  # a session must stay responsive
+
+
+@dataclass
+class ChatSettings:
+    """What the session's ``set`` command changes; each value checked by its option group."""
+
+    k: int = 10
+    beams: int = 20
+    template: str = "titles"
+    diversity: float = 0.0
+    novelty: float = 0.0
+    rank_by: str = "logprob"
+    open: bool = False
+    tokens: int = 40
+    sample: bool = False
+
+    def __post_init__(self):
+        try:
+            RerankArgs(k=self.k, diversity=self.diversity, novelty=self.novelty)
+            DecodeArgs(beams=self.beams, rank_by=self.rank_by)
+            ChatArgs(open=self.open, tokens=self.tokens, sample=self.sample)
+        except ConfigError as err:
+            raise ChatError(str(err)) from None
+        for name, top in LIMITS.items():
+            if getattr(self, name) > top:
+                raise ChatError(f"{name}: at most {top} in a chat session, got {getattr(self, name)}")
+        if not isinstance(self.template, str) or not self.template.strip():
+            raise ChatError("template: a template name or a .jinja path")
+        if self.k > self.beams:
+            raise ChatError(f"k: {self.k} recommendations need at least as many beams (now {self.beams})")
+
+    @staticmethod
+    def help_of(name: str) -> str:
+        group = SETTABLE[name]
+        return next(f.metadata["help"] for f in dataclasses.fields(group) if f.name == name)
+
+    def with_value(self, name: str, text: str) -> ChatSettings:
+        """A copy with ``name`` set from the text a person typed (``set k 5``), checked as its flag would be."""
+        name = name.lower().replace("-", "_")
+        if name not in SETTABLE:
+            raise ChatError(
+                f"unknown setting {shown(name)}; settings: {', '.join(SETTABLE)} "
+                "(a title starting with 'set': type `add set ...`)"
+            )
+        try:
+            value = _settings_parser().value_from_text(name, text)
+        except ConfigError as err:
+            raise ChatError(str(err)) from None
+        return dataclasses.replace(self, **{name: value})
+
+
+_PARSER = []
+
+
+def _settings_parser():
+    """One parser over the settable groups (built once: it imports transformers)."""
+    if not _PARSER:
+        _PARSER.append(ConfigParser([PromptArgs, DecodeArgs, RerankArgs, ChatArgs], prog="set"))
+    return _PARSER[0]
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """User text quoted for a message: control characters escaped, long text clipped."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def read_session(path: Path) -> dict:
+    """The JSON object in a file written by ``save``; a ``ChatError`` says why a file is not one."""
+    if not path.is_file():
+        raise ChatError(f"{path}: no such file")
+    if path.stat().st_size > MAX_SESSION_BYTES:
+        raise ChatError(f"{path}: too big for a session file")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ChatError(f"{path}: not a session file ({' '.join(str(err).split())})") from None
+    if not isinstance(state, dict) or state.get("m6gen_chat") != 1:
+        raise ChatError(f"{path}: not a session file (written by `save`)")
+    return state

@@ -1,0 +1,486 @@
+"""``m6gen eval``: full-ranking, leave-one-out evaluation of m6gen against Pop and SASRec.
+
+    m6gen eval --model runs/m6gen --split test                  # all users
+    m6gen eval --model runs/m6gen --split valid --max-users 200 # quick, for tuning
+    m6gen eval --model runs/m6gen --choose-on-valid             # + the row picked on validation
+
+Every method ranks the whole catalog minus the user's history, for the same users, in one run.
+m6gen's list is its beams (so HR@K for K > --beams counts what the beams did not reach as misses).
+Generated beams are cached as JSONL in the output folder (appended per batch, resumed after a
+kill), so re-running with other reranker weights costs no generation. Writes ``eval_<split>``
+.md/.csv/.json tables and ``tradeoff_<split>.png`` next to the model (or in ``--out``); with SASRec in
+the run, also ``eval_<split>_vs_sasrec``: each m6gen row's NDCG@10 as a ratio to SASRec's with a
+paired-bootstrap 95% interval, since a ratio measured on a few hundred users is noisy.
+``--choose-on-valid`` evaluates the validation split first and adds to the test table the m6gen row
+that scored best there: choosing a weight by its test score would peek at the test items.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from m6gen.commands.common import UsageError
+from m6gen.config import (
+    ConfigError,
+    DataArgs,
+    DecodeArgs,
+    DeviceArgs,
+    ModelArgs,
+    PromptArgs,
+    RuntimeArgs,
+    SASRecArgs,
+    _at_least,
+    option,
+)
+
+DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
+DEFAULT_BLEND = "0.5,1,2"
+VERSUS_RESAMPLES, VERSUS_LEVEL = 10_000, 0.95
+VERSUS_METRICS = ["ratio", "ratio_low", "ratio_high", "diff", "diff_low", "diff_high", "p_not_better"]
+TABLE_METRICS = [
+    "HR@5",
+    "NDCG@5",
+    "HR@10",
+    "NDCG@10",
+    "MRR@10",
+    "HR@20",
+    "NDCG@20",
+    "ILD@10",
+    "Novelty@10",
+    "Coverage@10",
+]
+
+
+@dataclass
+class EvalArgs:
+    """What is evaluated, on which split, and where the tables go."""
+
+    _argument_group_name = "evaluation"
+
+    split: Literal["test", "valid"] = option("test", "evaluate on the test or the validation item")
+    max_users: int | None = option(None, "only the first N users (default: all)")
+    baselines: str = option("Pop,SASRec", "peers in the same run (comma list of Pop, SASRec; '' for none)")
+    weights: str = option(DEFAULT_WEIGHTS, "reranker settings 'diversity,novelty;...' evaluated as extra rows")
+    blend: str = option(
+        DEFAULT_BLEND, "weights w of extra rows ranking the beams by logprob + w * SASRec log-prob ('' for none)"
+    )
+    decode_blend: str = option(
+        "", "weights w of extra rows whose beams are searched with w * SASRec log-prob inside the search ('' for none)"
+    )
+    choose_on_valid: bool = option(
+        False,
+        "with --split test: evaluate every row on the validation split first and add a test row for the m6gen row "
+        "with the best validation NDCG@10 (the honest figure: chosen without seeing test items)",
+    )
+    out: str | None = option(None, "output folder (default: the model folder, or runs/eval-default)")
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_users", optional=True)
+        unknown = [m for m in self.baselines.split(",") if m.strip() and m.strip() not in ("Pop", "SASRec")]
+        if unknown:
+            raise ConfigError(f"baselines: unknown {unknown[0].strip()!r}; choose from Pop, SASRec")
+        for name in ("blend", "decode_blend"):
+            for part in filter(None, (x.strip() for x in getattr(self, name).split(","))):
+                try:
+                    ok = float(part) >= 0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise ConfigError(f"{name}: expected a comma list of numbers >= 0, got {part!r}")
+        parse_weights(self.weights)
+
+
+GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, EvalArgs, SASRecArgs, RuntimeArgs]
+HELP = "full-ranking evaluation against Pop and SASRec"
+
+
+def parse_weights(text: str) -> list[tuple[float, float]]:
+    settings = []
+    for part in filter(None, (s.strip() for s in text.split(";"))):
+        try:
+            div, nov = (float(x) for x in part.split(","))
+        except ValueError:
+            raise ConfigError(f"weights: expected 'diversity,novelty' pairs separated by ';', got {part!r}") from None
+        settings.append((div, nov))
+    return settings
+
+
+def generate_cached(
+    rec,
+    users,
+    histories,
+    path: Path,
+    progress: bool,
+    profiles: dict | None = None,
+    prior=None,
+    prior_weight: float = 1.0,
+) -> dict[str, list[list[float]]]:
+    """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
+
+    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``).
+    """
+    from tqdm.auto import tqdm
+
+    from m6gen.commands.recommend import done_users
+    from m6gen.files import append_synced as append
+    from m6gen.prompts import user_vars
+
+    done = set(done_users(path, fix="delete it to generate those beams again"))
+    todo = [(u, h) for u, h in zip(users, histories) if u not in done]
+    bar = tqdm(total=len(users), initial=len(users) - len(todo), desc="generating", unit="user", disable=not progress)
+    bs = rec.config.batch_size
+    for s in range(0, len(todo), bs):
+        chunk = todo[s : s + bs]
+        beams = rec.generate(
+            [h for _, h in chunk],
+            profiles=[user_vars(u, profiles) for u, _ in chunk],
+            prior=prior,
+            prior_weight=prior_weight,
+        )
+        append(
+            path,
+            "".join(
+                json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl]})
+                + "\n"
+                for (u, _), bl in zip(chunk, beams)
+            ),
+        )
+        bar.update(len(chunk))
+    bar.close()
+    cached = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec_ = json.loads(line)
+        cached[rec_["user_id"]] = rec_["beams"]
+    return cached
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+DATA_SUFFIXES = (".inter", ".item", ".user", ".jsonl", ".csv", ".data", ".dat")  # and the ml-100k u.* files
+CONFIG_NAMES = ("m6gen_config.json", "adapter_config.json", "config.json", "sasrec.json")
+
+
+def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None, extra: str = "") -> str:
+    """8 hex digits naming what made a beam cache, so another model's beams are never reused.
+
+    Covers the model's weight and config files (name, size, modification time; a Hugging Face id
+    as given), the template's text, the files of ``others`` (the retriever, the SASRec whose prior
+    joins the search, the data folder) and ``extra`` (the data options). Outputs written into a run
+    folder (tables, caches) do not count.
+    """
+    import hashlib
+
+    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
+    for src in (model, *others):
+        path = Path(src) if src else None
+        if path is None or not path.exists():
+            continue
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in DATA_SUFFIXES or f.name in CONFIG_NAMES):
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
+
+
+def m6gen_rankings(
+    beams, histories, seen, *, sasrec, blend, weights, features, score_col, k: int = 20
+) -> dict[str, list[np.ndarray]]:
+    """m6gen's rows for one split from its beams (no generation): row name -> one ranked item array per user.
+
+    ``beams``: per user a (n, 5) array [item, logprob, normalized, catalog, prior].
+    """
+    from m6gen.ranking.rerank import RerankConfig, rerank
+
+    rows: dict[str, list[np.ndarray]] = {}
+    for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
+        rows[f"m6gen beams (rank by {name})"] = [
+            b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams
+        ]
+    if blend and sasrec is not None:
+        # A text-free collaborative signal on m6gen's candidates ("Decoding Matters"-style): the
+        # SASRec of the table scores each beam item; the beams are re-ranked by the sum.
+        collab = sasrec.score_items(histories, [b[:, 0].astype(np.int64) for b in beams])
+        for w in blend:
+            rows[f"m6gen beams + SASRec blend (w {w:g})"] = [
+                b[np.argsort(-(b[:, 1] + w * c), kind="stable"), 0].astype(np.int64) for b, c in zip(beams, collab)
+            ]
+    for div, nov in weights:
+        rcfg = RerankConfig(k=k, diversity=div, novelty=nov)
+        rows[f"m6gen reranked (div {div:g}, nov {nov:g})"] = [
+            np.asarray(
+                rerank(b[:, 0].astype(np.int64), b[:, score_col], seen=s, features=features, config=rcfg).item_ids,
+                dtype=np.int64,
+            )
+            for b, s in zip(beams, seen)
+        ]
+    return rows
+
+
+def run(args) -> int:
+    from m6gen.baselines.run import run_baselines
+    from m6gen.commands.common import item_features, load_data, load_recommender
+    from m6gen.data import default_data_dir, user_frequency
+    from m6gen.prompts import user_vars
+    from m6gen.ranking.metrics import evaluate_rankings, per_user_scores
+    from m6gen.training.run_folder import trained_run_config
+
+    weights = parse_weights(args.weights)
+    if args.choose_on_valid and args.split != "test":
+        raise UsageError(
+            "--choose-on-valid chooses on the validation split for the test split: use it with --split test"
+        )
+    ds, split = load_data(args)
+    n_items = len(ds.catalog)
+    users = split.users[: args.max_users] if args.max_users else split.users
+    out = Path(
+        args.out
+        or (args.model if args.model and Path(args.model, "m6gen_config.json").is_file() else "runs/eval-default")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    features = item_features(ds, split)
+    user_freq = user_frequency(split, n_items)
+
+    preview = (split.test_history(users[0]), user_vars(users[0], ds.profiles))
+    rec = load_recommender(
+        args, ds.catalog, preview
+    )  # first: a wrong template, device or model fails before SASRec trains
+    methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
+    base = {}
+    if methods:
+        cfg = args.groups[SASRecArgs].to_config()
+        saved = out / "baselines" / "sasrec"
+        if "SASRec" in methods and (saved / "sasrec.json").is_file() and saved_config(saved) == cfg:
+            from m6gen.baselines.run import split_fingerprint
+            from m6gen.baselines.sasrec import SASRec
+            from m6gen.training.run_folder import read_json
+
+            info = out / "baselines" / "baselines.json"
+            recorded = read_json(info) if info.is_file() else {}
+            same = (
+                recorded.get("train_split") == split_fingerprint(split)
+                if "train_split" in recorded
+                else recorded.get("dataset_path") == (str(args.data) if args.data else None)
+            )  # an older record
+            if same:
+                sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder on these train items
+            else:
+                print(f"note: {saved} was trained on other data; training SASRec again", file=sys.stderr)
+        base = run_baselines(
+            args.data,
+            config=cfg,
+            methods=methods,
+            max_users=args.max_users,
+            model=sasrec,
+            out_dir=out / "baselines",
+            progress=args.progress,
+            loaded=(ds, split),
+        )
+        if "SASRec" in methods and sasrec is None:
+            from m6gen.baselines.sasrec import SASRec
+
+            sasrec = SASRec.load(saved)  # the one run_baselines just trained and saved
+    blend = [float(w) for w in args.blend.split(",") if w.strip()] if sasrec is not None else []
+    if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
+        print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
+    decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
+    if decode_blend and sasrec is None:
+        raise UsageError("--decode-blend needs the SASRec baseline (keep SASRec in --baselines)")
+    score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
+    ks = (5, 10, 20)
+    dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
+    data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
+    trained = trained_run_config(args.model)
+    retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
+    fingerprint = cache_fingerprint(
+        args.model,
+        rec.template.path,
+        retriever,
+        out / "baselines" / "sasrec",
+        args.data or default_data_dir(must_exist=False),
+        extra=data_options,
+    )
+
+    def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+        """Every row's metrics and per-user NDCG@10 on one split, for the same users."""
+        if name == "test":
+            histories, targets = [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
+        else:
+            histories, targets = [split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])
+        seen = [set(h) for h in histories]
+        rows: dict[str, dict[str, float]] = dict(base.get(name, {}))
+        per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
+        if sasrec is not None:  # the same lists run_baselines scored, kept per user
+            per_user["SASRec"] = per_user_scores(sasrec.recommend(histories, max(ks), exclude=seen), targets, 10)[
+                "NDCG"
+            ]
+        tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
+        if rec.retriever is not None:
+            tag += f"-c{rec.config.n_candidates}"
+        tag += f"-{fingerprint}"
+        cached = generate_cached(
+            rec, users, histories, out / f"beams_{tag}.jsonl", progress=args.progress, profiles=ds.profiles
+        )
+        # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
+        beams = [
+            np.array([b[:4] + [b[4] if len(b) > 4 else 0.0] for b in cached[u]], dtype=np.float64).reshape(-1, 5)
+            for u in users
+        ]
+        ranked = m6gen_rankings(
+            beams,
+            histories,
+            seen,
+            sasrec=sasrec,
+            blend=blend,
+            weights=weights,
+            features=features,
+            score_col=score_col,
+            k=max(ks),
+        )
+        for w in decode_blend:
+            blended = generate_cached(
+                rec,
+                users,
+                histories,
+                out / f"beams_{tag}-sasrec{w:g}.jsonl",
+                progress=args.progress,
+                profiles=ds.profiles,
+                prior=sasrec.score,
+                prior_weight=w,
+            )
+            lists = []
+            for u in users:
+                b = np.array(blended[u], dtype=np.float64).reshape(-1, 5)
+                lists.append(b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64))
+            ranked[f"m6gen + SASRec in decoding (w {w:g})"] = lists
+        for row, lists in ranked.items():
+            rows[row] = evaluate_rankings(
+                lists,
+                targets,
+                ks=ks,
+                features=features,
+                user_freq=user_freq,
+                n_users=len(split.train),
+                n_items=n_items,
+                seen=seen,
+            )
+            per_user[row] = per_user_scores(lists, targets, 10)["NDCG"]
+        return rows, per_user
+
+    if args.choose_on_valid:
+        valid_rows, valid_per_user = evaluate_split("valid")
+        report(out, "valid", len(users), n_items, valid_rows, valid_per_user)
+        chosen = max((r for r in valid_rows if r.startswith("m6gen")), key=lambda r: valid_rows[r]["NDCG@10"])
+    rows, per_user = evaluate_split(args.split)
+    if args.choose_on_valid:
+        # The one m6gen setting picked on validation, reported on test: the honest headline row.
+        label = f"m6gen, chosen on valid: {chosen.removeprefix('m6gen ')}"
+        rows[label], per_user[label] = rows[chosen], per_user[chosen]
+    report(out, args.split, len(users), n_items, rows, per_user)
+    # the options as given, and what they became (dtype auto, a run's own template and retriever)
+    settings = {
+        **{k: v for k, v in vars(args).items() if k != "groups"},
+        "resolved": {
+            "dtype": dtype,
+            "template": rec.config.template,
+            "template_path": str(rec.template.path),
+            "max_history": rec.config.max_history,
+            "retriever": retriever,
+            "n_users": len(users),
+            "beam_cache_fingerprint": fingerprint,
+        },
+    }
+    if args.choose_on_valid:
+        (out / "eval_valid_config.json").write_text(json.dumps({**settings, "split": "valid"}, indent=2, default=str))
+        settings["chosen_on_valid"] = {"row": chosen, "valid_NDCG@10": valid_rows[chosen]["NDCG@10"]}
+    (out / f"eval_{args.split}_config.json").write_text(json.dumps(settings, indent=2, default=str))
+    return 0
+
+
+def report(
+    out: Path,
+    split_name: str,
+    n_users: int,
+    n_items: int,
+    rows: dict[str, dict[str, float]],
+    per_user: dict[str, np.ndarray],
+) -> None:
+    """Print and write one split's table, its paired comparison with SASRec and its trade-off plot."""
+    from m6gen.ranking.metrics import format_table, paired_bootstrap, write_results
+
+    print(f"\n{split_name} split, {n_users} users, whole catalog ({n_items} items) ranked, history excluded:\n")
+    print(format_table(rows, TABLE_METRICS))
+    written = write_results(out / f"eval_{split_name}", rows)
+    if "SASRec" in per_user:
+        versus = {
+            name: paired_bootstrap(v, per_user["SASRec"], n_resamples=VERSUS_RESAMPLES, level=VERSUS_LEVEL)
+            for name, v in per_user.items()
+            if name != "SASRec"
+        }
+        print(
+            f"\nNDCG@10 against SASRec on the same users (paired bootstrap over users, {VERSUS_RESAMPLES:,} resamples,"
+            f" {VERSUS_LEVEL:.0%} intervals; p_not_better = share of resamples where the row is not above SASRec):\n"
+        )
+        print(format_table(versus, VERSUS_METRICS))
+        written += write_results(out / f"eval_{split_name}_vs_sasrec", versus, VERSUS_METRICS)
+    else:  # an earlier run's comparison would contradict this table
+        for stale in out.glob(f"eval_{split_name}_vs_sasrec.*"):
+            stale.unlink()
+    plot_tradeoff(rows, out / f"tradeoff_{split_name}.png")
+    print(f"\nwrote {', '.join(str(p) for p in written)} and {out / f'tradeoff_{split_name}.png'}")
+
+
+def plot_tradeoff(rows: dict[str, dict[str, float]], path: Path) -> None:
+    """NDCG@10 against intra-list diversity, colour = novelty, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in rows if np.isfinite(rows[n].get("ILD@10", np.nan))]
+    x = [rows[n]["ILD@10"] for n in names]
+    y = [rows[n]["NDCG@10"] for n in names]
+    c = [rows[n].get("Novelty@10", np.nan) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    sc = ax.scatter(x, y, c=c, cmap="viridis", s=60)
+    for xi, yi, n in zip(x, y, names):
+        ax.annotate(n, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    fig.colorbar(sc, label="Novelty@10 (bits)")
+    ax.set_xlabel("intra-list diversity @10")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("accuracy / diversity / novelty trade-off")
+    fig.tight_layout()
+    import io
+
+    from m6gen.files import write_atomic
+
+    image = io.BytesIO()
+    fig.savefig(image, dpi=120, format="png")
+    plt.close(fig)
+    write_atomic(path, image.getvalue())
+
+
+def saved_config(folder: Path):
+    """The SASRecConfig a saved SASRec was trained with (None when unreadable)."""
+    from m6gen.baselines.config import SASRecConfig
+
+    try:
+        return SASRecConfig(**json.loads((folder / "sasrec.json").read_text(encoding="utf-8"))["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.commands.common import run_command
+
+    return run_command(GROUPS, "m6gen eval", HELP, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

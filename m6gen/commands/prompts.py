@@ -1,0 +1,74 @@
+"""``m6gen prompts``: every template (or one) rendered for a real user, the held-out target after it.
+
+m6gen prompts --user 196 --template instruct
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from m6gen.config import DataArgs, ModelArgs, PromptArgs, option
+
+
+@dataclass
+class PromptsArgs:
+    """Whose prompts to show."""
+
+    _argument_group_name = "prompts command"
+
+    users: str | None = option(None, "comma-separated user ids (default: the first user)")
+    chat_tokenizer: bool = option(False, "load --model's tokenizer for chat-style templates")
+
+
+GROUPS = [DataArgs, PromptArgs, ModelArgs, PromptsArgs]
+HELP = "render every template (or only --template) for one user"
+
+
+def run(args) -> int:
+    from m6gen.commands.common import load_data, pick_users, resolve_prompt_args
+    from m6gen.prompts import TemplateLibrary
+
+    ds, split = load_data(args)
+    users = pick_users(split, args.users, 1, ds.interactions)
+    only = args.template  # asked for by name or path: render just that one
+    resolve_prompt_args(args)
+    lib = TemplateLibrary(args.templates, max_history=args.max_history)
+    tokenizer = None
+    if args.chat_tokenizer:  # chat-style templates render through the model's own chat template
+        from m6gen.model import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model, args.gguf_file)
+    retriever = None
+    if args.candidates:  # what a candidate template lists: the retriever's items for this history
+        from m6gen.recommender import load_sasrec
+
+        retriever = load_sasrec(args.candidates, len(ds.catalog))
+    templates = [lib.load_template(name) for name in ([only] if only else lib.names())]
+    for user in users:
+        show_user(args, ds, split, user, templates, tokenizer, retriever, many=len(users) > 1)
+    return 0
+
+
+def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool) -> None:
+    from m6gen.baselines.retrieval import retrieve
+    from m6gen.prompts import user_vars
+
+    history = [ds.catalog[i] for i in split.test_history(user)]
+    candidates = []
+    if retriever is not None:
+        found = retrieve(retriever, [split.test_history(user)], args.n_candidates)
+        candidates = [ds.catalog[int(i)] for i in found[0]]
+    for tpl in templates:
+        prompt = tpl.render_prompt(
+            history, user=user_vars(user, ds.profiles), tokenizer=tokenizer, candidates=candidates
+        )
+        target = tpl.render_target(ds.catalog[split.test[user]])
+        who = f" for user {user}" if many else ""
+        print(f"===== template {tpl.name!r}{who}: {tpl.description}")
+        print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.commands.common import run_command
+
+    return run_command(GROUPS, "m6gen prompts", HELP, run, argv)

@@ -1,0 +1,390 @@
+"""Batch recommendation lists: top-k for many users, appended as it goes, resumable, shardable.
+
+    m6gen recommend --output recs.jsonl                   # every user, full history
+    m6gen recommend --users-file ids.txt --output recs.csv --k 20
+    accelerate launch -m m6gen recommend --output recs.jsonl  # users sharded across processes
+
+JSONL: one line per user, ``{"user_id", "items": [{"rank", "item_id", "title", "score",
+"accuracy", "diversity", "novelty", "logprob"}], "filled"}``. CSV: one row per (user, rank).
+A killed run restarted with the same command skips the users already written (a half-written
+last user is rewritten), so every user ends up exactly once. The options that decide the lists are
+recorded in ``<output>.m6gen.json``; appending with other ones is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from m6gen.commands.common import UsageError
+from m6gen.config import (
+    DataArgs,
+    DecodeArgs,
+    DeviceArgs,
+    ModelArgs,
+    PriorArgs,
+    PromptArgs,
+    RerankArgs,
+    RuntimeArgs,
+    _at_least,
+    option,
+)
+from m6gen.files import append_synced as append
+from m6gen.files import write_atomic
+
+CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diversity", "novelty", "logprob"]
+
+
+@dataclass
+class RecommendArgs:
+    """Whose lists, from which history, into which file."""
+
+    _argument_group_name = "recommend"
+
+    output: str = option(help="output file: .jsonl or .csv (appended; resumes after a kill)")
+    users_file: str | None = option(None, "file with one user id per line (default: all users)")
+    max_users: int | None = option(None, "only the first N users (default: all)")
+    history: Literal["full", "test", "valid"] = option(
+        "full", "what each prompt shows: every known item (full), all but the test item, or the train items"
+    )
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_users", optional=True)
+
+
+GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, PriorArgs, RerankArgs, RuntimeArgs, RecommendArgs]
+HELP = "top-k lists for many users as JSONL/CSV, resumable"
+
+
+class UserListError(UsageError):
+    """A malformed or unknown-id users file."""
+
+
+def read_user_ids(path: str | Path, known: set[str], dropped=()) -> list[str]:
+    """User ids from a file, one per line (blank lines and ``#`` comments skipped), in file order.
+
+    ``dropped``: users in the data without a split (too few interactions), named as such.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserListError(f"{path}: users file does not exist")
+    ids, seen = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of the first id
+    except UnicodeDecodeError as err:
+        raise UserListError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    for n, line in enumerate(lines, 1):
+        uid = line.split("#", 1)[0].strip()
+        if not uid:
+            continue
+        if any(c.isspace() or c == "," for c in uid):
+            raise UserListError(f"{path}:{n}: expected one user id per line, got {line.strip()!r}")
+        if uid not in known:
+            why = "too few interactions for --min-history" if uid in dropped else "unknown user id"
+            raise UserListError(f"{path}:{n}: {why} {uid!r}")
+        if uid not in seen:
+            seen.add(uid)
+            ids.append(uid)
+    if not ids:
+        raise UserListError(f"{path}: no user ids in it")
+    return ids
+
+
+def done_users(path: Path, k: int | None = None, fix: str = "use a new --output") -> list[str]:
+    """Users already complete in an output file; trims a half-written tail so appends stay clean.
+
+    JSONL: each complete line is one complete user. CSV: rows after the last newline are dropped;
+    the last user's rows are dropped too (it is redone) when it has fewer than ``k`` rows (a list
+    that could not be filled is redone the same), or, without ``k``, when the file was cut. Earlier
+    users are kept whatever this run's users are. A file that is not m6gen's output raises
+    :class:`UserListError` naming its line; the message ends with ``fix``.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]  # drop a partial last line
+    try:
+        text = keep.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserListError(
+            f"{path}: not UTF-8 text (byte {err.start}), not an m6gen recommendations file; {fix}"
+        ) from None
+    if path.suffix == ".csv":
+        lines = text.splitlines()
+        if lines and lines[0] != ",".join(CSV_FIELDS):
+            raise UserListError(f"{path}:1: not an m6gen recommendations header ({','.join(CSV_FIELDS)}); {fix}")
+        rows = []
+        for n, row in enumerate(csv.reader(lines[1:]), 2):
+            if len(row) != len(CSV_FIELDS) or not row[0] or not row[1].isdigit():
+                raise UserListError(f"{path}:{n}: not an m6gen recommendations row; {fix}")
+            rows.append(row)
+        if rows:
+            last = rows[-1][0]
+            n_last = sum(r[0] == last for r in rows)
+            if (n_last < k) if k is not None else keep != data:  # cut between its rows (or, without k, maybe)
+                rows = rows[:-n_last]
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([CSV_FIELDS, *rows])
+        if buf.getvalue() != text:
+            keep = buf.getvalue().encode("utf-8")
+        users = list(dict.fromkeys(r[0] for r in rows))
+    else:
+        users = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                users.append(json.loads(line)["user_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserListError(f"{path}:{n}: not an m6gen recommendations line; {fix}") from None
+    if keep != data:
+        write_atomic(path, keep)
+    return users
+
+
+# The options that decide what a recommendation list holds: a file is resumed only with the same ones.
+SETTINGS = (
+    "data",
+    "format",
+    "title_field",
+    "dedupe",
+    "min_history",
+    "unknown_items",
+    "model",
+    "gguf_file",
+    "templates",
+    "template",
+    "max_history",
+    "dtype",
+    "beams",
+    "k",
+    "rank_by",
+    "candidates",
+    "n_candidates",
+    "sasrec",
+    "sasrec_weight",
+    "history",
+    "diversity",
+    "novelty",
+)
+
+
+def settings_of(args) -> dict:
+    """The result-deciding options of a ``recommend`` run; paths that exist are made absolute."""
+    from m6gen.data import default_data_dir
+
+    out = {}
+    for name in SETTINGS:
+        value = getattr(args, name, None)
+        if name == "data" and value is None:
+            value = str(default_data_dir(must_exist=False))
+        if (
+            isinstance(value, str)
+            and name in ("data", "model", "templates", "candidates", "sasrec", "template")
+            and Path(value).exists()
+        ):
+            value = str(Path(value).resolve())
+        out[name] = value
+    if out["sasrec"] is None:  # a weight of nothing changes nothing
+        out["sasrec_weight"] = None
+    return out
+
+
+def settings_file(output: Path) -> Path:
+    return output.with_name(output.name + ".m6gen.json")
+
+
+def check_settings(output: Path, settings: dict, written: Path | None = None) -> str:
+    """Refuse to append to an output file written with other ``settings`` (before anything is trimmed).
+
+    Without this a rerun with, say, another ``--k`` appended lists of another length to the same
+    file, or (JSONL) silently skipped every user as done. ``written``: the file this process
+    appends to (a shard of ``output`` under ``accelerate launch``). Returns "same" (recorded and
+    equal), "new" (nothing written yet) or "unrecorded" (rows from before settings were recorded).
+    """
+    path = settings_file(output)
+    written = written or output
+    header = len(",".join(CSV_FIELDS)) + 1 if output.suffix == ".csv" else 0
+    if not (written.is_file() and written.stat().st_size > header):
+        return "new"
+    if not path.is_file():
+        return "unrecorded"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserListError(f"{path}: damaged settings record of {output}; delete it to append anyway") from None
+    diffs = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    if diffs:
+        more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
+        raise UserListError(
+            f"{output}: written with other options ({diffs[0]}{more}); resume it with the same "
+            f"options, or choose another --output"
+        )
+    return "same"
+
+
+def record_settings(output: Path, settings: dict) -> None:
+    path = settings_file(output)
+    write_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def format_records(users: list[str], results, catalog, fmt: str) -> str:
+    """One chunk of output text for a batch of users (written with a single append)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        for user, res in zip(users, results):
+            for r in res.items:
+                writer.writerow(
+                    {
+                        "user_id": user,
+                        "rank": r.rank,
+                        "item_id": catalog[r.item_id].item_id,
+                        "title": catalog[r.item_id].title,
+                        **_scores(r),
+                    }
+                )
+        return buf.getvalue()
+    lines = []
+    for user, res in zip(users, results):
+        items = [
+            {"rank": r.rank, "item_id": catalog[r.item_id].item_id, "title": catalog[r.item_id].title, **_scores(r)}
+            for r in res.items
+        ]
+        lines.append(json.dumps({"user_id": user, "items": items, "filled": res.filled}, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+def _scores(r) -> dict:
+    return {k: round(float(getattr(r, k)), 6) for k in ("score", "accuracy", "diversity", "novelty", "logprob")}
+
+
+def merge_shards(output: Path, shards: list[Path]) -> None:
+    """Concatenate shard files into ``output`` (atomically), keeping one header for CSV."""
+    parts = []
+    for i, shard in enumerate(shards):
+        lines = shard.read_text(encoding="utf-8").splitlines(keepends=True)
+        parts.extend(lines[1:] if output.suffix == ".csv" and i > 0 else lines)
+    write_atomic(output, "".join(parts))
+    for shard in shards:
+        shard.unlink()
+
+
+class _Processes:
+    """This process's rank among those started by ``accelerate launch`` or ``torchrun``.
+
+    Read from the launcher's environment (RANK, WORLD_SIZE), which both set on CPU and GPU alike;
+    the barrier before merging uses a gloo process group, which needs no GPU.
+    """
+
+    def __init__(self):
+        self.index = int(os.environ.get("RANK", "0"))
+        self.count = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.index == 0
+
+    def wait_for_everyone(self) -> None:
+        if self.count == 1:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from m6gen.commands.common import item_features, load_data, load_recommender, resolve_prompt_args
+    from m6gen.config import check_k_fits_beams
+    from m6gen.prompts import user_vars
+    from m6gen.ranking.rerank import RerankConfig
+
+    check_k_fits_beams(args.groups[RerankArgs], args.groups[DecodeArgs])
+    output = Path(args.output)
+    if output.suffix not in (".jsonl", ".csv"):
+        raise UserListError(f"{output}: --output must end in .jsonl or .csv")
+    if output.is_dir():
+        raise UserListError(f"{output}: --output is a folder; name a .jsonl or .csv file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file" if blocker else err.strerror
+        raise UserListError(f"{output}: cannot create its folder ({why})") from None
+    state = _Processes()
+    ds, split = load_data(args)
+    users = read_user_ids(args.users_file, set(split.train), ds.interactions) if args.users_file else split.users
+    users = users[: args.max_users] if args.max_users else users
+    if not users:
+        raise UsageError(
+            f"no user left to recommend for: every user of {args.data or 'the data'} has fewer than "
+            f"--min-history {args.min_history} interactions (after --unknown-items {args.unknown_items})"
+        )
+    if state.count > 1:  # each process writes its own shard, merged at the end
+        users = users[state.index :: state.count]
+        target = output.with_name(f"{output.stem}.shard{state.index}of{state.count}{output.suffix}")
+    else:
+        target = output
+    resolve_prompt_args(args)  # the run's template, history length and candidates: part of the settings
+    settings = settings_of(args)
+    recorded = check_settings(output, settings, written=target)
+    finished = set(done_users(target, k=args.k))
+    if recorded == "unrecorded":  # written before settings were recorded: trusted, and recorded from now on
+        print(f"note: {output} has no settings record; appending with this run's options", file=sys.stderr)
+    todo = [u for u in users if u not in finished]
+    if output.suffix == ".csv" and (not target.exists() or target.stat().st_size == 0):
+        append(target, ",".join(CSV_FIELDS) + "\n")
+    history_of = {
+        "full": lambda u: split.test_history(u) + [split.test[u]],
+        "test": split.test_history,
+        "valid": split.valid_history,
+    }[args.history]
+    if todo:  # a finished file needs no model
+        rec = load_recommender(args, ds.catalog, preview=(history_of(todo[0]), user_vars(todo[0], ds.profiles)))
+        rec.features = item_features(ds, split)
+    rcfg = RerankConfig(k=args.k, diversity=args.diversity, novelty=args.novelty)
+    bar = tqdm(
+        total=len(users),
+        initial=len(users) - len(todo),
+        desc=f"recommend[{state.index}]",
+        unit="user",
+        disable=not args.progress,
+    )
+    for s in range(0, len(todo), args.batch_size):
+        chunk = todo[s : s + args.batch_size]
+        histories = [history_of(u) for u in chunk]
+        results = rec.recommend(histories, rcfg, profiles=[user_vars(u, ds.profiles) for u in chunk])
+        append(target, format_records(chunk, results, ds.catalog, output.suffix.lstrip(".")))
+        if recorded != "same" and state.is_main:  # with the first rows: a run that fails before leaves no record
+            record_settings(output, settings)
+            recorded = "same"
+        bar.update(len(chunk))
+    bar.close()
+    if state.count > 1:
+        state.wait_for_everyone()
+        if state.is_main:
+            merge_shards(
+                output,
+                [output.with_name(f"{output.stem}.shard{i}of{state.count}{output.suffix}") for i in range(state.count)],
+            )
+    if state.is_main and state.count == 1:
+        already = f" ({len(users) - len(todo)} already there)" if len(todo) < len(users) else ""
+        print(f"wrote {len(todo)} users to {output}{already}", file=sys.stderr)
+    elif state.is_main:
+        print(f"wrote all users to {output}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.commands.common import run_command
+
+    return run_command(GROUPS, "m6gen recommend", HELP, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``m6gen tune-prompts``: a leaderboard of the prompt templates on the validation split.
+
+    m6gen tune-prompts --max-users 100                       # zero-shot, every template in prompts/
+    m6gen tune-prompts --templates my_prompts/ --history-lengths 10,20 --write-config m6gen.yaml
+    m6gen tune-prompts --train-steps 200 --max-users 100     # after a short LoRA run per template
+
+Each template (and each history length asked for) is scored on the same validation users with
+constrained decoding: NDCG@10, HR@10, catalog coverage@10 (share of the catalog in anyone's
+top 10), mean prompt tokens and seconds. The winner's name (and history length) is written to
+``--write-config`` (YAML), which ``m6gen train/recommend/eval --config`` read.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from m6gen.commands.common import UsageError
+from m6gen.config import (
+    ConfigError,
+    DataArgs,
+    DecodeArgs,
+    DeviceArgs,
+    ModelArgs,
+    PromptArgs,
+    RuntimeArgs,
+    _at_least,
+    option,
+)
+
+
+@dataclass
+class TuneArgs:
+    """What the leaderboard tries."""
+
+    _argument_group_name = "tune-prompts"
+
+    history_lengths: str = option("20", "comma list of history lengths to try (each template with each)")
+    tune_users: int = option(100, "validation users scored")
+    train_steps: int = option(0, "short LoRA run per template before scoring (0: zero-shot)")
+    write_config: str = option("m6gen.yaml", "YAML file to record the best template in ('' to skip)")
+
+    def __post_init__(self):
+        _at_least(self, 1, "tune_users")
+        _at_least(self, 0, "train_steps")
+        for part in filter(None, (x.strip() for x in self.history_lengths.split(","))):
+            if not part.isdigit() or int(part) < 1:
+                raise ConfigError(f"history_lengths: expected a comma list of whole numbers >= 1, got {part!r}")
+
+
+GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, TuneArgs, RuntimeArgs]
+HELP = "leaderboard of the prompt templates on validation (--template a,b: only those)"
+
+
+def score_template(
+    rec, histories, targets, profiles: list[dict] | None = None, progress: bool = False
+) -> dict[str, float]:
+    from m6gen.ranking.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, per_user_scores
+
+    t0 = time.perf_counter()
+    beams = rec.generate(histories, profiles=profiles, progress=progress)
+    seconds = time.perf_counter() - t0
+    ranked = [np.array([h.item for h in b], dtype=np.int64) for b in beams]
+    prompt_tokens = np.mean([len(rec.tokenizer(p)["input_ids"]) for p in rec.prompts(histories, profiles)])
+    # Every output is a catalog item by construction (the trie), so validity would always read 1.0;
+    # coverage tells whether a template makes the model recommend the same few titles to everyone.
+    per_user = per_user_scores(ranked, targets, 10)["NDCG"]
+    return {
+        "per_user_NDCG@10": per_user,
+        "NDCG@10": ndcg_at_k(ranked, targets, 10),
+        "HR@10": hit_rate_at_k(ranked, targets, 10),
+        "coverage@10": catalog_coverage(ranked, len(rec.catalog), 10),
+        "prompt_tokens": float(prompt_tokens),
+        "seconds": seconds,
+    }
+
+
+def run(args) -> int:
+    from m6gen.commands.common import load_data
+    from m6gen.model import load_model, load_tokenizer
+    from m6gen.prompts import TemplateLibrary, user_vars
+    from m6gen.ranking.metrics import format_table
+    from m6gen.recommender import RecommendConfig, Recommender, load_sasrec
+
+    lib = TemplateLibrary(args.templates)
+    if args.max_history is not None:
+        raise UsageError(
+            "--max-history: tune-prompts tries each of --history-lengths (now "
+            f"{args.history_lengths!r}); give the lengths there"
+        )
+    names = [n.strip() for n in args.template.split(",") if n.strip()] if args.template else lib.names()
+    lengths = [int(x) for x in args.history_lengths.split(",") if x.strip()]
+    if not names or not lengths:
+        raise UsageError(f"nothing to score: --template {args.template!r} --history-lengths {args.history_lengths!r}")
+    templates = {(name, n): lib.load_template(name, max_history=n) for name in names for n in lengths}
+    ds, split = load_data(args)
+    users = split.users[: args.tune_users]
+    histories = [split.valid_history(u) for u in users]
+    profiles = [user_vars(u, ds.profiles) for u in users]
+    targets = np.array([split.valid[u] for u in users])
+    # every template renders its prompts and the catalog's targets before the first one costs minutes of scoring
+    for template in templates.values():
+        template.render_targets(ds.catalog)
+        for hist, prof in zip(histories, profiles):
+            template.render_prompt([ds.catalog[i] for i in hist], user=prof)
+    tokenizer = load_tokenizer(args.model, args.gguf_file)
+    base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
+    # a retriever: every template is scored on ranking its candidates (candidate templates list them)
+    retriever = load_sasrec(args.candidates, len(ds.catalog)) if args.candidates else None
+    args.n_candidates = args.n_candidates or 20  # short_train reads it too
+    if retriever is None:  # scored without candidates, such a template could only score 0
+        skipped = [n for n in names if templates[n, lengths[0]].reads("candidates")]
+        if skipped:
+            print(
+                f"note: skipping {', '.join(skipped)}: it lists a retriever's candidates; pass --candidates DIR "
+                "(a saved SASRec) to score it",
+                file=sys.stderr,
+            )
+            names = [n for n in names if n not in skipped]
+    if not names:
+        raise UsageError(
+            "nothing to score: every template asked for lists a retriever's candidates; "
+            "pass --candidates DIR (a saved SASRec)"
+        )
+    rows: dict[str, dict[str, float]] = {}
+    for name in names:
+        for max_history in lengths:
+            label = f"{name} (history {max_history})"
+            template = templates[name, max_history]
+            model = base if base is not None else short_train(args, name, max_history)
+            cfg = RecommendConfig(
+                template=name,
+                max_history=max_history,
+                beams=args.beams,
+                batch_size=args.batch_size,
+                rank_by=args.rank_by,
+                n_candidates=args.n_candidates,
+            )
+            rec = Recommender(model, tokenizer, ds.catalog, template, cfg, retriever=retriever)
+            rows[label] = score_template(rec, histories, targets, profiles, progress=args.progress)
+            print(f"{label}: NDCG@10 {rows[label]['NDCG@10']:.4f}, HR@10 {rows[label]['HR@10']:.4f}", flush=True)
+    board = dict(sorted(rows.items(), key=lambda kv: -kv[1]["NDCG@10"]))
+    mode = f"after {args.train_steps} LoRA steps" if args.train_steps else "zero-shot"
+    print(f"\nvalidation, {len(users)} users, {mode}, {args.beams} beams:\n")
+    print(format_table(board, ["NDCG@10", "HR@10", "coverage@10", "prompt_tokens", "seconds"]))
+    best = next(iter(board))
+    warn_if_within_noise(board)
+    best_name, best_len = best.rsplit(" (history ", 1)[0], int(best.rsplit(" ", 1)[1].rstrip(")"))
+    print(f"\nbest: {best_name} with history {best_len}")
+    if args.write_config:
+        record_best(Path(args.write_config), best_name, best_len, args.templates)
+        print(f"recorded in {args.write_config} (used by `--config {args.write_config}`)")
+    return 0
+
+
+def warn_if_within_noise(board: dict[str, dict]) -> None:
+    """Say so when the leader's lead over the runner-up is within a paired bootstrap's 95% interval."""
+    from m6gen.ranking.metrics import paired_bootstrap
+
+    if len(board) < 2:
+        return
+    (first, a), (second, b) = list(board.items())[:2]
+    test = paired_bootstrap(a["per_user_NDCG@10"], b["per_user_NDCG@10"], n_resamples=2000)
+    if test["diff_low"] <= 0:
+        print(
+            f"note: the lead of {first!r} over {second!r} is within noise: NDCG@10 difference {test['diff']:+.4f}, "
+            f"95% interval [{test['diff_low']:+.4f}, {test['diff_high']:+.4f}] over {len(a['per_user_NDCG@10'])} "
+            "users; score more users (--tune-users) before trusting the winner",
+            file=sys.stderr,
+        )
+
+
+def short_train(args, template: str, max_history: int):
+    """A short LoRA run for one template; returns the tuned model (its run folder is removed)."""
+    import shutil
+    import tempfile
+    from dataclasses import asdict
+
+    from m6gen.config import DataArgs
+    from m6gen.training.config import TrainConfig
+    from m6gen.training.loop import train
+    from m6gen.training.run_folder import load_trained
+
+    out = Path(tempfile.mkdtemp(prefix=f"m6gen-tune-{template}-"))
+    # The run's own validation is not used (each template is scored below, on --max-users users):
+    # skip it at the start and keep it to one user at the end, where train always validates.
+    cfg = TrainConfig(
+        **asdict(args.groups[DataArgs]),
+        template=template,
+        max_history=max_history,
+        templates=args.templates,
+        candidates=args.candidates,
+        n_candidates=args.n_candidates,
+        model=args.model,
+        gguf_file=args.gguf_file,
+        max_steps=args.train_steps,
+        output_dir=str(out),
+        eval_every=0,
+        eval_at_start=False,
+        eval_users=1,
+        final_adapter="last",
+        overwrite=True,
+        progress=args.progress,
+    )
+    try:
+        train(cfg)
+        return load_trained(out, dtype=args.dtype, merge=True, device=args.device)[0]  # weights in memory
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def record_best(path: Path, template: str, max_history: int, templates: str | None = None) -> None:
+    """Set ``template``, ``max_history`` (and ``templates``) in the YAML file ``path``, keeping every
+    other line, comments included; keys not there yet are appended."""
+    import json
+    import re
+
+    from m6gen.files import write_atomic
+
+    values = {"template": template, "max_history": max_history}
+    if templates:  # an absolute path: the config may be read from another folder
+        values["templates"] = str(Path(templates).expanduser().resolve())
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for key, value in values.items():
+        text = f"{key}: {json.dumps(value, ensure_ascii=False)}"  # JSON scalars are YAML scalars
+        pattern = re.compile(rf"^{key}\s*:[^#]*(#.*)?$")
+        hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+        for i in hits:
+            comment = pattern.match(lines[i]).group(1)
+            lines[i] = f"{text}  {comment}" if comment else text
+        if not hits:
+            lines.append(text)
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m6gen.commands.common import run_command
+
+    return run_command(GROUPS, "m6gen tune-prompts", HELP, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""Trie-constrained beam search over a causal LM: every finished beam is a catalog item.
+
+Why a custom loop rather than ``generate`` with ``prefix_allowed_tokens_fn``:
+- the prompt is prefilled once per user and its KV cache shared by that user's beams
+  (``generate`` expands the input first and prefills every beam's copy);
+- beams live as flat numpy arrays (``_Beams``: user, trie node, scores); one step expands every
+  beam's trie children with vectorized ops (``CatalogTrie.expand``), no per-beam Python;
+- finished and dead beams leave the batch, so late steps run on fewer rows;
+- seen-item exclusion and candidate subsets are part of the constraint (a subtree whose items
+  are all excluded is never entered), so no beam is spent on an item that will be thrown away.
+
+Three scores per item: ``logprob`` (sum of token log-probabilities), ``normalized`` (divided by
+the number of tokens) and ``catalog`` (each step's probability renormalized over the tokens the
+trie allows, i.e. the item's probability under the model restricted to the catalog).
+
+An optional item prior (e.g. SASRec's log-probabilities, a text-free collaborative signal as in
+"Decoding Matters") joins the search itself: a beam at trie node n carries log P_prior(subtree of n),
+which telescopes along a title into log P_prior(item), so the search ranks by
+``score + prior_weight * prior`` at every step and explores the items the prior favours even where
+the model's first tokens would have pruned them. Reported as ``prior`` (renormalized over the
+items the user may get).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from m6gen.decoding.trie import CatalogTrie
+
+if TYPE_CHECKING:
+    import torch
+
+RANKINGS = ("logprob", "normalized", "catalog")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One generated catalog item with its scores."""
+
+    item: int
+    logprob: float
+    normalized: float
+    catalog: float
+    n_tokens: int
+    prior: float = 0.0  # log P_prior(item), renormalized over the user's allowed items (0 without a prior)
+
+    def score(self, rank_by: str) -> float:
+        return getattr(self, rank_by)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _next_logp(output) -> torch.Tensor:
+    import torch
+
+    return torch.log_softmax(output.logits[:, -1, :].float(), dim=-1)  # (rows, V)
+
+
+def _top_per_user(users: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores of each user (stable: earlier wins ties)."""
+    if len(users) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((-scores, users))
+    su = users[order]
+    seg_start = np.r_[0, np.flatnonzero(su[1:] != su[:-1]) + 1]
+    rank = np.arange(len(order)) - np.repeat(seg_start, np.diff(np.r_[seg_start, len(order)]))
+    return order[rank < k]
+
+
+def _segment_logsumexp(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """logsumexp of ``values`` within runs of equal ``segments`` (runs are contiguous), per element."""
+    if len(values) == 0:  # reduceat needs at least one element
+        return values
+    starts = np.r_[0, np.flatnonzero(segments[1:] != segments[:-1]) + 1]
+    peak = np.maximum.reduceat(values, starts)
+    lengths = np.diff(np.r_[starts, len(values)])
+    peak_each = np.repeat(peak, lengths)
+    lse = peak + np.log(np.add.reduceat(np.exp(values - peak_each), starts))
+    return np.repeat(lse, lengths)
+
+
+class _PriorMass:
+    """Per-user prior probability mass of every trie subtree: cumulative sums in the trie's sorted order."""
+
+    def __init__(
+        self,
+        trie: CatalogTrie,
+        log_prior: np.ndarray,
+        banned: list[np.ndarray] | None,
+        allowed: list[np.ndarray] | None,
+    ):
+        log_prior = np.asarray(log_prior, dtype=np.float64)
+        if log_prior.ndim != 2 or log_prior.shape[1] != trie.n_items:
+            raise ValueError(f"prior must be (users, {trie.n_items} items) log-scores, got shape {log_prior.shape}")
+        p = np.exp(log_prior - log_prior.max(axis=1, keepdims=True))  # (U, I)
+        for u in range(len(p)):
+            if banned is not None:
+                p[u, np.asarray(banned[u], dtype=np.int64)] = 0.0
+            if allowed is not None:
+                keep = np.zeros(trie.n_items, dtype=bool)
+                keep[np.asarray(allowed[u], dtype=np.int64)] = True
+                p[u, ~keep] = 0.0
+        ordered = np.zeros_like(p)
+        ordered[:, trie.item_rank] = p  # column r = the item with sorted rank r
+        self.cum = np.zeros((len(p), trie.n_items + 1))
+        np.cumsum(ordered, axis=1, out=self.cum[:, 1:])
+        self.trie = trie
+        self.root = self.log_mass(np.arange(len(p)), np.zeros(len(p), dtype=np.int64))
+
+    def log_mass(self, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        mass = self.cum[users, self.trie.row_hi[nodes]] - self.cum[users, self.trie.row_lo[nodes]]
+        return np.log(np.maximum(mass, 1e-300))
+
+
+class _ItemSets:
+    """Per-user item sets as sorted keys for subtree counting (see ``CatalogTrie.count_in_subtrees``)."""
+
+    def __init__(self, trie: CatalogTrie, sets: list[np.ndarray]):
+        self.trie = trie
+        self.keys = trie.user_item_keys(sets)
+
+    def count(self, users: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        return self.trie.count_in_subtrees(self.keys, users, nodes)
+
+
+@dataclass
+class _Constraint:
+    """Which trie subtrees each user may enter, and the item prior they carry."""
+
+    trie: CatalogTrie
+    banned: _ItemSets | None
+    allowed: _ItemSets | None
+    prior: _PriorMass | None
+    prior_weight: float
+
+    @classmethod
+    def build(
+        cls,
+        trie: CatalogTrie,
+        banned: list[np.ndarray] | None,
+        allowed: list[np.ndarray] | None,
+        prior: np.ndarray | None,
+        prior_weight: float,
+    ) -> _Constraint:
+        if allowed is not None and banned is not None:  # the prior is renormalized over what is left
+            allowed = [
+                np.setdiff1d(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+                for a, b in zip(allowed, banned)
+            ]
+        return cls(
+            trie,
+            _ItemSets(trie, banned) if banned is not None else None,
+            _ItemSets(trie, allowed) if allowed is not None else None,
+            _PriorMass(trie, prior, banned, allowed) if prior is not None else None,
+            prior_weight,
+        )
+
+    def children(self, beams: _Beams) -> tuple[np.ndarray, np.ndarray]:
+        """(parent beam index, child node) of every child that still holds an item its user may get."""
+        parent, child = self.trie.expand(beams.node)
+        users = beams.user[parent]
+        keep = np.ones(len(child), dtype=bool)
+        if self.banned is not None:  # a subtree whose items are all banned is never entered
+            keep &= self.banned.count(users, child) < self.trie.subtree_size(child)
+        if self.allowed is not None:
+            keep &= self.allowed.count(users, child) > 0
+        return parent[keep], child[keep]
+
+
+@dataclass
+class _Beams:
+    """Beams (live ones, candidates or finished ones) as parallel numpy arrays, one entry per beam.
+
+    The score fields are named as in :class:`Hypothesis`; ``score`` is what the search ranks by.
+    """
+
+    user: np.ndarray  # int64
+    node: np.ndarray  # int64: trie node reached (a leaf once the beam is finished)
+    logprob: np.ndarray  # float64
+    catalog: np.ndarray  # float64
+    prior: np.ndarray  # float64: log P_prior(subtree of node), 0 without a prior
+    n_tokens: np.ndarray  # int64
+    score: np.ndarray  # float64: logprob or catalog, + prior_weight * prior
+
+    @classmethod
+    def at_root(cls, n_users: int) -> _Beams:
+        zeros = np.zeros(n_users)  # shared: no step writes into a beam array in place
+        return cls(
+            np.arange(n_users),
+            np.zeros(n_users, dtype=np.int64),
+            zeros,
+            zeros,
+            zeros,
+            np.zeros(n_users, dtype=np.int64),
+            zeros,
+        )
+
+    def take(self, index: np.ndarray) -> _Beams:
+        return _Beams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def concat(self, other: _Beams) -> _Beams:
+        return _Beams(**{f.name: np.r_[getattr(self, f.name), getattr(other, f.name)] for f in fields(self)})
+
+
+@dataclass
+class _Finished:
+    """The pool of finished items: each user's best ``size`` by score, in (user, best first) order."""
+
+    n_users: int
+    size: int
+    beams: _Beams
+
+    def add(self, leaves: _Beams) -> None:
+        pool = self.beams.concat(leaves)
+        self.beams = pool.take(_top_per_user(pool.user, pool.score, self.size))
+
+    def beats(self, users: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Whether each user's pool is full and its worst item scores at least ``scores``."""
+        full = np.bincount(self.beams.user, minlength=self.n_users) >= self.size
+        worst = np.full(self.n_users, np.inf)
+        np.minimum.at(worst, self.beams.user, self.beams.score)
+        return full[users] & (scores <= worst[users])
+
+    def hypotheses(self, trie: CatalogTrie) -> list[list[Hypothesis]]:
+        b = self.beams
+        results: list[list[Hypothesis]] = [[] for _ in range(self.n_users)]
+        for j in np.lexsort((-b.score, b.user)):
+            results[int(b.user[j])].append(
+                Hypothesis(
+                    item=int(trie.node_item[b.node[j]]),
+                    logprob=float(b.logprob[j]),
+                    normalized=float(b.logprob[j] / b.n_tokens[j]),
+                    catalog=float(b.catalog[j]),
+                    n_tokens=int(b.n_tokens[j]),
+                    prior=float(b.prior[j]),
+                )
+            )
+        return results
+
+
+@dataclass
+class _Decoder:
+    """The model side: one KV-cache row per live beam, the attention mask, the next token's log-probabilities."""
+
+    model: object
+    cache_kwarg: str
+    cache: object
+    mask: torch.Tensor  # (rows, width) long: 1 on real tokens, 0 on left padding
+    logp: torch.Tensor  # (rows, V) float32
+
+    @classmethod
+    def prefill(cls, model, prompt_ids: list[list[int]], pad_token_id: int) -> _Decoder:
+        """Each prompt once (left-padded); only the last position's logits are needed."""
+        import torch
+
+        width = max(len(p) for p in prompt_ids)
+        ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for u, p in enumerate(prompt_ids):
+            ids[u, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[u, width - len(p) :] = 1
+        device = next(model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        return cls(model, _cache_kwarg(model), _cache_of(out), mask, _next_logp(out))
+
+    def token_logprobs(self, rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """float64 log-probability of ``tokens[i]`` following row ``rows[i]``."""
+        import torch
+
+        device = self.mask.device
+        return self.logp[torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)].double().cpu().numpy()
+
+    def advance(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """Keep the given rows (a row may be repeated: a beam with several children) and feed each its token."""
+        import torch
+
+        device = self.mask.device
+        rows_t = torch.from_numpy(rows).to(device)
+        self.cache.reorder_cache(rows_t)
+        ones = torch.ones((len(rows), 1), dtype=self.mask.dtype, device=device)
+        self.mask = torch.cat([self.mask[rows_t], ones], dim=1)  # (rows, width + 1)
+        step_ids = torch.from_numpy(tokens).to(device).unsqueeze(1)  # (rows, 1)
+        position_ids = self.mask.sum(-1, keepdim=True) - 1  # (rows, 1)
+        out = self.model(
+            input_ids=step_ids,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{self.cache_kwarg: self.cache},
+        )
+        self.cache = _cache_of(out)
+        self.logp = _next_logp(out)
+
+
+@dataclass
+class _Timing:
+    """What ``stats`` reports."""
+
+    model_s: float = 0.0
+    constraint_s: float = 0.0
+    steps: int = 0
+    rows: int = 0
+
+
+def _expand(beams: _Beams, decoder: _Decoder, constraint: _Constraint, search_by: str) -> tuple[np.ndarray, _Beams]:
+    """Every beam extended by each child its user may enter: (parent beam index, candidates)."""
+    parent, child = constraint.children(beams)
+    users = beams.user[parent]
+    step_lp = decoder.token_logprobs(parent, constraint.trie.node_token[child].astype(np.int64))
+    step_cat = step_lp - _segment_logsumexp(step_lp, parent)  # renormalized over the allowed children
+    logprob = beams.logprob[parent] + step_lp
+    catalog = beams.catalog[parent] + step_cat
+    score = logprob if search_by == "logprob" else catalog
+    if constraint.prior is not None:  # log P_prior(subtree of child): the sum of the steps' prior terms
+        prior = constraint.prior.log_mass(users, child) - constraint.prior.root[users]
+        score = score + constraint.prior_weight * prior
+    else:
+        prior = np.zeros(len(child))
+    return parent, _Beams(users, child, logprob, catalog, prior, beams.n_tokens[parent] + 1, score)
+
+
+def _prune(cands: _Beams, unfinished: np.ndarray, finished: _Finished) -> np.ndarray:
+    """Indices of the candidates that go on: each user's best ``finished.size`` unfinished ones, unless
+    the user's pool is full and already beats them (scores only fall as a beam grows, so that is final)."""
+    live = unfinished[_top_per_user(cands.user[unfinished], cands.score[unfinished], finished.size)]
+    return live[~finished.beats(cands.user[live], cands.score[live])]
+
+
+def _check_inputs(
+    prompt_ids: list[list[int]], banned: list[np.ndarray] | None, allowed: list[np.ndarray] | None, prior_weight: float
+) -> None:
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token")
+    if banned is not None and len(banned) != len(prompt_ids) or allowed is not None and len(allowed) != len(prompt_ids):
+        raise ValueError("banned/allowed need one entry per prompt")
+    if prior_weight < 0:
+        raise ValueError(f"prior_weight must be >= 0 (scores must only fall as a beam grows), got {prior_weight}")
+
+
+def constrained_beam_search(
+    model,
+    trie: CatalogTrie,
+    prompt_ids: list[list[int]],
+    num_beams: int = 20,
+    *,
+    banned: list[np.ndarray] | None = None,
+    allowed: list[np.ndarray] | None = None,
+    search_by: str = "logprob",
+    pad_token_id: int = 0,
+    max_new_tokens: int | None = None,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 1.0,
+    stats: dict | None = None,
+) -> list[list[Hypothesis]]:
+    """Up to ``num_beams`` distinct catalog items per prompt, best first by ``search_by``.
+
+    Args:
+        model: a Hugging Face causal LM (any dtype); run under ``torch.no_grad``.
+        trie: the catalog trie built from the same tokenizer.
+        prompt_ids: one token-id list per user; lengths may differ (left-padded here).
+        banned: per user, item indices that must not be generated (e.g. the history).
+        allowed: per user, the only item indices that may be generated (a candidate subset).
+        search_by: "logprob" or "catalog": the beam objective, also the returned order.
+            (Rank by "normalized" afterwards with :func:`rank_hypotheses`.)
+        max_new_tokens: cap on generated tokens (default: the trie's depth, so every title can end).
+        prior: (users, items) log-scores of an item prior (e.g. SASRec log-probabilities); the
+            search ranks by ``search_by`` score + ``prior_weight`` * log P_prior(item), applied
+            token by token through the trie (see the module docstring). Results are in that order.
+        stats: if given, filled with seconds spent in the model (``model_s``) and in the
+            constraint bookkeeping (``constraint_s``), the number of ``steps`` and ``rows`` run.
+    """
+    import time
+
+    if search_by not in ("logprob", "catalog"):
+        raise ValueError(f"search_by={search_by!r}: beams are searched by 'logprob' or 'catalog'")
+    if num_beams < 1:
+        raise ValueError("num_beams must be >= 1")
+    if len(prompt_ids) == 0:
+        return []
+    _check_inputs(prompt_ids, banned, allowed, prior_weight)
+    constraint = _Constraint.build(trie, banned, allowed, prior, prior_weight)
+    max_steps = trie.max_depth if max_new_tokens is None else min(max_new_tokens, trie.max_depth)
+    timing = _Timing()
+    clock = time.perf_counter()
+    decoder = _Decoder.prefill(model, prompt_ids, pad_token_id)
+    timing.model_s += time.perf_counter() - clock
+    beams = _Beams.at_root(len(prompt_ids))  # beam r is row r of the decoder
+    finished = _Finished(len(prompt_ids), num_beams, _Beams.at_root(0))
+
+    for step in range(max_steps):
+        clock = time.perf_counter()
+        parent, cands = _expand(beams, decoder, constraint, search_by)
+        leaf = trie.node_item[cands.node] >= 0  # the end marker was reached
+        finished.add(cands.take(leaf))
+        live = _prune(cands, np.flatnonzero(~leaf), finished)
+        timing.constraint_s += time.perf_counter() - clock
+        if len(live) == 0 or step == max_steps - 1:
+            break
+        beams = cands.take(live)
+        clock = time.perf_counter()
+        decoder.advance(parent[live], trie.node_token[beams.node].astype(np.int64))
+        timing.model_s += time.perf_counter() - clock
+        timing.steps += 1
+        timing.rows += len(live)
+
+    if stats is not None:
+        stats.update(asdict(timing))
+    return finished.hypotheses(trie)
+
+
+def rank_hypotheses(hyps: list[Hypothesis], rank_by: str) -> list[Hypothesis]:
+    """Hypotheses sorted best first by one of :data:`RANKINGS` (stable)."""
+    if rank_by not in RANKINGS:
+        raise ValueError(f"rank_by={rank_by!r}: expected one of {RANKINGS}")
+    return sorted(hyps, key=lambda h: -h.score(rank_by))
+
+
+def score_items(model, trie: CatalogTrie, prompt_ids: list[int], items: list[int]) -> list[Hypothesis]:
+    """Exact scores of given items for one prompt by teacher forcing (the reference the beam
+    search is tested against, and a way to score a short candidate list)."""
+    import torch
+
+    device = next(model.parameters()).device
+    seqs = [trie.sequence(i) for i in items]
+    full = [prompt_ids + s for s in seqs]
+    width = max(len(f) for f in full)
+    ids = torch.zeros((len(full), width), dtype=torch.long)
+    mask = torch.zeros((len(full), width), dtype=torch.long)
+    for r, f in enumerate(full):
+        ids[r, : len(f)] = torch.tensor(f)
+        mask[r, : len(f)] = 1
+    logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+    out = []
+    p = len(prompt_ids)
+    for r, (item, seq) in enumerate(zip(items, seqs)):
+        lp = cat = 0.0
+        node = 0
+        for t, tok in enumerate(seq):
+            row = logp[r, p + t - 1].double()
+            allowed, children = trie.children(node)
+            lp_tok = float(row[tok])
+            cat += lp_tok - float(torch.logsumexp(row[torch.from_numpy(allowed)], 0))
+            lp += lp_tok
+            node = int(children[np.flatnonzero(allowed == tok)[0]])
+        out.append(Hypothesis(item=item, logprob=lp, normalized=lp / len(seq), catalog=cat, n_tokens=len(seq)))
+    return out
+
+
+@dataclass(frozen=True)
+class OpenOutput:
+    """One title from unconstrained ("open") generation; ``item`` is -1 outside the catalog."""
+
+    text: str
+    item: int
+    logprob: float
+
+    @property
+    def in_catalog(self) -> bool:
+        return self.item >= 0
+
+
+def open_generate(
+    model, tokenizer, prompt_ids: list[list[int]], targets: list[str], num_beams: int = 20, max_new_tokens: int = 24
+) -> list[list[OpenOutput]]:
+    """Unconstrained beam search (M6-Rec's open-ended setting): the model may name any title.
+
+    Each output is matched against the catalog's target texts (exactly, then ignoring surrounding
+    whitespace) and flagged as in the catalog or not.
+    """
+    import torch
+
+    lookup = {t.strip(): i for i, t in enumerate(targets)}
+    width = max(len(p) for p in prompt_ids)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            length_penalty=0.0,
+            early_stopping=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    texts = tokenizer.batch_decode(out.sequences[:, width:], skip_special_tokens=True)
+    scores = out.sequences_scores.tolist()
+    results = []
+    for u in range(len(prompt_ids)):
+        row = []
+        for text, score in zip(texts[u * num_beams : (u + 1) * num_beams], scores[u * num_beams : (u + 1) * num_beams]):
+            # A plain-text template's next line is not part of the title; a beam may open with a newline.
+            text = next((line for line in text.split("\n") if line.strip()), "")
+            row.append(OpenOutput(text=text, item=lookup.get(text.strip(), -1), logprob=float(score)))
+        results.append(row)
+    return results

@@ -1,0 +1,400 @@
+"""The recommender end to end: histories -> prompts -> constrained beams -> reranked top-k.
+
+Glue only: each stage lives in its own module (prompts, model, trie, generate, rerank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from m6gen.config import DataArgs, PromptArgs
+from m6gen.data.catalog import Catalog
+from m6gen.decoding.search import RANKINGS, Hypothesis, constrained_beam_search, rank_hypotheses
+from m6gen.ranking.rerank import ItemFeatures, RerankConfig, RerankResult, rerank
+
+
+@dataclass
+class RecommendConfig:
+    """How recommendations are generated (the reranker has its own :class:`RerankConfig`).
+
+    ``template``, ``max_history`` and ``n_candidates`` left as None mean: the trained run's own,
+    else the package defaults (titles, 20, 20); :func:`resolve_prompt` fills them.
+    """
+
+    template: str | None = field(default=None, metadata={"help": "prompt template name in prompts/ (or a .jinja path)"})
+    max_history: int | None = field(default=None, metadata={"help": "most recent history items shown in the prompt"})
+    beams: int = field(default=20, metadata={"help": "beams = catalog items generated per user before reranking"})
+    batch_size: int = field(default=8, metadata={"help": "users decoded together"})
+    rank_by: str = field(default="logprob", metadata={"help": f"beam score to rank by: one of {RANKINGS}"})
+    exclude_seen: bool = field(default=True, metadata={"help": "never generate items from the user's history"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype: auto, float32 or bfloat16"})
+    n_candidates: int | None = field(
+        default=None, metadata={"help": "items a retriever proposes per user (the prompt lists them, all are ranked)"}
+    )
+
+    def __post_init__(self):
+        if self.rank_by not in RANKINGS:
+            raise ValueError(f"rank_by={self.rank_by!r}: expected one of {RANKINGS}")
+        for name in ("max_history", "beams", "batch_size", "n_candidates"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+class Recommender:
+    """A causal LM, its tokenizer, a prompt template and the catalog trie, ready to recommend."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        catalog: Catalog,
+        template,
+        config: RecommendConfig | None = None,
+        trie=None,
+        trie_cache: str | Path | None = None,
+        features: ItemFeatures | None = None,
+        prior=None,
+        prior_weight: float = 1.0,
+        retriever=None,
+    ):
+        """``prior``: optional function from histories to (users, items) log-scores, e.g. ``SASRec.score``,
+        searched with weight ``prior_weight`` by :meth:`recommend` (see :meth:`generate`).
+        ``retriever``: e.g. a ``SASRec``; each prompt then lists its top ``config.n_candidates``
+        items (a model trained with ``m6gen train --candidates``) and the search ranks those."""
+        from m6gen.model import build_catalog_trie
+
+        self.model, self.tokenizer, self.catalog, self.template = model, tokenizer, catalog, template
+        config = config or RecommendConfig()
+        self.config = replace(
+            config,
+            template=config.template or template.name,
+            max_history=config.max_history or 20,
+            n_candidates=config.n_candidates or 20,
+        )
+        self.template.max_history = self.config.max_history
+        self.targets = template.render_targets(catalog)
+        self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
+        self.features = features
+        self.prior, self.prior_weight = prior, prior_weight
+        self.retriever = retriever
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path | None,
+        catalog: Catalog,
+        config: RecommendConfig | None = None,
+        *,
+        templates: str | Path | None = None,
+        gguf_file: str | None = None,
+        device: str = "auto",
+        sasrec: str | Path | None = None,
+        sasrec_weight: float = 1.0,
+        features: ItemFeatures | None = None,
+        candidates: str | Path | None = None,
+    ) -> Recommender:
+        """Load a model and make it a recommender over ``catalog``.
+
+        ``model``: an m6gen training folder (its LoRA adapter merged in for speed; its template and
+        history length unless ``config`` is given), a Hugging Face model id or folder, a ``.gguf``
+        file, or None for the default SmolLM2-135M-Instruct. ``templates``: an extra folder searched
+        before ``prompts/``. ``device``: auto (the GPU or other accelerator torch sees, else the CPU),
+        cpu, cuda, cuda:1, mps. ``sasrec``: a saved SASRec folder (``m6gen eval`` writes
+        ``<model>/baselines/sasrec``) whose log-probabilities join the search with ``sasrec_weight``.
+        ``candidates``: a saved SASRec folder proposing the candidates a candidate-prompt model ranks
+        (default: the retriever the run was trained with, ``m6gen train --candidates``).
+        """
+        from m6gen.model import load_model, load_tokenizer
+        from m6gen.prompts import TemplateLibrary
+        from m6gen.training.run_folder import load_trained, trained_run_config
+
+        run = trained_run_config(model)
+        if run is not None:
+            from m6gen.model import ModelError
+            from m6gen.training.run_folder import read_run_config
+
+            trained_on = read_run_config(model)[1].get("n_items")  # the run's "resolved" facts
+            if trained_on is not None and trained_on != len(catalog):  # another data set's catalog
+                raise ModelError(
+                    f"{model}: trained on a catalog of {trained_on} items ({run.data}), "
+                    f"this one has {len(catalog)}: load the run's own data"
+                )
+        config = config or RecommendConfig()
+        prompt = resolve_prompt(
+            model,
+            PromptArgs(
+                templates=templates,
+                template=config.template,
+                max_history=config.max_history,
+                candidates=candidates,
+                n_candidates=config.n_candidates,
+            ),
+        )
+        config = replace(
+            config, template=prompt.template, max_history=prompt.max_history, n_candidates=prompt.n_candidates
+        )
+        template = TemplateLibrary(prompt.templates, max_history=config.max_history).load_template(config.template)
+        if run is not None:
+            lm, tokenizer, _ = load_trained(model, dtype=config.dtype, merge=True, device=device)
+        else:
+            model = None if model is None else str(model)
+            tokenizer = load_tokenizer(model, gguf_file)
+            lm = load_model(model, gguf_file, dtype=config.dtype, device=device)
+        prior = load_sasrec(sasrec, len(catalog)).score if sasrec is not None else None
+        retriever = load_sasrec(prompt.candidates, len(catalog)) if prompt.candidates else None
+        return cls(
+            lm,
+            tokenizer,
+            catalog,
+            template,
+            config,
+            features=features,
+            prior=prior,
+            prior_weight=sasrec_weight,
+            retriever=retriever,
+        )
+
+    def with_template(self, template) -> Recommender:
+        """The same recommender (model, prior, retriever, features, settings) with another template."""
+        return Recommender(
+            self.model,
+            self.tokenizer,
+            self.catalog,
+            template,
+            replace(self.config, template=template.name),
+            features=self.features,
+            prior=self.prior,
+            prior_weight=self.prior_weight,
+            retriever=self.retriever,
+        )
+
+    def candidates(self, histories: list[list[int]]) -> list[np.ndarray] | None:
+        """The retriever's candidates per history, in catalog order (None without a retriever)."""
+        from m6gen.baselines.retrieval import retrieve
+
+        if self.retriever is None:
+            return None
+        return retrieve(self.retriever, histories, self.config.n_candidates, exclude_seen=self.config.exclude_seen)
+
+    def prompts(
+        self, histories: list[list[int]], profiles: list[dict] | None = None, candidates: list[np.ndarray] | None = None
+    ) -> list[str]:
+        """Prompt texts; ``candidates`` default to :meth:`candidates`."""
+        self._check_histories(histories)
+        return self._render_prompts(histories, profiles, candidates)
+
+    def _render_prompts(self, histories, profiles=None, candidates=None) -> list[str]:
+        """:meth:`prompts` for histories already checked (:meth:`generate` checks them all once)."""
+        profiles = profiles or [{} for _ in histories]
+        candidates = candidates if candidates is not None else self.candidates(histories)
+        return [
+            self.template.render_prompt(
+                [self.catalog[i] for i in hist],
+                user=prof,
+                tokenizer=self.tokenizer,
+                candidates=[self.catalog[int(i)] for i in c],
+            )
+            for hist, prof, c in zip(histories, profiles, candidates or [() for _ in histories])
+        ]
+
+    def generate(
+        self,
+        histories: list[list[int]],
+        profiles: list[dict] | None = None,
+        allowed: list[np.ndarray] | None = None,
+        progress: bool = False,
+        prior="own",
+        prior_weight: float | None = None,
+        desc: str = "generating",
+    ) -> list[list[Hypothesis]]:
+        """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``: the beams
+        :meth:`recommend` reranks.
+
+        ``histories``: catalog indices (``catalog.index_of(item_id)``), oldest first.
+        ``prior``: a function from a batch of histories to (users, items) log-scores (e.g.
+        ``SASRec.score``), blended into the search with ``prior_weight`` (see
+        :func:`m6gen.decoding.search.constrained_beam_search`); the beams then come in the search's
+        order, ``rank_by`` score + ``prior_weight`` * log-prior. "own" (default): the recommender's
+        own (``from_pretrained(sasrec=...)``), None: none. With a retriever every one of its
+        candidates is scored (the search keeps ``n_candidates`` beams, limited to them).
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        from m6gen.model import encode_prompts
+
+        if isinstance(prior, str):
+            if prior != "own":
+                raise ValueError(f"prior={prior!r}: expected 'own', None or a function of histories")
+            prior, prior_weight = self.prior, self.prior_weight if prior_weight is None else prior_weight
+        prior_weight = 1.0 if prior_weight is None else prior_weight
+        self._check_histories(histories)
+        cfg = self.config
+        search_by = "catalog" if cfg.rank_by == "catalog" else "logprob"
+        out: list[list[Hypothesis]] = []
+        starts = range(0, len(histories), cfg.batch_size)
+        with tqdm(total=len(histories), desc=desc, unit="user", disable=not progress, leave=False) as bar:
+            for s in starts:
+                hist = histories[s : s + cfg.batch_size]
+                cands = self.candidates(hist)
+                if cands is not None:  # only the retriever's items, all of them
+                    given = allowed[s : s + cfg.batch_size] if allowed is not None else None
+                    limit = cands if given is None else [np.intersect1d(c, g) for c, g in zip(cands, given)]
+                else:
+                    limit = allowed[s : s + cfg.batch_size] if allowed is not None else None
+                batch_profiles = profiles[s : s + cfg.batch_size] if profiles else None
+                prompt_ids = encode_prompts(self.tokenizer, self._render_prompts(hist, batch_profiles, cands))
+                self._check_context(prompt_ids)
+                banned = [np.asarray(h, dtype=np.int64) for h in hist] if cfg.exclude_seen else None
+                with torch.no_grad():
+                    beams = constrained_beam_search(
+                        self.model,
+                        self.trie,
+                        prompt_ids,
+                        cfg.n_candidates if cands is not None else cfg.beams,
+                        banned=banned,
+                        allowed=limit,
+                        search_by=search_by,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        prior=prior(hist) if prior is not None else None,
+                        prior_weight=prior_weight,
+                    )
+                out.extend(
+                    b if prior is not None and cfg.rank_by != "normalized" else rank_hypotheses(b, cfg.rank_by)
+                    for b in beams
+                )
+                bar.update(len(hist))
+        return out
+
+    def _check_histories(self, histories) -> None:
+        """Histories hold catalog indices; a raw data id or an index past the catalog is named, not a deep IndexError
+        (and a negative one is not read from the catalog's end)."""
+        n = len(self.catalog)
+        for u, hist in enumerate(histories):
+            for i in hist:
+                if not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+                    raise ValueError(
+                        f"history {u}: {i!r} is not a catalog index (0..{n - 1}); histories hold catalog "
+                        f"indices, e.g. catalog.index_of(item_id) for an id of the data files"
+                    )
+
+    def _check_context(self, prompt_ids: list[list[int]]) -> None:
+        """A prompt plus the longest title must fit the model's context: past it the output is noise."""
+        from m6gen.prompts import TemplateError
+
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        longest = max(len(p) for p in prompt_ids) + self.trie.max_depth
+        if isinstance(context, int) and longest > context:
+            raise TemplateError(
+                f"template {self.template.path}: a prompt of {longest - self.trie.max_depth} tokens "
+                f"plus a title of up to {self.trie.max_depth} exceeds the model's context of "
+                f"{context} tokens; show fewer items (--max-history, now {self.config.max_history})"
+            )
+
+    def recommend(
+        self,
+        histories: list[list[int]],
+        rerank_config: RerankConfig | None = None,
+        profiles: list[dict] | None = None,
+        progress: bool = False,
+    ) -> list[RerankResult]:
+        """Final top-k per history: beams reranked for accuracy, diversity and novelty."""
+        rcfg = rerank_config or RerankConfig()
+        results = []
+        generated = self.generate(histories, profiles, progress=progress)  # with the recommender's own prior
+        w = self.prior_weight if self.prior is not None else 0.0
+        for hist, beams in zip(histories, generated):
+            ids = np.array([h.item for h in beams], dtype=np.int64)
+            # The reranker calibrates with a softmax over log-scores; feed it the ranking score.
+            scores = np.array([h.score(self.config.rank_by) + w * h.prior for h in beams], dtype=np.float64)
+            result = rerank(ids, scores, seen=set(hist), features=self.features, config=rcfg)
+            # Report the language model's own log-probability, not the ranking score it was given.
+            lm = {h.item: h.logprob for h in sorted(beams, key=lambda h: h.logprob)}  # best beam per item wins
+            results.append(replace(result, items=[replace(r, logprob=lm[r.item_id]) for r in result.items]))
+        return results
+
+
+def run_templates(model, run) -> tuple[str | None, str]:
+    """(folder searched first, template name or path) that give a run its own template.
+
+    The copy the run saved (``<run>/prompts/``), so later edits of the original change nothing;
+    runs saved before there was one read the template where they were trained from (None: the
+    shipped folder), and a folder that is gone is an error naming the run.
+    """
+    from m6gen.prompts import SUFFIX
+    from m6gen.training.run_folder import SAVED_TEMPLATES
+
+    name = Path(run.template).name.removesuffix(SUFFIX)
+    saved = Path(model) / SAVED_TEMPLATES
+    if (saved / f"{name}{SUFFIX}").is_file():
+        return str(saved), name
+    if run.templates and not Path(run.templates).is_dir():
+        from m6gen.model import ModelError
+
+        raise ModelError(
+            f"{model} was trained with templates from {run.templates}, which is not there: "
+            f"pass --templates DIR (a folder holding {run.template}.jinja)"
+        )
+    return run.templates, run.template
+
+
+def resolve_prompt(model, prompt: PromptArgs) -> PromptArgs:
+    """``prompt`` with what was left unset taken from the trained run ``model`` (else the defaults).
+
+    The one place where a run folder's template (its own saved copy), history length, retriever and
+    number of candidates are resolved; every command and ``from_pretrained`` go through it.
+    """
+    from m6gen.training.run_folder import trained_run_config
+
+    run = trained_run_config(model)
+    template = prompt.template or (run.template if run else "titles")
+    templates = prompt.templates
+    if run is not None and templates is None and template in (run.template, Path(run.template).stem):
+        templates, template = run_templates(model, run)  # the run's own copy of its template
+    return replace(
+        prompt,
+        templates=templates,
+        template=template,
+        max_history=prompt.max_history or (run.max_history if run else 20),
+        n_candidates=prompt.n_candidates or (run.n_candidates if run else 20),
+        candidates=prompt.candidates or (run.candidates if run else None),
+    )
+
+
+def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
+    """``data`` with, when no folder is given and ``model`` is a trained run, the run's own data
+    folder and the data options left at their defaults (``say`` tells the user)."""
+    from m6gen.data import default_data_dir
+    from m6gen.training.run_folder import trained_run_config
+
+    run = trained_run_config(model) if data.data is None else None
+    if run is None or not run.data:
+        return data
+    if not Path(run.data).is_dir():  # e.g. trained on another machine
+        say(f"note: {model} was trained on data at {run.data}, which is not here; using the default data (pass --data)")
+        return data
+    defaults = DataArgs()
+    changes = {"data": run.data}
+    for name in ("format", "title_field", "dedupe", "unknown_items"):
+        if getattr(data, name) == getattr(defaults, name):
+            changes[name] = getattr(run, name)
+    if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():
+        say(f"note: data {run.data} (the one {model} was trained on; --data to change)")
+    return replace(data, **changes)
+
+
+def load_sasrec(folder: str | Path, n_items: int):
+    """A saved SASRec for a catalog of ``n_items``; a one-line :class:`ModelError` when it is not one."""
+    from m6gen.baselines.sasrec import SASRec
+    from m6gen.model import ModelError
+
+    if not (Path(folder) / "sasrec.json").is_file():
+        raise ModelError(f"sasrec {folder}: no saved SASRec there (sasrec.json missing)")
+    sasrec = SASRec.load(folder)
+    if sasrec.n_items != n_items:
+        raise ModelError(f"sasrec {folder}: trained on {sasrec.n_items} items, the catalog has {n_items}")
+    return sasrec

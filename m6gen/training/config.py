@@ -1,0 +1,154 @@
+"""The options of a training run: the shared data/prompt/model groups plus LoRA and training groups.
+
+``TrainConfig`` is all of them in one flat object (``cfg.lr``, ``cfg.template``), written resolved
+to ``<run>/m6gen_config.json``; the ``m6gen train`` command is built from the groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from m6gen.config import ConfigError, DataArgs, ModelArgs, PromptArgs, RuntimeArgs, _at_least, _one_of, option
+
+
+class TrainError(ConfigError):
+    """A training option or output folder is unusable; the message says which and what to do."""
+
+
+@dataclass
+class LoraArgs:
+    """The LoRA adapter."""
+
+    _argument_group_name = "lora"
+
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on LoRA inputs")
+    target_modules: list[str] | None = option(None, "module names to adapt, or all-linear (default: per architecture)")
+    init_adapter: str | None = option(
+        None,
+        "start the LoRA weights from this adapter (a run folder or a peft adapter folder; same rank and target "
+        "modules) with a fresh optimizer and schedule, e.g. to train a finished run further",
+    )
+
+    def __post_init__(self):
+        _at_least(self, 1, "lora_r", "lora_alpha")
+        if not 0 <= self.lora_dropout < 1:
+            raise TrainError(f"lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
+        if self.target_modules is not None:  # "q_proj,v_proj" means the same as "q_proj v_proj"
+            self.target_modules = [p for v in self.target_modules for p in str(v).split(",") if p]
+
+
+@dataclass
+class TrainArgs:
+    """Examples, optimization, validation and the output folder."""
+
+    _argument_group_name = "training"
+
+    # examples
+    min_prompt_items: int = option(1, "fewest history items a training example shows")
+    examples_per_user: int | None = option(
+        2, "examples per user per epoch: next-item steps, or blocks with history packing (none: all)"
+    )
+    step_sampling: Literal["random", "last"] = option(
+        "random", "which steps: random (fresh each epoch) or the last ones"
+    )
+    max_seq_len: int = option(1024, "longest example in tokens (longer ones are dropped, counted in the log)")
+    # optimization
+    epochs: int = option(1, "passes over the sampled examples")
+    max_steps: int | None = option(40, "stop after this many optimizer steps (none: epochs decide)")
+    train_batch_size: int = option(2, "packed rows per micro-batch")
+    pack_len: int = option(512, "tokens per packed row")
+    packing: bool = option(True, "pack several examples per row (position ids restart per example)")
+    history_packing: Literal["auto", "on", "off"] = option(
+        "auto",
+        "teach a block of consecutive next items per sequence: auto (when the template is token-incremental, "
+        "e.g. sequence), on (required) or off",
+    )
+    history_block: int = option(20, "next items per history-packed sequence (after the max_history items before them)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.05, "share of steps with linear warm-up")
+    lr_scheduler: str = option("cosine", "transformers scheduler: cosine, linear, constant_with_warmup, ...")
+    max_grad_norm: float = option(1.0, "gradient clipping (0: none)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
+        "auto", "auto (bf16 where the CPU/GPU computes it natively), no, bf16 or fp16 (autocast)"
+    )
+    seed: int = option(0, "seed of LoRA init, dropout, step sampling and batch order")
+    # validation and checkpoints
+    eval_every: int = option(20, "validate every N steps (0: only at the end)")
+    eval_users: int = option(100, "validation users (a fixed random subset)")
+    eval_beams: int = option(10, "beams of the validation search (top-k = min(10, beams))")
+    eval_batch_size: int = option(16, "users per validation beam-search batch")
+    eval_at_start: bool = option(True, "validate the untuned model first (the baseline to beat)")
+    patience: int = option(3, "stop after this many validations without improvement (0: never)")
+    save_every: int | None = option(None, "checkpoint every N steps (none: at each validation)")
+    final_adapter: Literal["best", "last"] = option(
+        "best", "adapter the output folder holds: best (highest validation NDCG; on few users a noisy choice) or last"
+    )
+    # output
+    output_dir: str = option("runs/lora", "output folder")
+    resume: bool = option(False, "continue the run in --output-dir from its last complete checkpoint")
+    overwrite: bool = option(False, "delete a previous m6gen run in --output-dir first")
+    merge: bool = option(False, "also save the adapter merged into the base weights (merged/)")
+    log_every: int = option(1, "write a train_log.csv row every N steps")
+
+    def __post_init__(self):
+        _at_least(
+            self,
+            1,
+            "min_prompt_items",
+            "max_seq_len",
+            "epochs",
+            "train_batch_size",
+            "pack_len",
+            "grad_accum",
+            "history_block",
+            "eval_users",
+            "eval_beams",
+            "eval_batch_size",
+            "log_every",
+        )
+        _at_least(self, 1, "examples_per_user", "max_steps", "save_every", optional=True)
+        _at_least(self, 0, "eval_every", "patience", "weight_decay", "max_grad_norm")
+        if not self.lr > 0:
+            raise TrainError(f"lr: expected a number > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise TrainError(f"warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio}")
+        _one_of(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
+        _one_of(self, "history_packing", ("auto", "on", "off"))
+        _one_of(self, "final_adapter", ("best", "last"))
+        _one_of(self, "step_sampling", ("random", "last"))
+
+
+TRAIN_GROUPS = (DataArgs, PromptArgs, ModelArgs, LoraArgs, TrainArgs, RuntimeArgs)
+
+
+@dataclass
+class TrainConfig(RuntimeArgs, TrainArgs, LoraArgs, ModelArgs, PromptArgs, DataArgs):
+    """Everything a training run depends on, flat; written resolved to ``m6gen_config.json``."""
+
+    def __post_init__(self):
+        try:
+            for group in TRAIN_GROUPS:
+                group.__post_init__(self)
+        except TrainError:
+            raise
+        except ConfigError as err:
+            raise TrainError(str(err)) from None
+        # what "the trained run's, else ..." means when there is no trained run yet
+        self.template = self.template or "titles"
+        self.max_history = self.max_history or 20
+        self.n_candidates = self.n_candidates or 20
+        self.model = self.model or "default"
+
+    @classmethod
+    def from_groups(cls, *groups) -> TrainConfig:
+        from dataclasses import asdict
+
+        values = {}
+        for g in groups:
+            values.update(asdict(g))
+        return cls(**values)

@@ -1,0 +1,605 @@
+"""LoRA-tune a causal LM to continue a behavior prompt with the next item's title (``m6gen train``).
+
+    m6gen train --output-dir runs/lora                    # default model, ML-100K, a few minutes on CPU
+    accelerate launch --multi_gpu -m m6gen train --output-dir runs/lora   # several GPUs (DDP)
+    torchrun --nproc_per_node 2 -m m6gen train --output-dir runs/lora     # several CPU processes (DDP, gloo)
+
+Examples come from the train split only (``m6gen.training.examples``); the loss is on target tokens
+only. Validation HR@10/NDCG@10 with trie-constrained beam search every ``--eval-every`` steps
+keeps the best adapter and stops early. Checkpoints are written to a temporary folder and made
+current by an atomic rename, so ``--resume`` continues a killed run at the next step, with the
+same data order. Output folder (Hugging Face layout): the LoRA adapter, tokenizer,
+``m6gen_config.json``, ``trie/``, ``train_log.csv``, ``valid_log.csv``, ``train_loss.png``,
+``train_summary.json``, ``checkpoints/`` and, with ``--merge``, ``merged/``. The config and that folder
+(checks, checkpoints, logs, loading back) are handled in ``m6gen.training.run_folder``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict as config_to_dict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m6gen.files import write_atomic
+from m6gen.training.lora import LLAMA_LIKE, resolve_target_modules  # noqa: F401  (LLAMA_LIKE re-exported for tests)
+from m6gen.training.run_folder import (  # noqa: F401  (re-exported for cli, tune, tests)
+    ADAPTER_FILES,
+    CONFIG_FILE,
+    OPERATIONAL,
+    SAVED_TEMPLATES,
+    CsvLog,
+    TrainConfig,
+    TrainError,
+    check_output_dir,
+    checkpoint_pointer,
+    load_checkpoint,
+    load_init_adapter,
+    load_trained,
+    plot_log,
+    read_run_config,
+    resolve_paths,
+    save_checkpoint,
+    save_template,
+)
+
+# DeepSpeed wraps the model in its own engine, whose checkpoints and forward this module does not handle.
+REFUSED = ("DEEPSPEED",)
+
+
+# ---------------------------------------------------------------------------------- model side
+def resolve_precision(mode: str) -> str:
+    """``auto``: bf16 on a GPU that supports it or a CPU with native bf16 (AVX512-BF16/AMX), else no."""
+    if mode != "auto":
+        return mode
+    from m6gen.model import native_bf16
+
+    return "bf16" if native_bf16() else "no"
+
+
+def validate(
+    model,
+    tokenizer,
+    trie,
+    split,
+    catalog,
+    template,
+    users: list[str],
+    *,
+    k: int = 10,
+    num_beams: int = 10,
+    batch_size: int = 16,
+    profiles=None,
+    retriever=None,
+    n_candidates: int = 20,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Top items for predicting each user's valid item from ``valid_history``, by ``Recommender.generate``
+    (the same search recommending uses: the user's train items banned, a retriever's candidates ranked)."""
+    from m6gen.prompts import user_vars
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    config = RecommendConfig(
+        template=template.name,
+        max_history=template.max_history,
+        beams=num_beams,
+        batch_size=batch_size,
+        n_candidates=n_candidates,
+    )
+    rec = Recommender(model, tokenizer, catalog, template, config, trie=trie, retriever=retriever)
+    was_training = model.training
+    model.eval()
+    try:
+        beams = rec.generate(
+            [split.valid_history(u) for u in users],
+            [user_vars(u, profiles) for u in users],
+            progress=progress,
+            prior=None,
+            desc="validating",
+        )
+    finally:
+        model.train(was_training)
+    return [[h.item for h in b][:k] for b in beams]
+
+
+@dataclass
+class Run:
+    """Everything a training run builds before its first step (see :func:`prepare_run`)."""
+
+    cfg: TrainConfig  # resolved: absolute paths, target modules filled in
+    acc: Any  # accelerate.Accelerator
+    out: Path
+    mode: str  # "new", "resume" or "overwrite"
+    template: Any
+    dataset: Any
+    split: Any
+    tokenizer: Any
+    model: Any  # the peft model
+    trie: Any
+    module: Any  # the target-only loss module around ``model`` (after ``train`` prepares it: the wrapped one)
+    packing: bool  # several examples per row (off when the model's loss differs with it)
+    epochs: list[tuple[list, list]]  # per epoch: (examples, micro-batches of rows of example indices)
+    total_steps: int
+    val_users: list[str]
+    k: int  # metrics at k = min(10, eval_beams)
+    retriever: Any = None  # the SASRec proposing each prompt's candidates (--candidates)
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process holds a shard of every weight; forwards gather them from all processes."""
+        return self.acc.distributed_type.value == "FSDP"
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, step within it) of optimizer step ``step`` (0-based)."""
+        per_step = self.cfg.grad_accum * self.acc.num_processes
+        for epoch, (_, batches) in enumerate(self.epochs):
+            n = -(-len(batches) // per_step)
+            if step < n:
+                return epoch, step
+            step -= n
+        raise IndexError(step)
+
+    def step_batches(self, step: int) -> list[list[list]]:
+        """This process's micro-batches (rows of examples) of optimizer step ``step`` (0-based)."""
+        epoch, j = self.locate(step)
+        examples, batches = self.epochs[epoch]
+        per_step, world = self.cfg.grad_accum * self.acc.num_processes, self.acc.num_processes
+        group = batches[j * per_step : (j + 1) * per_step][self.acc.process_index :: world]
+        return [[[examples[i] for i in row] for row in b] for b in group]
+
+
+def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
+    """Check the inputs (cheap ones first), load data and model, attach LoRA, build every epoch's batches."""
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from peft import LoraConfig, get_peft_model
+
+    from m6gen import __version__
+    from m6gen.baselines.retrieval import training_candidates
+    from m6gen.data import build_histories, leave_one_out, load_dataset_noted
+    from m6gen.model import (
+        build_catalog_trie,
+        encode_targets,
+        load_model,
+        load_tokenizer,
+        resolve_model,
+        tokenizer_fingerprint,
+    )
+    from m6gen.prompts import TemplateLibrary
+    from m6gen.training import examples as td
+
+    cfg = resolve_paths(cfg)
+    template = TemplateLibrary(cfg.templates, max_history=cfg.max_history).load_template(cfg.template)
+    mode = check_output_dir(cfg)
+    precision = resolve_precision(cfg.mixed_precision)
+    AcceleratorState._reset_state()  # accelerate keeps one global state: let a second run in a process choose again
+    # On a machine without an accelerator, accelerate sets up several processes (torchrun, mpirun)
+    # only when told cpu=True; without it every process would train alone on all the data.
+    acc = Accelerator(mixed_precision=precision, cpu=not torch.accelerator.is_available())
+    if acc.distributed_type.value in REFUSED:
+        raise TrainError(
+            f"{acc.distributed_type.value} is not supported yet (its engine needs its own checkpoints): "
+            "launch with DDP or FSDP, e.g. accelerate launch --multi_gpu -m m6gen train, or torchrun"
+        )
+    if acc.distributed_type.value == "FSDP" and not acc.is_fsdp2:
+        raise TrainError(
+            "FSDP version 1 is not supported (validation gathers weights the FSDP2 way): "
+            "launch with --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)"
+        )
+    out = Path(cfg.output_dir)
+    dataset = load_dataset_noted(cfg.data, cfg.format, cfg.title_field, cfg.unknown_items, say=acc.print)
+    split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe, min_history=cfg.min_history))
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.gguf_file)
+    base = model if model is not None else load_model(cfg.model, cfg.gguf_file)
+    cfg = dataclasses.replace(cfg, target_modules=resolve_target_modules(base, cfg.target_modules))
+    targets = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(base, lora)
+    if cfg.init_adapter:
+        load_init_adapter(peft_model, cfg.init_adapter, cfg)
+
+    target_texts = template.render_targets(dataset.catalog)
+    target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
+    retriever = None
+    if cfg.candidates:
+        from m6gen.recommender import load_sasrec
+
+        retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
+    # a prompt listing candidates is not a prefix of the next step's prompt
+    history = (
+        not cfg.candidates
+        and cfg.history_packing != "off"
+        and td.is_token_incremental(
+            template, tokenizer, dataset.catalog, target_ids, split.train, profiles=dataset.profiles
+        )
+    )
+    if cfg.history_packing == "on" and cfg.candidates:
+        raise TrainError("history packing cannot be used with --candidates (each step lists its own candidates)")
+    if cfg.history_packing == "on" and not history:
+        raise TrainError(
+            f"history packing needs a token-incremental template (a prompt followed by the next target "
+            f"is the next prompt, as in prompts/sequence.jinja); {template.path} is not"
+        )
+    examples, missed = [], []  # missed: per epoch, steps dropped because the retriever missed their target
+    for epoch in range(cfg.epochs):
+        sample = dict(
+            min_history=cfg.min_prompt_items,
+            per_user=cfg.examples_per_user,
+            sampling=cfg.step_sampling,
+            seed=cfg.seed,
+            epoch=epoch,
+        )
+        build = dict(profiles=dataset.profiles, max_len=cfg.max_seq_len)
+        if history:
+            blocks = td.sample_blocks(split.train, block=cfg.history_block, **sample)
+            examples.append(
+                td.build_block_examples(blocks, split.train, dataset.catalog, template, tokenizer, target_ids, **build)
+            )
+        else:
+            steps = td.sample_steps(split.train, **sample)
+            cands = None
+            if retriever is not None:
+                steps, cands, n_missed = training_candidates(retriever, split.train, steps, cfg.n_candidates)
+                missed.append(n_missed)
+            examples.append(
+                td.build_examples(
+                    steps, split.train, dataset.catalog, template, tokenizer, target_ids, candidates=cands, **build
+                )
+            )
+    if not examples[0][0]:
+        raise TrainError(
+            f"{cfg.data}: no training examples (users need more than "
+            f"min_prompt_items={cfg.min_prompt_items} train items)"
+        )
+    # Check the two shortcuts on real examples before trusting them.
+    module = td.loss_module(peft_model)
+    fast_ok, packed_ok = td.check_loss_paths(module, sorted(examples[0][0], key=len)[:4], tokenizer.pad_token_id)
+    module.fast_head, packing = fast_ok, cfg.packing and packed_ok
+    if not fast_ok or packing != cfg.packing:
+        acc.print(f"note: this model's loss differs with the shortcut; {'packing off' if fast_ok else 'full logits'}")
+
+    world = acc.num_processes
+    epochs, n_steps = [], 0
+    for epoch, (exs, _) in enumerate(examples):
+        batches = td.plan_batches(
+            [len(x) for x in exs],
+            pack_len=cfg.pack_len,
+            batch_size=cfg.train_batch_size,
+            packed=packing,
+            seed=cfg.seed,
+            epoch=epoch,
+        )
+        batches = batches[: len(batches) - len(batches) % world]  # every process gets a batch in every step
+        epochs.append((exs, batches))
+        n_steps += -(-len(batches) // (cfg.grad_accum * world))
+    total_steps = n_steps if cfg.max_steps is None else min(n_steps, cfg.max_steps)
+    n_users = len(split.users)
+    pick = np.random.default_rng(cfg.seed).choice(n_users, min(cfg.eval_users, n_users), replace=False)
+
+    # --overwrite deletes the old run only now, after every check above could still refuse this one
+    # (and after --init-adapter has read it, so a run can be trained further into its own folder)
+    if mode == "overwrite" and acc.is_main_process:
+        shutil.rmtree(out)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        name, gguf = resolve_model(cfg.model, cfg.gguf_file)
+        resolved = {
+            "model_path": name,
+            "gguf_file": gguf,
+            "template_path": str(template.path),
+            "precision": precision,
+            "packing": packing,
+            "history_packing": history,
+            "fast_head": fast_ok,
+            "n_items": len(dataset.catalog),
+            "n_users": n_users,
+            "examples_per_epoch": len(examples[0][0]),
+            "steps_per_epoch": sum(len(x.items) for x in examples[0][0]),
+            "dropped_too_long": examples[0][1],
+            "target_not_in_candidates": missed[0] if missed else None,
+            "total_steps": total_steps,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "world_size": world,
+            "engine": acc.distributed_type.value,
+            "m6gen_version": __version__,
+        }
+        write_atomic(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
+        save_template(template, out / SAVED_TEMPLATES)
+        build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
+    acc.wait_for_everyone()
+    trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
+    acc.print(
+        f"{n_users} users, {len(dataset.catalog)} items; {len(examples[0][0])} examples/epoch teaching "
+        f"{sum(len(x.items) for x in examples[0][0])} next items{' (history packing)' if history else ''} "
+        f"({examples[0][1]} too long dropped"
+        f"{f', {missed[0]} whose target the retriever missed dropped' if missed else ''}), "
+        f"{total_steps} steps of {n_steps}; LoRA on "
+        f"{', '.join(cfg.target_modules)}; packing {'on' if packing else 'off'}; precision {precision}"
+    )
+    return Run(
+        cfg,
+        acc,
+        out,
+        mode,
+        template,
+        dataset,
+        split,
+        tokenizer,
+        peft_model,
+        trie,
+        module,
+        packing,
+        epochs,
+        total_steps,
+        [split.users[i] for i in sorted(pick)],
+        min(10, cfg.eval_beams),
+        retriever,
+    )
+
+
+def run_validation(run: Run) -> dict[str, float]:
+    """HR@k/NDCG@k on the validation users (each process decodes its share)."""
+    import time
+
+    import numpy as np
+    from accelerate.utils import gather_object
+
+    from m6gen.ranking.metrics import hit_rate_at_k, ndcg_at_k
+
+    t0 = time.perf_counter()
+    # Under FSDP every forward gathers weights from all processes, so all of them must run the same
+    # forwards: each decodes every user (same inputs, same weights, hence the same beam steps).
+    # The root's own weights (embeddings, output layer) are gathered once for the whole search.
+    mine = run.val_users if run.sharded else run.val_users[run.acc.process_index :: run.acc.num_processes]
+    if run.sharded:
+        run.module.unshard()
+    try:
+        with run.acc.autocast():
+            ranked = validate(
+                run.model,
+                run.tokenizer,
+                run.trie,
+                run.split,
+                run.dataset.catalog,
+                run.template,
+                mine,
+                k=run.k,
+                num_beams=run.cfg.eval_beams,
+                batch_size=run.cfg.eval_batch_size,
+                profiles=run.dataset.profiles,
+                retriever=run.retriever,
+                n_candidates=run.cfg.n_candidates,
+                progress=run.cfg.progress and run.acc.is_main_process,
+            )
+    finally:
+        if run.sharded:
+            run.module.reshard()
+    by_user = dict(zip(mine, ranked)) if run.sharded else dict(gather_object(list(zip(mine, ranked))))
+    ranked_all = [by_user[u] for u in run.val_users]
+    targets = np.array([run.split.valid[u] for u in run.val_users])
+    return {
+        f"HR@{run.k}": hit_rate_at_k(ranked_all, targets, run.k),
+        f"NDCG@{run.k}": ndcg_at_k(ranked_all, targets, run.k),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float, int]:
+    """One optimizer step (0-based ``step``) over its micro-batches; returns (mean target-token loss, tokens)."""
+    import contextlib
+
+    import torch
+
+    from m6gen.training.examples import collate
+
+    acc, world = run.acc, run.acc.num_processes
+    batches = run.step_batches(step)
+    n_targets = sum(len(ex.target_ids) for b in batches for row in b for ex in row)
+    n_targets = torch.tensor(float(n_targets), device=acc.device)
+    n_targets = float(acc.reduce(n_targets, "sum")) if world > 1 else float(n_targets)
+    stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (loss sum, tokens) of this process
+    for m, rows in enumerate(batches):
+        batch = collate(rows, run.tokenizer.pad_token_id)
+        with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
+            loss_sum, _ = module(*(batch[key].to(acc.device) for key in ("input_ids", "labels", "position_ids")))
+            # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,
+            # hence the factor world): packing, batching and accumulation leave the loss unchanged.
+            acc.backward(loss_sum * (world / n_targets))
+        stats[0] += float(loss_sum.detach())
+        stats[1] += batch["n_tokens"]
+    if run.cfg.max_grad_norm > 0:
+        acc.clip_grad_norm_(module.parameters(), run.cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        stats = acc.reduce(stats, "sum")
+    return float(stats[0]) / n_targets, int(stats[1])
+
+
+def train(
+    cfg: TrainConfig, step_callback: Callable[[int, float], None] | None = None, *, model=None, tokenizer=None
+) -> dict[str, Any]:
+    """Run (or resume) a training run as ``cfg`` says; returns the summary also saved as ``train_summary.json``.
+
+    Args:
+        step_callback: ``f(step, loss)`` after every optimizer step (tests interrupt a run with it).
+        model, tokenizer: the base model and tokenizer of ``cfg.model`` when already loaded
+            (benchmarks); the model is modified in place (LoRA layers are injected).
+    """
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    run = prepare_run(cfg, model, tokenizer)
+    cfg, acc, out, k = run.cfg, run.acc, run.out, run.k
+    optimizer = torch.optim.AdamW(
+        [p for p in run.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * run.total_steps),
+        num_training_steps=run.total_steps,
+    )
+    module, optimizer = acc.prepare(run.module, optimizer)
+    run.module = module
+    sharded = module if run.sharded else None  # checkpoints gather and scatter the trainable state through it
+
+    state: dict[str, Any] = {
+        "step": 0,
+        "best": None,
+        "bad_evals": 0,
+        "stopped_early": False,
+        "evals": [],
+        "train_seconds": 0.0,
+        "train_tokens": 0,
+    }
+    pointer = checkpoint_pointer(out) if run.mode == "resume" else {}
+    if pointer.get("last"):
+        state = load_checkpoint(acc, out / "checkpoints" / pointer["last"], run.model, optimizer, scheduler, sharded)
+        acc.print(f"resuming {out} at step {state['step']} of {run.total_steps}")
+    keep = state["step"] if run.mode == "resume" else None
+    if acc.is_main_process:
+        train_log = CsvLog(out / "train_log.csv", ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s"], keep)
+        valid_log = CsvLog(out / "valid_log.csv", ["step", f"HR@{k}", f"NDCG@{k}", "seconds"], keep)
+
+    def evaluate_and_save(step: int) -> None:
+        row = {"step": step, **run_validation(run)}
+        state["evals"].append(row)
+        if acc.is_main_process:
+            valid_log.write(row)
+        improved = state["best"] is None or row[f"NDCG@{k}"] > state["best"][f"NDCG@{k}"]
+        state["best"], state["bad_evals"] = (row, 0) if improved else (state["best"], state["bad_evals"] + 1)
+        # early only when steps were left to skip (the last validation ends the run anyway)
+        state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience and step < run.total_steps
+        save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=improved, sharded=sharded)
+
+    bar = tqdm(
+        total=run.total_steps,
+        initial=state["step"],
+        disable=not (acc.is_main_process and cfg.progress),
+        unit="step",
+        desc="train",
+        dynamic_ncols=True,
+    )
+    try:
+        short = bool(cfg.eval_every) and run.total_steps < cfg.eval_every  # validated only at the end anyway
+        if state["step"] == 0 and cfg.eval_at_start and short and not state["evals"]:
+            acc.print(
+                f"note: {run.total_steps} steps, fewer than --eval-every {cfg.eval_every}: validating at the "
+                "end only, not also before training (--eval-every N validates the untuned model too)"
+            )
+        if state["step"] == 0 and cfg.eval_at_start and not short and not state["evals"]:
+            evaluate_and_save(0)
+            first = state["evals"][0]
+            acc.print(f"untuned: HR@{k} {first[f'HR@{k}']:.4f} NDCG@{k} {first[f'NDCG@{k}']:.4f}")
+        module.train()
+        while state["step"] < run.total_steps and not state["stopped_early"]:
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            loss, tokens = train_step(run, module, optimizer, scheduler, state["step"])
+            seconds = time.perf_counter() - t0
+            state["step"] += 1
+            step = state["step"]
+            state["train_seconds"] += seconds
+            state["train_tokens"] += tokens
+            if acc.is_main_process and (step % cfg.log_every == 0 or step == run.total_steps):
+                train_log.write(
+                    {
+                        "step": step,
+                        "epoch": run.locate(step - 1)[0],
+                        "loss": loss,
+                        "lr": lr,
+                        "tokens_per_s": tokens / seconds,
+                        "elapsed_s": state["train_seconds"],
+                    }
+                )
+            last_eval = {f"ndcg@{k}": f"{state['evals'][-1][f'NDCG@{k}']:.4f}"} if state["evals"] else {}
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / seconds:.0f}", **last_eval)
+            if step_callback is not None:
+                step_callback(step, loss)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == run.total_steps:
+                evaluate_and_save(step)
+                module.train()
+            elif cfg.save_every and step % cfg.save_every == 0:
+                save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=False, sharded=sharded)
+    finally:
+        bar.close()
+        if acc.is_main_process:
+            train_log.close()
+            valid_log.close()
+    return finish(run, state)
+
+
+def finish(run: Run, state: dict) -> dict[str, Any]:
+    """Save the best adapter (the last one when nothing was validated), tokenizer, plot, summary, merged model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    out, k = run.out, run.k
+    pointer = checkpoint_pointer(out)
+    chosen = (pointer.get("best") if run.cfg.final_adapter == "best" else None) or pointer.get("last")
+    if run.sharded and not chosen:  # no checkpoint yet: gather the weights as they are (all processes)
+        save_checkpoint(run.acc, out, run.model, None, None, dict(state), best=False, sharded=run.module)
+        chosen = checkpoint_pointer(out)["last"]
+    if chosen and not run.sharded:
+        set_peft_model_state_dict(run.model, load_file(out / "checkpoints" / chosen / "adapter_model.safetensors"))
+    summary = {
+        "output_dir": str(out),
+        "steps": state["step"],
+        "total_steps": run.total_steps,
+        "stopped_early": state["stopped_early"],
+        "adapter_from_step": int(chosen.split("-")[1]) if chosen else 0,
+        "untuned": next((e for e in state["evals"] if e["step"] == 0), None),
+        "best": state["best"],
+        "last_eval": state["evals"][-1] if state["evals"] else None,
+        "examples_per_epoch": len(run.epochs[0][0]),
+        "train_seconds": round(state["train_seconds"], 1),
+        "train_tokens_per_s": round(state["train_tokens"] / max(state["train_seconds"], 1e-9), 1),
+    }
+    if chosen == "step-000000" and state["step"] > 0:
+        run.acc.print(
+            f"note: kept the untuned adapter (step 0): no later validation beat its NDCG@{k} on "
+            f"{len(run.val_users)} users (noisy); --final-adapter last keeps the last one"
+        )
+    if run.acc.is_main_process:
+        if run.sharded:  # the processes hold shards: use the chosen checkpoint's adapter files
+            for name in ADAPTER_FILES:
+                if (out / "checkpoints" / chosen / name).is_file():
+                    shutil.copy2(out / "checkpoints" / chosen / name, out / name)
+        else:
+            run.model.save_pretrained(out)
+        run.tokenizer.save_pretrained(out)
+        plot_log(out)
+        if run.cfg.merge:
+            merged = load_trained(out, merge=True)[0] if run.sharded else run.model.merge_and_unload()
+            merged.save_pretrained(out / "merged")
+            run.tokenizer.save_pretrained(out / "merged")
+            summary["merged"] = str(out / "merged")
+        write_atomic(out / "train_summary.json", json.dumps(summary, indent=2))
+    run.acc.wait_for_everyone()
+    return summary
+
+
+# ---------------------------------------------------------------------------------- CLI

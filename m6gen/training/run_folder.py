@@ -1,0 +1,381 @@
+"""A training run's config and output folder: options checked, folder reuse, checkpoints, logs, loading back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from m6gen.files import write_atomic
+from m6gen.training.config import TrainConfig, TrainError  # noqa: F401  (re-exported)
+
+CONFIG_FILE = "m6gen_config.json"
+# Options that may change between a run and its --resume: they do not change the weights.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # what peft's save_pretrained writes
+SHARDED_WEIGHTS = "trainable_state.pt"  # FSDP checkpoints: the gathered LoRA weights under the wrapped module's names
+OPERATIONAL = {
+    "resume",
+    "overwrite",
+    "merge",
+    "final_adapter",
+    "log_every",
+    "eval_batch_size",
+    "output_dir",
+    "progress",
+    "threads",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file; a :class:`TrainError` naming the file and line when it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise TrainError(f"{path}{where}: damaged, not valid JSON; restore it or train into a new folder") from None
+    if not isinstance(data, dict):
+        raise TrainError(f"{path}: damaged, expected a JSON object; restore it or train into a new folder")
+    return data
+
+
+# ---------------------------------------------------------------------------------- run folder
+SAVED_TEMPLATES = "prompts"  # a run's copy of its template (and the _partials beside it), what loading reads
+
+
+def save_template(template, folder: Path) -> None:
+    """Copy the template a run trains with into the run, so that editing, moving or deleting the
+    original later changes nothing the run reads (its ``_*.jinja`` partials come along)."""
+    folder.mkdir(exist_ok=True)
+    partials = sorted(template.path.parent.glob("_*.jinja"))
+    for src, name in [(template.path, f"{template.name}.jinja"), *((p, p.name) for p in partials)]:
+        write_atomic(folder / name, src.read_text(encoding="utf-8"))
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the data folder, a local model and a template file made absolute, so the saved
+    config reloads from anywhere; a model path that does not exist fails here, before any loading."""
+    from m6gen.data import default_data_dir
+    from m6gen.model import resolve_model
+
+    absolute = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
+    data = absolute(cfg.data) if cfg.data else absolute(default_data_dir())
+    model = cfg.model
+    if model not in ("", "default") and Path(model).expanduser().exists():
+        model = absolute(model)
+    resolve_model(model, cfg.gguf_file)
+    template = absolute(cfg.template) if Path(cfg.template).expanduser().is_file() else cfg.template
+    templates = absolute(cfg.templates) if cfg.templates else None
+    init_adapter = absolute(cfg.init_adapter) if cfg.init_adapter else None
+    candidates = absolute(cfg.candidates) if cfg.candidates else None
+    if candidates and not (Path(candidates) / "sasrec.json").is_file():
+        raise TrainError(
+            f"--candidates {cfg.candidates}: no saved SASRec there (sasrec.json missing; "
+            "m6gen eval --baselines SASRec saves one in <model>/baselines/sasrec)"
+        )
+    if init_adapter and not (Path(init_adapter) / "adapter_config.json").is_file():
+        raise TrainError(
+            f"--init-adapter {cfg.init_adapter}: no adapter_config.json there (not a finished run "
+            "or peft adapter folder)"
+        )
+    return dataclasses.replace(
+        cfg,
+        data=data,
+        model=model,
+        template=template,
+        templates=templates,
+        init_adapter=init_adapter,
+        candidates=candidates,
+    )
+
+
+def check_output_dir(cfg: TrainConfig) -> str:
+    """What to do with ``--output-dir``: "new", "resume" or "overwrite"; TrainError when it holds something else."""
+    out = Path(cfg.output_dir)
+    if (out / CONFIG_FILE).is_file():
+        old, _ = read_run_config(out)
+        diffs = [
+            f"{f.name}: {getattr(old, f.name)!r} there, {getattr(cfg, f.name)!r} here"
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in OPERATIONAL
+            and getattr(old, f.name) != getattr(cfg, f.name)
+            and not (f.name == "target_modules" and cfg.target_modules is None)
+        ]
+        if cfg.overwrite:
+            return "overwrite"
+        if diffs:
+            more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
+            raise TrainError(
+                f"{out}: holds a different run ({diffs[0]}{more}); choose another --output-dir or pass --overwrite"
+            )
+        if cfg.resume:
+            return "resume"
+        raise TrainError(f"{out}: holds this run already; pass --resume to continue it or --overwrite to start over")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainError(f"{out}: exists and is not an m6gen training output; choose another --output-dir")
+    if cfg.resume:  # a mistyped folder must not start a long run over from step 0
+        raise TrainError(f"{out}: no run to resume there; check --output-dir, or leave out --resume to start one")
+    # checked now, not after minutes of loading: the folder must be creatable
+    parent = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise TrainError(f"{out}: cannot create the output folder ({parent} is not a writable folder)")
+    return "new"
+
+
+def checkpoint_pointer(out: Path) -> dict[str, str | None]:
+    """``checkpoints/latest.json`` of a run folder: the "last" and "best" checkpoint names ({} before the first)."""
+    path = out / "checkpoints" / "latest.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def gather_trainable(sharded, optimizer=None) -> tuple[dict, dict]:
+    """(trainable weights, optimizer state) of an FSDP-wrapped module, whole, on the main process.
+
+    Every process must call it (the shards are gathered); only the LoRA weights are gathered, not
+    the frozen base model. Keys are the wrapped module's parameter names.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(sharded, options=options)
+    return weights, (get_optimizer_state_dict(sharded, optimizer, options=options) if optimizer is not None else {})
+
+
+def save_checkpoint(acc, out: Path, peft_model, optimizer, scheduler, state: dict, best: bool, sharded=None) -> None:
+    """Write a complete checkpoint, then make it current by renaming it and replacing ``latest.json``.
+
+    A kill at any moment leaves ``latest.json`` naming complete folders only; folders it no
+    longer names (older steps, a half-written ``.tmp-*``) are deleted afterwards. ``sharded``:
+    the FSDP-wrapped loss module, whose weights and optimizer state are gathered first.
+    """
+    import torch
+
+    ck = out / "checkpoints"
+    name = f"step-{state['step']:06d}"
+    tmp = ck / f".tmp-{name}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(rng, tmp / f"rng-{acc.process_index}.pt")  # dropout streams differ per process
+    acc.wait_for_everyone()
+    if sharded is not None:
+        weights, optimizer_state = gather_trainable(sharded, optimizer)
+    if acc.is_main_process:
+        if sharded is None:
+            peft_model.save_pretrained(tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        else:  # the loss module holds the peft model as ``.model``: its names less that prefix are peft's
+            peft_model.save_pretrained(tmp, state_dict={k.removeprefix("model."): v for k, v in weights.items()})
+            torch.save(weights, tmp / SHARDED_WEIGHTS)
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(ck / name, ignore_errors=True)  # unreferenced leftover of a killed save
+        os.replace(tmp, ck / name)
+        old = checkpoint_pointer(out)
+        write_atomic(ck / "latest.json", json.dumps({"last": name, "best": name if best else old.get("best")}))
+        keep = set(checkpoint_pointer(out).values())
+        for d in ck.iterdir():
+            if d.is_dir() and d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def load_checkpoint(acc, folder: Path, peft_model, optimizer, scheduler, sharded=None) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from a checkpoint folder; returns the trainer state."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if sharded is None:
+        if (folder / SHARDED_WEIGHTS).is_file():
+            raise TrainError(f"{folder}: written by an FSDP run; resume it the way it was launched")
+        set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    else:  # every process reads the whole state and keeps its shards
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        if not (folder / SHARDED_WEIGHTS).is_file():
+            raise TrainError(f"{folder}: written by a run without FSDP; resume it the way it was launched")
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(sharded, torch.load(folder / SHARDED_WEIGHTS, weights_only=True), options=options)
+        set_optimizer_state_dict(
+            sharded, optimizer, torch.load(folder / "optimizer.pt", weights_only=True), options=options
+        )
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng_file = folder / f"rng-{acc.process_index}.pt"
+    rng = torch.load(rng_file if rng_file.is_file() else folder / "rng-0.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return read_json(folder / "trainer_state.json")
+
+
+class CsvLog:
+    """A CSV log written row by row; on resume, rows after the checkpoint's step are dropped (they are redone)."""
+
+    def __init__(self, path: Path, columns: list[str], keep_until: int | None):
+        import csv
+        import io
+
+        rows = []
+        if keep_until is not None and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, text.getvalue())
+        self.file = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, columns, extrasaction="ignore", lineterminator="\n")
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def plot_log(out: Path) -> Path:
+    """``train_loss.png``: loss per step (and a moving average), validation NDCG/HR below."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with (out / "train_log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    valid = []
+    if (out / "valid_log.csv").is_file():
+        with (out / "valid_log.csv").open(newline="") as f:
+            valid = list(csv.DictReader(f))
+    fig, axes = plt.subplots(2 if valid else 1, 1, figsize=(7, 6 if valid else 3.5), sharex=True, squeeze=False)
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    ax = axes[0, 0]
+    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+    if len(loss) >= 10:
+        w = max(len(loss) // 20, 5)
+        ax.plot(steps[w - 1 :], np.convolve(loss, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
+    ax.set_ylabel("target-token loss")
+    ax.legend()
+    if valid:
+        metrics = [c for c in valid[0] if c.startswith(("NDCG@", "HR@"))]
+        for m in metrics:
+            axes[1, 0].plot([int(r["step"]) for r in valid], [float(r[m]) for r in valid], marker="o", label=m)
+        axes[1, 0].set_ylabel("validation")
+        axes[1, 0].legend()
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    path = out / "train_loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------- loading back
+def read_run_config(output_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """(config, resolved extras) of a training run's folder."""
+    path = Path(output_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise TrainError(f"{output_dir}: not an m6gen training output ({CONFIG_FILE} missing)")
+    saved = read_json(path)
+    if not isinstance(saved.get("config"), dict):
+        raise TrainError(f'{path}: damaged, no "config" object; restore it or train into a new folder')
+    values = upgrade_saved_config(saved["config"])
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names}), saved.get("resolved", {})
+
+
+# Runs saved before 0.2 spelled some options differently (CHANGELOG.md).
+RENAMED_IN_0_2 = {
+    "data_format": "format",
+    "prompts_dir": "templates",
+    "min_history": "min_prompt_items",
+    "batch_size": "train_batch_size",
+}
+
+
+def upgrade_saved_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config in today's option names (a run saved before 0.2 had no ``min_prompt_items``)."""
+    if "min_prompt_items" in values:
+        return values
+    return {RENAMED_IN_0_2.get(k, k): v for k, v in values.items()}
+
+
+def trained_run_config(model: str | Path | None) -> TrainConfig | None:
+    """The training config when ``model`` is an m6gen run folder, else None (a model id, a path, a .gguf)."""
+    if model is None or not (Path(model) / CONFIG_FILE).is_file():
+        return None
+    return read_run_config(model)[0]
+
+
+def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
+    """Copy the LoRA weights saved in ``folder`` into ``peft_model``; TrainError when their shapes differ."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    saved = read_json(Path(folder) / "adapter_config.json")
+    ours = sorted(cfg.target_modules)
+    theirs = saved.get("target_modules")
+    theirs = sorted(theirs) if isinstance(theirs, list) else [theirs]
+    if saved.get("r") != cfg.lora_r or theirs != ours or saved.get("lora_alpha", cfg.lora_alpha) != cfg.lora_alpha:
+        # another alpha would rescale the loaded update (scale = alpha / r)
+        raise TrainError(
+            f"--init-adapter {folder}: its LoRA has r={saved.get('r')}, alpha={saved.get('lora_alpha')} "
+            f"on {', '.join(map(str, theirs))}; this run has r={cfg.lora_r}, alpha={cfg.lora_alpha} on "
+            f"{', '.join(ours)}"
+        )
+    result = set_peft_model_state_dict(peft_model, load_peft_weights(folder, device="cpu"))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise TrainError(
+            f"--init-adapter {folder}: its weights do not fit this model ({(missing or result.unexpected_keys)[0]} ...)"
+        )
+
+
+def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = False, device: str = "cpu"):
+    """(model, tokenizer, config) of a training output, ready for ``constrained_beam_search``.
+
+    Loads the base model named in ``m6gen_config.json`` onto ``device`` plus the LoRA adapter (the
+    best one when validation ran); ``merge=True`` folds the adapter into the weights (faster decoding).
+    The catalog trie is in ``<output_dir>/trie`` (``m6gen.decoding.trie.CatalogTrie.load``).
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from m6gen.model import load_model
+
+    cfg, _ = read_run_config(output_dir)
+    if not (Path(output_dir) / "adapter_config.json").is_file():
+        raise TrainError(f"{output_dir}: no adapter saved yet (the run did not finish; use --resume)")
+    if (Path(output_dir) / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    else:  # saved at the end of training; a folder holding a checkpoint's adapter copied by hand has none
+        from m6gen.model import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    base = load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device)
+    with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; nothing for our users to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(base, str(output_dir))
+    model.eval()
+    return (model.merge_and_unload() if merge else model), tokenizer, cfg

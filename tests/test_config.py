@@ -1,0 +1,147 @@
+"""The one configuration system: every recipe parses, every option has help, one name means one thing."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from m6gen.commands.registry import COMMANDS, all_groups, command
+from m6gen.config import ConfigError, ConfigParser, DataArgs, DecodeArgs, PromptArgs, RerankArgs
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def recipe_commands(path: Path) -> list[str]:
+    """The commands a recipe's comments say it runs with (``m6gen train --config configs/x.yaml``)."""
+    return re.findall(r"m6gen ([a-z-]+) --config configs/" + re.escape(path.name), path.read_text())
+
+
+def test_there_are_recipes_and_each_names_its_command():
+    assert len(RECIPES) >= 5
+    for path in RECIPES:
+        assert recipe_commands(path), f"{path.name}: no 'm6gen <command> --config configs/{path.name}' line"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses_for_its_command(path, capsys):
+    for name in recipe_commands(path):
+        module = command(name)
+        argv = ["--config", str(path)] + (["--output", "x.jsonl"] if name == "recommend" else [])
+        parsed = ConfigParser(module.GROUPS, prog=f"m6gen {name}").parse(argv)
+        assert len(parsed) == len(module.GROUPS)
+        assert "does not take" not in capsys.readouterr().err, f"{path.name} has keys {name} ignores"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_option_of_every_command_has_help(name):
+    for group in command(name).GROUPS:
+        assert getattr(group, "_argument_group_name", None), f"{group.__name__}: no group name for --help"
+        for f in dataclasses.fields(group):
+            assert len(f.metadata.get("help", "")) >= 8, f"{group.__name__}.{f.name} has no help text"
+
+
+def test_one_name_one_meaning_across_groups():
+    import typing
+
+    seen = {}
+    for group in all_groups():
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            kind = (hints[f.name], f.default)
+            assert seen.setdefault(f.name, kind) == kind, f"{f.name}: two types or defaults in two groups"
+
+
+def test_file_values_then_flags_win(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  dedupe: last\nk: 5\nbeams: 30\n", encoding="utf-8")
+    parser = ConfigParser([DataArgs, DecodeArgs, RerankArgs], prog="t")
+    data, decode, rerank = parser.parse(["--config", str(path), "--k", "7"])
+    assert (data.dedupe, decode.beams, rerank.k) == ("last", 30, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("k: abc\n", "k: expected a whole number, got 'abc'"),
+        ("k: 0\n", "k: expected a number >= 1, got 0"),
+        ("dedupe: sometimes\n", "dedupe: 'sometimes' is not one of first, keep, last"),
+        ("lr_typo: 1\n", "unknown option 'lr_typo'"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("k: [1\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_file_value_is_one_line_naming_file_and_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        ConfigParser([DataArgs, RerankArgs], prog="t").parse(["--config", str(path)])
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_another_commands_key_is_skipped_with_a_note(tmp_path, capsys):
+    path = tmp_path / "shared.yaml"
+    path.write_text("lr: 0.001\nmin_history: 5\n", encoding="utf-8")
+    (data,) = ConfigParser([DataArgs], prog="m6gen data").parse(["--config", str(path)])
+    assert data.min_history == 5
+    assert "m6gen data does not take lr" in capsys.readouterr().err
+
+
+def test_none_on_the_command_line_means_none():
+    (prompt,) = ConfigParser([PromptArgs], prog="t").parse(["--max-history", "none"])
+    assert prompt.max_history is None
+
+
+def test_command_line_errors_are_one_line(capsys):
+    from m6gen.commands import main
+
+    assert main(["data", "--min-history", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "min_history: expected a number >= 3, got 2" in err
+    assert main(["data", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage" not in err
+
+
+# ----------------------------------------------------------------------------------- layering
+CORE = ("m6gen.data", "m6gen.decoding", "m6gen.ranking")
+MODEL_CODE = ("torch", "transformers", "peft", "accelerate", "m6gen.model", "m6gen.training", "m6gen.recommender")
+
+
+def imports_of(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_imports_point_the_right_way():
+    wrong = []
+    for path in sorted((ROOT / "m6gen").rglob("*.py")):
+        name = module_name(path)
+        for target in imports_of(path):
+            core = name.startswith(CORE)
+            if core and target.startswith("m6gen.commands"):
+                wrong.append(f"{name} -> {target} (the core imports no command code)")
+            if name.startswith(("m6gen.data", "m6gen.ranking")) and target.startswith(MODEL_CODE):
+                wrong.append(f"{name} -> {target} (data and ranking import no model code)")
+            if not name.startswith("m6gen.commands") and target == "argparse" and name != "m6gen.config":
+                wrong.append(f"{name} -> argparse (argparse lives in m6gen.commands and m6gen.config)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_each_package_folder_opens_with_a_docstring():
+    import ast
+
+    for init in (ROOT / "m6gen").glob("*/__init__.py"):
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring of its job"

@@ -1,0 +1,111 @@
+"""Regression tests for what a new user tripped over (issue #20), each named after the defect it pins."""
+
+import json
+
+import numpy as np
+import pytest
+
+from m6gen.commands.tune import record_best, warn_if_within_noise
+from m6gen.data import DataError, detect_format
+from m6gen.prompts import TemplateLibrary
+
+
+def write_plain(folder, n_users=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    titles = ["Toy Story", "Alien", "Heat", "Fargo", "Casino"]
+    (folder / "items.jsonl").write_text(
+        "".join(json.dumps({"item_id": str(i), "title": t}) + "\n" for i, t in enumerate(titles)), encoding="utf-8"
+    )
+    rows = ["user_id,item_id,timestamp"] + [f"u{u},{(u + s) % 5},{s}" for u in range(n_users) for s in range(4)]
+    (folder / "interactions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_a_folder_with_two_formats_is_an_error_not_a_silent_choice(tmp_path):
+    folder = write_plain(tmp_path / "d")
+    (folder / "x.inter").write_text("user_id:token\titem_id:token\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"several formats \(recbole: x.inter; plain: items.jsonl, interactions.csv\)"):
+        detect_format(folder)
+
+
+def test_data_command_says_which_format_it_detected(tmp_path, capsys):
+    from m6gen.commands import main
+
+    assert main(["data", "--data", str(write_plain(tmp_path / "d"))]) == 0
+    assert "plain (detected)" in capsys.readouterr().out
+
+
+def test_rewriting_the_tuned_config_keeps_the_users_comments(tmp_path):
+    path = tmp_path / "m6gen.yaml"
+    path.write_text("# my settings for the shop\ntemplate: titles  # the old winner\nbeams: 10\n", encoding="utf-8")
+    record_best(path, "sequence", 20)
+    text = path.read_text(encoding="utf-8")
+    assert "# my settings for the shop" in text and "# the old winner" in text and "beams: 10" in text
+    import yaml
+
+    assert yaml.safe_load(text) == {"template": "sequence", "beams": 10, "max_history": 20}
+
+
+def test_a_candidate_template_is_known_to_need_a_retriever():
+    lib = TemplateLibrary()
+    assert lib.load_template("candidates").reads("candidates")
+    assert not lib.load_template("titles").reads("candidates")
+
+
+def test_a_leaderboard_within_noise_says_so(capsys):
+    rng = np.random.default_rng(0)
+    tie = rng.random(20) < 0.1
+    board = {"a": {"per_user_NDCG@10": tie.astype(float)}, "b": {"per_user_NDCG@10": np.roll(tie, 1).astype(float)}}
+    warn_if_within_noise(board)
+    assert "within noise" in capsys.readouterr().err
+    clear = {"a": {"per_user_NDCG@10": np.ones(200)}, "b": {"per_user_NDCG@10": np.zeros(200)}}
+    warn_if_within_noise(clear)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_template_error_at_render_time_comes_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import m6gen.recommender
+    from m6gen.commands import main
+
+    data = write_plain(tmp_path / "d")
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    (folder / "bad.jinja").write_text(
+        "{% block prompt %}{{ user.age }} {{ history[-1].title }}{% endblock %}"
+        "{% block target %}{{ item.title }}{% endblock %}",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(
+        m6gen.recommender.Recommender,
+        "from_pretrained",
+        classmethod(lambda *a, **k: pytest.fail("loaded the model before rendering a prompt")),
+    )
+    argv = [
+        "recommend",
+        "--data",
+        str(data),
+        "--templates",
+        str(folder),
+        "--template",
+        "bad",
+        "--output",
+        str(tmp_path / "r.jsonl"),
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "age" in err and err.count("\n") == 1
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_no_progress_also_silences_the_libraries_bars():
+    from transformers.utils import logging as hf_logging
+
+    from m6gen.commands.common import quiet_library_progress
+
+    hf_logging.enable_progress_bar()
+    quiet_library_progress()
+    try:
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
