@@ -110,12 +110,12 @@ class Recommender:
         """
         from m6gen.model import load_model, load_tokenizer
         from m6gen.prompts import TemplateLibrary
-        from m6gen.training.run_folder import load_trained, trained_run_config
+        from m6gen.runs import load_trained, trained_run_config
 
         run = trained_run_config(model)
         if run is not None:
             from m6gen.model import ModelError
-            from m6gen.training.run_folder import read_run_config
+            from m6gen.runs import read_run_config
 
             trained_on = read_run_config(model)[1].get("n_items")  # the run's "resolved" facts
             if trained_on is not None and trained_on != len(catalog):  # another data set's catalog
@@ -326,7 +326,7 @@ def run_templates(model, run) -> tuple[str | None, str]:
     shipped folder), and a folder that is gone is an error naming the run.
     """
     from m6gen.prompts import SUFFIX
-    from m6gen.training.run_folder import SAVED_TEMPLATES
+    from m6gen.runs import SAVED_TEMPLATES
 
     name = Path(run.template).name.removesuffix(SUFFIX)
     saved = Path(model) / SAVED_TEMPLATES
@@ -348,7 +348,7 @@ def resolve_prompt(model, prompt: PromptArgs) -> PromptArgs:
     The one place where a run folder's template (its own saved copy), history length, retriever and
     number of candidates are resolved; every command and ``from_pretrained`` go through it.
     """
-    from m6gen.training.run_folder import trained_run_config
+    from m6gen.runs import trained_run_config
 
     run = trained_run_config(model)
     template = prompt.template or (run.template if run else "titles")
@@ -369,7 +369,7 @@ def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
     """``data`` with, when no folder is given and ``model`` is a trained run, the run's own data
     folder and the data options left at their defaults (``say`` tells the user)."""
     from m6gen.data import default_data_dir
-    from m6gen.training.run_folder import trained_run_config
+    from m6gen.runs import trained_run_config
 
     run = trained_run_config(model) if data.data is None else None
     if run is None or not run.data:

@@ -64,9 +64,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     import numpy as np
     import torch
 
+    from m6gen.config import TrainConfig
     from m6gen.model import encode_targets, load_model, load_tokenizer
     from m6gen.training import examples as td
-    from m6gen.training.loop import TrainConfig, prepare_run, resolve_paths, train
+    from m6gen.training.loop import prepare_run, train
+    from m6gen.training.run_folder import resolve_paths
 
     options = {k: v for k, v in vars(args).items() if v is not None and k not in ("steps", "warmup", "hf_loss")}
     # Validation is not timed; the one at the end of the run is made as small as it can be.

@@ -18,6 +18,20 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_the_checkout(tmp_path_factory):
+    """What commands cache (the demo's quick SASRec) goes to a temporary folder, not data/cache."""
+    import os
+
+    before = os.environ.get("M6GEN_CACHE")
+    os.environ["M6GEN_CACHE"] = str(tmp_path_factory.mktemp("m6gen-cache"))
+    yield
+    if before is None:
+        os.environ.pop("M6GEN_CACHE", None)
+    else:
+        os.environ["M6GEN_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(data folder, model folder): 8 titles (helpers.TITLES), users u0..u5 of 4 interactions, a tiny saved Llama."""

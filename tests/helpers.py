@@ -58,7 +58,7 @@ def write_synthetic(folder: Path) -> None:
 
 def tiny_config(tiny_dirs, out, **kw):
     """A TrainConfig for a few quick steps on the synthetic data."""
-    from m6gen.training.config import TrainConfig
+    from m6gen.config import TrainConfig
 
     model_dir, data_dir = tiny_dirs
     base = dict(

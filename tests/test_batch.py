@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from m6gen.commands.recommend import UserListError, done_users, main, read_user_ids
+from m6gen.commands.recommend import main, read_user_ids
+from m6gen.outputs import UserListError, done_users
 
 
 def run(world, out, *extra):
@@ -135,7 +136,7 @@ def test_bad_users_file_is_one_line_error(world, tmp_path, capsys):
 
 
 def test_merge_shards_keeps_one_csv_header(tmp_path):
-    from m6gen.commands.recommend import merge_shards
+    from m6gen.outputs import merge_shards
 
     out = tmp_path / "recs.csv"
     shards = [tmp_path / "recs.shard0of2.csv", tmp_path / "recs.shard1of2.csv"]

@@ -8,7 +8,8 @@ import pytest
 from helpers import N_USERS, tiny_config, tiny_world
 
 from m6gen.baselines.retrieval import in_catalog_order, retrieve, training_candidates
-from m6gen.training.loop import TrainError, train
+from m6gen.config import TrainError
+from m6gen.training.loop import train
 
 
 class FixedRetriever:

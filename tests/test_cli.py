@@ -1,6 +1,7 @@
 """The m6gen command: summary, prompts, demo on a tiny world; bad input is one line, exit 2."""
 
 from m6gen.commands import main
+from m6gen.commands.registry import all_groups
 
 
 def test_data_summary(world, capsys):
@@ -165,7 +166,9 @@ def test_a_bad_value_from_a_config_file_is_one_line(world, tmp_path, capsys):
         ("choose_on_valid: true\n", True),
     ]:
         cfg.write_text(text)
-        parsed = ConfigParser(eval_command.GROUPS, prog="m6gen eval").parse(["--config", str(cfg)])
+        parsed = ConfigParser(eval_command.GROUPS, prog="m6gen eval", every_group=all_groups()).parse(
+            ["--config", str(cfg)]
+        )
         assert next(g for g in parsed if type(g) is eval_command.EvalArgs).choose_on_valid is value, text
 
 

@@ -109,3 +109,21 @@ def test_no_progress_also_silences_the_libraries_bars():
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_demo_steers_the_untuned_model_with_a_cached_quick_sasrec(world, tmp_path, monkeypatch, capsys):
+    """Issue #18.4: the first run's lists follow each user's history (a quick SASRec prior), trained once."""
+    from m6gen.commands import main
+
+    monkeypatch.setenv("M6GEN_CACHE", str(tmp_path / "cache"))
+    data, model = world
+    argv = ["demo", "--data", str(data), "--model", str(model), "--beams", "4", "--k", "3", "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "quick SASRec prior: trained" in first and "searched with a quick SASRec" in first
+    cached = list((tmp_path / "cache").glob("demo-sasrec-*/sasrec.json"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").glob("demo-sasrec-*/resume.pt"))
+    assert main(argv) == 0
+    assert "(cached)" in capsys.readouterr().out
+    assert main([*argv, "--no-quick-prior"]) == 0
+    assert "quick SASRec" not in capsys.readouterr().out

@@ -2,8 +2,8 @@
 
 import pytest
 
-from m6gen.data.catalog import build_catalog
-from m6gen.data.titles import TitleMatcher, clean_text
+from m6gen.data.catalog import build_catalog, normalize_text
+from m6gen.data.titles import TitleMatcher
 
 # (id, title as read, year, genres); titles come from tiny_lm.CORPUS so test_chat's tiny tokenizer knows them
 ITEMS = [
@@ -75,5 +75,5 @@ def test_matcher_no_match(catalog, typed):
     assert TitleMatcher(catalog.titles).match(typed) == ("none", [])
 
 
-def test_clean_text():
-    assert clean_text(" a\tb\x00c \ud800 ") == "a bc"
+def test_normalize_text():
+    assert normalize_text(" a\tb\x00c \ud800 ") == "a bc"

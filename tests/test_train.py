@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from helpers import LENGTH, N_ITEMS, N_USERS, tiny_config, tiny_world  # noqa: F401
 
+from m6gen.commands.registry import all_groups
 from m6gen.commands.train import main
-from m6gen.config import ConfigError, ConfigParser, PromptArgs
-from m6gen.training.config import TRAIN_GROUPS
+from m6gen.config import TRAIN_GROUPS, ConfigError, ConfigParser, PromptArgs, TrainConfig, TrainError
+from m6gen.runs import load_trained
 from m6gen.training.examples import (
     IGNORE,
     Example,
@@ -25,7 +26,7 @@ from m6gen.training.examples import (
     sample_blocks,
     sample_steps,
 )
-from m6gen.training.loop import TrainConfig, TrainError, load_trained, train
+from m6gen.training.loop import train
 from tests.tiny_lm import make_model, make_tokenizer
 
 
@@ -197,7 +198,7 @@ def tiny_arch(kind: str):
 
 @pytest.mark.parametrize("kind", ["gpt2", "qwen2", "gemma2"])
 def test_default_targets_and_loss_shortcuts_per_architecture(kind):
-    from m6gen.training.loop import LLAMA_LIKE, resolve_target_modules
+    from m6gen.training.lora import LLAMA_LIKE, resolve_target_modules
 
     model = tiny_arch(kind)
     assert resolve_target_modules(model, None) == (["c_attn", "c_proj", "c_fc"] if kind == "gpt2" else LLAMA_LIKE)
@@ -609,7 +610,9 @@ def test_bad_inputs_give_one_line_errors(tiny_dirs, tmp_path, capsys):
 
 
 def parse_train(argv) -> TrainConfig:
-    return TrainConfig.from_groups(*ConfigParser(list(TRAIN_GROUPS), prog="m6gen train").parse(argv))
+    return TrainConfig.from_groups(
+        *ConfigParser(list(TRAIN_GROUPS), prog="m6gen train", every_group=all_groups()).parse(argv)
+    )
 
 
 def test_config_file_then_flags(tmp_path):
@@ -643,7 +646,7 @@ def test_one_default_history_length_everywhere():
 
 
 def test_runs_saved_before_the_renames_still_load():
-    from m6gen.training.run_folder import upgrade_saved_config
+    from m6gen.runs import upgrade_saved_config
 
     old = {"data_format": "plain", "prompts_dir": "p/", "min_history": 2, "batch_size": 4, "lr": 0.1}
     assert upgrade_saved_config(old) == {
@@ -802,3 +805,17 @@ def test_stopped_early_only_when_steps_were_left(tiny_dirs, tmp_path):
     assert (done["steps"], done["stopped_early"]) == (4, False)
     cut = train(tiny_config(tiny_dirs, tmp_path / "b", max_steps=8, **kw))
     assert (cut["steps"], cut["stopped_early"]) == (4, True)
+
+
+def test_a_short_run_validates_once_and_says_when_it_kept_step_zero(tiny_dirs, tmp_path, capsys):
+    """Issue #20: --max-steps below --eval-every validated twice (before and at the end); keeping the
+    untuned adapter went unsaid."""
+    cfg = tiny_config(tiny_dirs, tmp_path / "short", max_steps=3, eval_every=20, eval_at_start=True, lr=1e-9)
+    train(cfg)
+    assert [int(r["step"]) for r in read_log(tmp_path / "short/valid_log.csv")] == [3]
+    assert "validating at the end only" in capsys.readouterr().out
+    # a run long enough to validate before training: a vanishing lr never beats step 0, which is kept
+    cfg = tiny_config(tiny_dirs, tmp_path / "kept0", max_steps=2, eval_every=1, eval_at_start=True, lr=1e-12)
+    summary = train(cfg)
+    assert summary["adapter_from_step"] == 0  # equal scores: the earlier checkpoint stays best
+    assert "kept the untuned adapter (step 0)" in capsys.readouterr().out

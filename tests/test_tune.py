@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from m6gen.commands import recommend, tune
+from m6gen.commands.registry import all_groups
 from m6gen.commands.tune import main
 from m6gen.config import ConfigParser, DecodeArgs, PromptArgs, RerankArgs
 
@@ -38,7 +39,7 @@ def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_pa
 
     # the recorded choice is what --config gives every command; flags still win
     def parse(module, prog, argv):  # one instance per option group, by group
-        return {type(g): g for g in ConfigParser(module.GROUPS, prog=prog).parse(argv)}
+        return {type(g): g for g in ConfigParser(module.GROUPS, prog=prog, every_group=all_groups()).parse(argv)}
 
     assert parse(tune, "m6gen tune-prompts", ["--config", str(cfg)])[DecodeArgs].beams == 4
     args = parse(recommend, "m6gen recommend", ["--config", str(cfg), "--output", "x.jsonl", "--k", "7"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from m6gen.config import ConfigError, DataArgs, RuntimeArgs, SASRecArgs, _at_least, option
+from m6gen.config import ConfigError, DataArgs, RuntimeArgs, SASRecArgs, at_least, option
 
 
 @dataclass
@@ -23,7 +23,7 @@ class BaselinesArgs:
     out: str | None = option(None, "folder for the tables, baselines.json and the SASRec model")
 
     def __post_init__(self):
-        _at_least(self, 1, "max_users", optional=True)
+        at_least(self, 1, "max_users", optional=True)
         unknown = [m for m in self.methods.split(",") if m.strip() not in ("Pop", "SASRec")]
         if unknown:
             raise ConfigError(f"methods: unknown {unknown[0].strip()!r}; choose from Pop, SASRec")

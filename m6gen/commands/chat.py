@@ -23,7 +23,8 @@ from typing import TextIO
 from m6gen.commands.chat_session import ChatArgs, ChatError, ChatSettings, read_session, shown
 from m6gen.commands.common import display_width, pad
 from m6gen.config import DataArgs, DecodeArgs, DeviceArgs, ModelArgs, PriorArgs, PromptArgs, RerankArgs, option
-from m6gen.data.titles import MAX_CHOICES, TitleMatcher, clean_text
+from m6gen.data.catalog import normalize_text
+from m6gen.data.titles import MAX_CHOICES, TitleMatcher
 from m6gen.explain import explain
 from m6gen.files import write_atomic
 from m6gen.prompts import user_vars
@@ -157,17 +158,17 @@ class ChatSession:
         self.say(HELP)
 
     def cmd_add(self, text: str) -> None:
-        if not clean_text(text):
+        if not normalize_text(text):
             raise ChatError("add what? type a title, e.g. `add toy story`")
         how, items = self.matcher.match(text)
         if not items:
-            raise ChatError(f"no title matches {shown(clean_text(text))}; try fewer words, or its first words")
+            raise ChatError(f"no title matches {shown(normalize_text(text))}; try fewer words, or its first words")
         if len(items) == 1:
-            self._add(items[0], note=f" (closest match to {shown(clean_text(text))})" if how == "fuzzy" else "")
+            self._add(items[0], note=f" (closest match to {shown(normalize_text(text))})" if how == "fuzzy" else "")
             return
         more = len(items) > MAX_CHOICES
         self.pending = items[:MAX_CHOICES]
-        self.say(f"{'several titles start with' if how == 'prefix' else 'did you mean'} {shown(clean_text(text))}:")
+        self.say(f"{'several titles start with' if how == 'prefix' else 'did you mean'} {shown(normalize_text(text))}:")
         for n, i in enumerate(self.pending, 1):
             self.say(f"  {n}. {self.catalog[i].title}")
         self.say(

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from m6gen.config import ConfigError, ConfigParser, DecodeArgs, PromptArgs, RerankArgs, _at_least, option
+from m6gen.config import ConfigError, ConfigParser, DecodeArgs, PromptArgs, RerankArgs, at_least, option
 
 MAX_SESSION_BYTES = 10_000_000  # `load` refuses bigger files (and never reads a device like /dev/zero)
 
@@ -27,7 +27,7 @@ class ChatArgs:
     sample: bool = option(False, "`why`: sample (temperature 0.7) instead of greedy")
 
     def __post_init__(self):
-        _at_least(self, 1, "tokens")
+        at_least(self, 1, "tokens")
 
 
 # What `set` changes: the same fields, names and checks as the command-line options.

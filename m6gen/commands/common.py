@@ -18,9 +18,10 @@ class UsageError(ValueError):
 
 def parse(groups: list[type], prog: str, description: str, argv: list[str] | None) -> SimpleNamespace:
     """The options of a command: one instance per group (``args.groups``) and a flat view (``args.k``)."""
+    from m6gen.commands.registry import all_groups
     from m6gen.config import ConfigParser
 
-    parsed = ConfigParser(groups, prog=prog, description=description).parse(argv)
+    parsed = ConfigParser(groups, prog=prog, description=description, every_group=all_groups()).parse(argv)
     args = SimpleNamespace()
     for group in parsed:
         vars(args).update(vars(group))

@@ -35,7 +35,7 @@ from m6gen.config import (
     PromptArgs,
     RuntimeArgs,
     SASRecArgs,
-    _at_least,
+    at_least,
     option,
 )
 
@@ -81,7 +81,7 @@ class EvalArgs:
     out: str | None = option(None, "output folder (default: the model folder, or runs/eval-default)")
 
     def __post_init__(self):
-        _at_least(self, 1, "max_users", optional=True)
+        at_least(self, 1, "max_users", optional=True)
         unknown = [m for m in self.baselines.split(",") if m.strip() and m.strip() not in ("Pop", "SASRec")]
         if unknown:
             raise ConfigError(f"baselines: unknown {unknown[0].strip()!r}; choose from Pop, SASRec")
@@ -127,8 +127,8 @@ def generate_cached(
     """
     from tqdm.auto import tqdm
 
-    from m6gen.commands.recommend import done_users
     from m6gen.files import append_synced as append
+    from m6gen.outputs import done_users
     from m6gen.prompts import user_vars
 
     done = set(done_users(path, fix="delete it to generate those beams again"))
@@ -228,7 +228,7 @@ def run(args) -> int:
     from m6gen.data import default_data_dir, user_frequency
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import evaluate_rankings, per_user_scores
-    from m6gen.training.run_folder import trained_run_config
+    from m6gen.runs import trained_run_config
 
     weights = parse_weights(args.weights)
     if args.choose_on_valid and args.split != "test":
@@ -259,7 +259,7 @@ def run(args) -> int:
         if "SASRec" in methods and (saved / "sasrec.json").is_file() and saved_config(saved) == cfg:
             from m6gen.baselines.run import split_fingerprint
             from m6gen.baselines.sasrec import SASRec
-            from m6gen.training.run_folder import read_json
+            from m6gen.runs import read_json
 
             info = out / "baselines" / "baselines.json"
             recorded = read_json(info) if info.is_file() else {}

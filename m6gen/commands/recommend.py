@@ -13,9 +13,6 @@ recorded in ``<output>.m6gen.json``; appending with other ones is refused.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -32,13 +29,19 @@ from m6gen.config import (
     PromptArgs,
     RerankArgs,
     RuntimeArgs,
-    _at_least,
+    at_least,
     option,
 )
 from m6gen.files import append_synced as append
-from m6gen.files import write_atomic
-
-CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diversity", "novelty", "logprob"]
+from m6gen.outputs import (
+    CSV_FIELDS,
+    UserListError,
+    check_settings,
+    done_users,
+    format_records,
+    merge_shards,
+    record_settings,
+)
 
 
 @dataclass
@@ -55,15 +58,11 @@ class RecommendArgs:
     )
 
     def __post_init__(self):
-        _at_least(self, 1, "max_users", optional=True)
+        at_least(self, 1, "max_users", optional=True)
 
 
 GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, PriorArgs, RerankArgs, RuntimeArgs, RecommendArgs]
 HELP = "top-k lists for many users as JSONL/CSV, resumable"
-
-
-class UserListError(UsageError):
-    """A malformed or unknown-id users file."""
 
 
 def read_user_ids(path: str | Path, known: set[str], dropped=()) -> list[str]:
@@ -96,57 +95,6 @@ def read_user_ids(path: str | Path, known: set[str], dropped=()) -> list[str]:
     return ids
 
 
-def done_users(path: Path, k: int | None = None, fix: str = "use a new --output") -> list[str]:
-    """Users already complete in an output file; trims a half-written tail so appends stay clean.
-
-    JSONL: each complete line is one complete user. CSV: rows after the last newline are dropped;
-    the last user's rows are dropped too (it is redone) when it has fewer than ``k`` rows (a list
-    that could not be filled is redone the same), or, without ``k``, when the file was cut. Earlier
-    users are kept whatever this run's users are. A file that is not m6gen's output raises
-    :class:`UserListError` naming its line; the message ends with ``fix``.
-    """
-    if not path.is_file() or path.stat().st_size == 0:
-        return []
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]  # drop a partial last line
-    try:
-        text = keep.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserListError(
-            f"{path}: not UTF-8 text (byte {err.start}), not an m6gen recommendations file; {fix}"
-        ) from None
-    if path.suffix == ".csv":
-        lines = text.splitlines()
-        if lines and lines[0] != ",".join(CSV_FIELDS):
-            raise UserListError(f"{path}:1: not an m6gen recommendations header ({','.join(CSV_FIELDS)}); {fix}")
-        rows = []
-        for n, row in enumerate(csv.reader(lines[1:]), 2):
-            if len(row) != len(CSV_FIELDS) or not row[0] or not row[1].isdigit():
-                raise UserListError(f"{path}:{n}: not an m6gen recommendations row; {fix}")
-            rows.append(row)
-        if rows:
-            last = rows[-1][0]
-            n_last = sum(r[0] == last for r in rows)
-            if (n_last < k) if k is not None else keep != data:  # cut between its rows (or, without k, maybe)
-                rows = rows[:-n_last]
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([CSV_FIELDS, *rows])
-        if buf.getvalue() != text:
-            keep = buf.getvalue().encode("utf-8")
-        users = list(dict.fromkeys(r[0] for r in rows))
-    else:
-        users = []
-        for n, line in enumerate(text.splitlines(), 1):
-            try:
-                users.append(json.loads(line)["user_id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserListError(f"{path}:{n}: not an m6gen recommendations line; {fix}") from None
-    if keep != data:
-        write_atomic(path, keep)
-    return users
-
-
-# The options that decide what a recommendation list holds: a file is resumed only with the same ones.
 SETTINGS = (
     "data",
     "format",
@@ -192,86 +140,6 @@ def settings_of(args) -> dict:
     if out["sasrec"] is None:  # a weight of nothing changes nothing
         out["sasrec_weight"] = None
     return out
-
-
-def settings_file(output: Path) -> Path:
-    return output.with_name(output.name + ".m6gen.json")
-
-
-def check_settings(output: Path, settings: dict, written: Path | None = None) -> str:
-    """Refuse to append to an output file written with other ``settings`` (before anything is trimmed).
-
-    Without this a rerun with, say, another ``--k`` appended lists of another length to the same
-    file, or (JSONL) silently skipped every user as done. ``written``: the file this process
-    appends to (a shard of ``output`` under ``accelerate launch``). Returns "same" (recorded and
-    equal), "new" (nothing written yet) or "unrecorded" (rows from before settings were recorded).
-    """
-    path = settings_file(output)
-    written = written or output
-    header = len(",".join(CSV_FIELDS)) + 1 if output.suffix == ".csv" else 0
-    if not (written.is_file() and written.stat().st_size > header):
-        return "new"
-    if not path.is_file():
-        return "unrecorded"
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserListError(f"{path}: damaged settings record of {output}; delete it to append anyway") from None
-    diffs = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
-    if diffs:
-        more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
-        raise UserListError(
-            f"{output}: written with other options ({diffs[0]}{more}); resume it with the same "
-            f"options, or choose another --output"
-        )
-    return "same"
-
-
-def record_settings(output: Path, settings: dict) -> None:
-    path = settings_file(output)
-    write_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
-
-
-def format_records(users: list[str], results, catalog, fmt: str) -> str:
-    """One chunk of output text for a batch of users (written with a single append)."""
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        for user, res in zip(users, results):
-            for r in res.items:
-                writer.writerow(
-                    {
-                        "user_id": user,
-                        "rank": r.rank,
-                        "item_id": catalog[r.item_id].item_id,
-                        "title": catalog[r.item_id].title,
-                        **_scores(r),
-                    }
-                )
-        return buf.getvalue()
-    lines = []
-    for user, res in zip(users, results):
-        items = [
-            {"rank": r.rank, "item_id": catalog[r.item_id].item_id, "title": catalog[r.item_id].title, **_scores(r)}
-            for r in res.items
-        ]
-        lines.append(json.dumps({"user_id": user, "items": items, "filled": res.filled}, ensure_ascii=False) + "\n")
-    return "".join(lines)
-
-
-def _scores(r) -> dict:
-    return {k: round(float(getattr(r, k)), 6) for k in ("score", "accuracy", "diversity", "novelty", "logprob")}
-
-
-def merge_shards(output: Path, shards: list[Path]) -> None:
-    """Concatenate shard files into ``output`` (atomically), keeping one header for CSV."""
-    parts = []
-    for i, shard in enumerate(shards):
-        lines = shard.read_text(encoding="utf-8").splitlines(keepends=True)
-        parts.extend(lines[1:] if output.suffix == ".csv" and i > 0 else lines)
-    write_atomic(output, "".join(parts))
-    for shard in shards:
-        shard.unlink()
 
 
 class _Processes:

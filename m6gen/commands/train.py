@@ -13,14 +13,14 @@ import os
 import sys
 import warnings
 
-from m6gen.training.config import TRAIN_GROUPS
+from m6gen.config import TRAIN_GROUPS
 
 GROUPS = list(TRAIN_GROUPS)
 HELP = "LoRA-tune the model on the train split"
 
 
 def run(args) -> int:
-    from m6gen.training.config import TrainConfig
+    from m6gen.config import TrainConfig
     from m6gen.training.loop import train
 
     cfg = TrainConfig.from_groups(*(args.groups[g] for g in GROUPS))

@@ -28,7 +28,7 @@ from m6gen.config import (
     ModelArgs,
     PromptArgs,
     RuntimeArgs,
-    _at_least,
+    at_least,
     option,
 )
 
@@ -45,8 +45,8 @@ class TuneArgs:
     write_config: str = option("m6gen.yaml", "YAML file to record the best template in ('' to skip)")
 
     def __post_init__(self):
-        _at_least(self, 1, "tune_users")
-        _at_least(self, 0, "train_steps")
+        at_least(self, 1, "tune_users")
+        at_least(self, 0, "train_steps")
         for part in filter(None, (x.strip() for x in self.history_lengths.split(","))):
             if not part.isdigit() or int(part) < 1:
                 raise ConfigError(f"history_lengths: expected a comma list of whole numbers >= 1, got {part!r}")
@@ -180,10 +180,9 @@ def short_train(args, template: str, max_history: int):
     import tempfile
     from dataclasses import asdict
 
-    from m6gen.config import DataArgs
-    from m6gen.training.config import TrainConfig
+    from m6gen.config import DataArgs, TrainConfig
+    from m6gen.runs import load_trained
     from m6gen.training.loop import train
-    from m6gen.training.run_folder import load_trained
 
     out = Path(tempfile.mkdtemp(prefix=f"m6gen-tune-{template}-"))
     # The run's own validation is not used (each template is scored below, on --max-users users):

@@ -24,8 +24,32 @@ from dataclasses import dataclass, field
 
 # Articles MovieLens writes after a comma. Only capitalized forms: "…, die" is not an article.
 ARTICLES = (
-    "The", "A", "An", "Les", "La", "Le", "L'", "L’", "Il", "Das", "Der", "Die", "El",
-    "Los", "Las", "Lo", "Gli", "Un", "Une", "Una", "Ein", "Eine", "Det", "Den", "Het", "O",
+    "The",
+    "A",
+    "An",
+    "Les",
+    "La",
+    "Le",
+    "L'",
+    "L’",
+    "Il",
+    "Das",
+    "Der",
+    "Die",
+    "El",
+    "Los",
+    "Las",
+    "Lo",
+    "Gli",
+    "Un",
+    "Une",
+    "Una",
+    "Ein",
+    "Eine",
+    "Det",
+    "Den",
+    "Het",
+    "O",
 )
 PLACEHOLDER_TITLES = frozenset({"", "unknown", "unkonwn"})  # "unkonwn" is RecBole's spelling for ml-100k item 267
 
@@ -99,8 +123,13 @@ class Catalog:
 
 
 def normalize_text(text: str) -> str:
-    """NFC-normalize, collapse whitespace runs to one space, strip."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    """The one text normalization (titles read from files, and text a person types): control characters
+    (but whitespace) and lone surrogates dropped, NFC, whitespace runs collapsed to one space, stripped."""
+    dropped = ("Cc", "Cs")  # control characters, lone surrogates
+    kept = "".join(
+        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in dropped
+    )
+    return " ".join(unicodedata.normalize("NFC", kept).split())
 
 
 def _restore_one(text: str) -> str:
@@ -195,8 +224,13 @@ def build_catalog(
         genres, descriptions, extras: optional metadata kept on each ``Item``.
     """
     n = len(ids)
-    for name, seq in (("titles", titles), ("years", years), ("genres", genres),
-                      ("descriptions", descriptions), ("extras", extras)):
+    for name, seq in (
+        ("titles", titles),
+        ("years", years),
+        ("genres", genres),
+        ("descriptions", descriptions),
+        ("extras", extras),
+    ):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} ids")
     raws = [normalize_text(t) for t in titles]

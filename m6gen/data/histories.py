@@ -78,9 +78,26 @@ from m6gen.data.readers import (  # re-exported: m6gen.data is the public entry 
 )
 
 __all__ = [
-    "FORMATS", "TITLE_FIELDS", "DataError", "Dataset", "UserEvents", "default_data_dir", "detect_format",
-    "load_dataset", "load_dataset_noted", "read_movielens_1m", "read_movielens_100k", "read_plain", "read_recbole",
-    "DEDUPE", "build_histories", "Split", "leave_one_out", "item_popularity", "user_frequency", "summary",
+    "FORMATS",
+    "TITLE_FIELDS",
+    "DataError",
+    "Dataset",
+    "UserEvents",
+    "default_data_dir",
+    "detect_format",
+    "load_dataset",
+    "load_dataset_noted",
+    "read_movielens_1m",
+    "read_movielens_100k",
+    "read_plain",
+    "read_recbole",
+    "DEDUPE",
+    "build_histories",
+    "Split",
+    "leave_one_out",
+    "item_popularity",
+    "user_frequency",
+    "summary",
 ]
 
 FORMATS = ("recbole", "ml-100k", "ml-1m", "plain")
@@ -118,12 +135,14 @@ def detect_format(folder: str | Path) -> str:
         raise DataError(f"holds files of several formats ({kinds}); choose one with --format", folder)
     if found:
         return next(iter(found))
-    raise DataError("no known data files (<name>.inter, u.data, ratings.dat, or items + interactions "
-                    ".jsonl/.csv)", folder)
+    raise DataError(
+        "no known data files (<name>.inter, u.data, ratings.dat, or items + interactions .jsonl/.csv)", folder
+    )
 
 
-def load_dataset(path: str | Path | None = None, fmt: str = "auto", title_field: str | None = None,
-                 on_unknown_item: str = "raise") -> Dataset:
+def load_dataset(
+    path: str | Path | None = None, fmt: str = "auto", title_field: str | None = None, on_unknown_item: str = "raise"
+) -> Dataset:
     """Read the data set in folder ``path`` (None: ``default_data_dir()``).
 
     Args:
@@ -152,8 +171,9 @@ def load_dataset_noted(path: str | Path | None, fmt: str, title_field: str | Non
     warns about (the interactions it skipped) goes to ``say`` as one line instead of a Python warning."""
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", UserWarning)
-        ds = load_dataset(path, fmt=fmt, title_field=title_field,
-                          on_unknown_item="skip" if unknown_items == "skip" else "raise")
+        ds = load_dataset(
+            path, fmt=fmt, title_field=title_field, on_unknown_item="skip" if unknown_items == "skip" else "raise"
+        )
     for w in said:
         say(f"note: {w.message}")
     return ds

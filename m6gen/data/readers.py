@@ -27,15 +27,49 @@ YEAR_FIELDS = ("release_year", "year")
 GENRE_FIELDS = ("class", "genre", "genres", "categories")
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 ML1M_AGES = {"1": "Under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+"}
 ML1M_OCCUPATIONS = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer", "programmer",
-    "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
-    "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 )
 
 
@@ -78,8 +112,10 @@ class Dataset:
         # {% if user.age %} works for all users while a misspelt field is still an error.
         fields = list(dict.fromkeys(f for prof in self.profiles.values() for f in prof))
         if fields:
-            self.profiles = {u: {f: (self.profiles.get(u) or {}).get(f, "") for f in fields}
-                             for u in dict.fromkeys([*self.profiles, *self.interactions])}
+            self.profiles = {
+                u: {f: (self.profiles.get(u) or {}).get(f, "") for f in fields}
+                for u in dict.fromkeys([*self.profiles, *self.interactions])
+            }
 
     @property
     def n_interactions(self) -> int:
@@ -99,8 +135,9 @@ def _lines(path: Path, encoding: str = "utf-8") -> list[str]:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         bad = data[err.start : err.start + 1]
-        raise DataError(f"byte offset {err.start}: cannot decode byte {bad!r} as {encoding} (save the file as UTF-8)",
-                        path, line) from None
+        raise DataError(
+            f"byte offset {err.start}: cannot decode byte {bad!r} as {encoding} (save the file as UTF-8)", path, line
+        ) from None
     text = text.removeprefix("\ufeff")
     if "\r" in text:
         text = text.replace("\r\n", "\n")
@@ -164,8 +201,9 @@ def _need(columns: list[str], names: tuple[str, ...], path: Path) -> None:
             raise DataError(f"missing required column (columns: {', '.join(columns) or 'none'})", path, 1, name)
 
 
-def _catalog(path: Path, numbers: Any, ids: list[str], titles: list[str], years=None, genres=None, descs=None,
-             extras=None) -> Catalog:
+def _catalog(
+    path: Path, numbers: Any, ids: list[str], titles: list[str], years=None, genres=None, descs=None, extras=None
+) -> Catalog:
     """``build_catalog`` after checking the ids: none repeated, at least one."""
     if not ids:
         raise DataError("empty catalog: no items", path)
@@ -177,8 +215,15 @@ def _catalog(path: Path, numbers: Any, ids: list[str], titles: list[str], years=
     return build_catalog(ids, titles, years, genres, descs, extras)
 
 
-def _events(path: Path, numbers: np.ndarray, users: list[str], item_ids: list[str], times: list[Any] | None,
-            catalog: Catalog, on_unknown_item: str) -> tuple[dict[str, UserEvents], int]:
+def _events(
+    path: Path,
+    numbers: np.ndarray,
+    users: list[str],
+    item_ids: list[str],
+    times: list[Any] | None,
+    catalog: Catalog,
+    on_unknown_item: str,
+) -> tuple[dict[str, UserEvents], int]:
     """Group per-interaction columns by user, file order kept, into compact arrays (no per-row objects).
 
     ``times`` None: line numbers serve as timestamps. Returns (events, number of skipped interactions).
@@ -199,8 +244,12 @@ def _events(path: Path, numbers: np.ndarray, users: list[str], item_ids: list[st
     unknown = np.flatnonzero(items < 0)
     if unknown.size and on_unknown_item == "raise":
         k = unknown[0]
-        raise DataError(f"unknown item id {item_ids[k]!r:.60} (not in the item file; --unknown-items skip drops "
-                        "such lines)", path, int(numbers[k]), "item_id")
+        raise DataError(
+            f"unknown item id {item_ids[k]!r:.60} (not in the item file; --unknown-items skip drops such lines)",
+            path,
+            int(numbers[k]),
+            "item_id",
+        )
     if unknown.size:
         warnings.warn(f"{path}: skipped {unknown.size} interactions with unknown item ids", stacklevel=3)
         keep = items >= 0
@@ -247,8 +296,9 @@ def _recbole_name(folder: Path) -> str:
     return stems[0]
 
 
-def read_recbole(folder: str | Path, name: str | None = None, title_field: str | None = None,
-                 on_unknown_item: str = "raise") -> Dataset:
+def read_recbole(
+    folder: str | Path, name: str | None = None, title_field: str | None = None, on_unknown_item: str = "raise"
+) -> Dataset:
     """Read RecBole atomic files ``<name>.inter``, ``<name>.item``, optional ``<name>.user``."""
     folder = Path(folder)
     name = name or _recbole_name(folder)
@@ -264,7 +314,10 @@ def read_recbole(folder: str | Path, name: str | None = None, title_field: str |
     genre_f = next((f for f in GENRE_FIELDS if f in col), None)
     rest = [f for f in names if f not in ("item_id", title_field, year_f, genre_f, "description")]
     catalog = _catalog(
-        path, numbers, col["item_id"], col[title_field],
+        path,
+        numbers,
+        col["item_id"],
+        col[title_field],
         [_year(v) for v in col[year_f]] if year_f else None,  # lenient: ml-100k's item 267 has 'unkonwn'
         [v.split() for v in col[genre_f]] if genre_f else None,  # token_seq: space-separated
         [v or None for v in col["description"]] if "description" in col else None,
@@ -275,8 +328,9 @@ def read_recbole(folder: str | Path, name: str | None = None, title_field: str |
     names, numbers, cols = _atomic(path)
     _need(names, ("user_id", "item_id"), path)
     col = dict(zip(names, cols))
-    events, skipped = _events(path, numbers, col["user_id"], col["item_id"], col.get("timestamp"), catalog,
-                              on_unknown_item)
+    events, skipped = _events(
+        path, numbers, col["user_id"], col["item_id"], col.get("timestamp"), catalog, on_unknown_item
+    )
 
     profiles: dict[str, dict[str, str]] = {}
     path = folder / f"{name}.user"
@@ -344,8 +398,12 @@ def read_movielens_1m(folder: str | Path, on_unknown_item: str = "raise") -> Dat
         _unique_users(cols[0], numbers, path)
         occupations = {str(i): name for i, name in enumerate(ML1M_OCCUPATIONS)}
         for u, gender, age, occ, zip_code in zip(*cols):
-            profiles[u] = {"gender": gender, "age": ML1M_AGES.get(age, age),
-                           "occupation": occupations.get(occ, occ), "zip_code": zip_code}
+            profiles[u] = {
+                "gender": gender,
+                "age": ML1M_AGES.get(age, age),
+                "occupation": occupations.get(occ, occ),
+                "zip_code": zip_code,
+            }
     return Dataset(catalog, events, profiles, "ml-1m", skipped)
 
 
@@ -370,8 +428,9 @@ def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
                     if not any(v.strip() for v in row):
                         continue
                     if len(row) != len(header):
-                        raise DataError(f"expected {len(header)} comma-separated fields, got {len(row)}", path,
-                                        reader.line_num)
+                        raise DataError(
+                            f"expected {len(header)} comma-separated fields, got {len(row)}", path, reader.line_num
+                        )
                     out.append((reader.line_num, {h: v.strip() for h, v in zip(header, row)}))
         except csv.Error as err:  # e.g. a stray carriage return inside an unquoted field
             why = "a line break inside an unquoted field (quote the field)" if "new-line" in str(err) else str(err)

@@ -5,20 +5,15 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from m6gen.data.catalog import normalize_text
+
 MAX_CHOICES = 9  # a numbered choice shows at most this many titles
 ARTICLES = ("the", "a", "an")  # tried before a typed prefix
 _WORD = re.compile(r"\w+")
 _YEAR = re.compile(r"\s*\(\d{4}\)$")
 
 
-def clean_text(text: str) -> str:
-    """Typed text made matchable: control characters (but tabs, newlines) and lone surrogates dropped, NFC,
-    whitespace collapsed."""
-    dropped = ("Cc", "Cs")  # control characters, lone surrogates
-    kept = "".join(
-        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in dropped
-    )
-    return " ".join(unicodedata.normalize("NFC", kept).split())
+clean_text = normalize_text  # the name chat and serving use for typed text: one normalization
 
 
 def fold(text: str) -> str:
@@ -54,7 +49,7 @@ class TitleMatcher:
         without its year ("alien" -> "Alien (1979)") counts as exact.
         Fuzzy results are a single item only when the best is clearly better than the rest.
         """
-        query = clean_text(text)
+        query = normalize_text(text)
         if not query:
             return "none", []
         exact = self.index.lookup(query)

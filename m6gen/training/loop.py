@@ -25,23 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m6gen.config import TrainConfig, TrainError
 from m6gen.files import write_atomic
-from m6gen.training.lora import LLAMA_LIKE, resolve_target_modules  # noqa: F401  (LLAMA_LIKE re-exported for tests)
-from m6gen.training.run_folder import (  # noqa: F401  (re-exported for cli, tune, tests)
+from m6gen.runs import CONFIG_FILE, SAVED_TEMPLATES, load_trained
+from m6gen.training.lora import resolve_target_modules
+from m6gen.training.run_folder import (
     ADAPTER_FILES,
-    CONFIG_FILE,
-    OPERATIONAL,
-    SAVED_TEMPLATES,
     CsvLog,
-    TrainConfig,
-    TrainError,
     check_output_dir,
     checkpoint_pointer,
     load_checkpoint,
     load_init_adapter,
-    load_trained,
     plot_log,
-    read_run_config,
     resolve_paths,
     save_checkpoint,
     save_template,

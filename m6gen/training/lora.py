@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from m6gen.training.run_folder import TrainError
+from m6gen.config import TrainError
 
 LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS = {

@@ -6,14 +6,12 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
-from typing import Any
 
+from m6gen.config import TrainConfig, TrainError
 from m6gen.files import write_atomic
-from m6gen.training.config import TrainConfig, TrainError  # noqa: F401  (re-exported)
+from m6gen.runs import CONFIG_FILE, read_json, read_run_config
 
-CONFIG_FILE = "m6gen_config.json"
 # Options that may change between a run and its --resume: they do not change the weights.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # what peft's save_pretrained writes
 SHARDED_WEIGHTS = "trainable_state.pt"  # FSDP checkpoints: the gathered LoRA weights under the wrapped module's names
@@ -28,22 +26,6 @@ OPERATIONAL = {
     "progress",
     "threads",
 }
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A run folder's JSON file; a :class:`TrainError` naming the file and line when it is damaged."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise TrainError(f"{path}{where}: damaged, not valid JSON; restore it or train into a new folder") from None
-    if not isinstance(data, dict):
-        raise TrainError(f"{path}: damaged, expected a JSON object; restore it or train into a new folder")
-    return data
-
-
-# ---------------------------------------------------------------------------------- run folder
-SAVED_TEMPLATES = "prompts"  # a run's copy of its template (and the _partials beside it), what loading reads
 
 
 def save_template(template, folder: Path) -> None:
@@ -293,42 +275,6 @@ def plot_log(out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------- loading back
-def read_run_config(output_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """(config, resolved extras) of a training run's folder."""
-    path = Path(output_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise TrainError(f"{output_dir}: not an m6gen training output ({CONFIG_FILE} missing)")
-    saved = read_json(path)
-    if not isinstance(saved.get("config"), dict):
-        raise TrainError(f'{path}: damaged, no "config" object; restore it or train into a new folder')
-    values = upgrade_saved_config(saved["config"])
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names}), saved.get("resolved", {})
-
-
-# Runs saved before 0.2 spelled some options differently (CHANGELOG.md).
-RENAMED_IN_0_2 = {
-    "data_format": "format",
-    "prompts_dir": "templates",
-    "min_history": "min_prompt_items",
-    "batch_size": "train_batch_size",
-}
-
-
-def upgrade_saved_config(values: dict[str, Any]) -> dict[str, Any]:
-    """A saved run config in today's option names (a run saved before 0.2 had no ``min_prompt_items``)."""
-    if "min_prompt_items" in values:
-        return values
-    return {RENAMED_IN_0_2.get(k, k): v for k, v in values.items()}
-
-
-def trained_run_config(model: str | Path | None) -> TrainConfig | None:
-    """The training config when ``model`` is an m6gen run folder, else None (a model id, a path, a .gguf)."""
-    if model is None or not (Path(model) / CONFIG_FILE).is_file():
-        return None
-    return read_run_config(model)[0]
-
-
 def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
     """Copy the LoRA weights saved in ``folder`` into ``peft_model``; TrainError when their shapes differ."""
     from peft import load_peft_weights, set_peft_model_state_dict
@@ -350,32 +296,3 @@ def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
         raise TrainError(
             f"--init-adapter {folder}: its weights do not fit this model ({(missing or result.unexpected_keys)[0]} ...)"
         )
-
-
-def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = False, device: str = "cpu"):
-    """(model, tokenizer, config) of a training output, ready for ``constrained_beam_search``.
-
-    Loads the base model named in ``m6gen_config.json`` onto ``device`` plus the LoRA adapter (the
-    best one when validation ran); ``merge=True`` folds the adapter into the weights (faster decoding).
-    The catalog trie is in ``<output_dir>/trie`` (``m6gen.decoding.trie.CatalogTrie.load``).
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    from m6gen.model import load_model
-
-    cfg, _ = read_run_config(output_dir)
-    if not (Path(output_dir) / "adapter_config.json").is_file():
-        raise TrainError(f"{output_dir}: no adapter saved yet (the run did not finish; use --resume)")
-    if (Path(output_dir) / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
-    else:  # saved at the end of training; a folder holding a checkpoint's adapter copied by hand has none
-        from m6gen.model import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    base = load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device)
-    with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; nothing for our users to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = PeftModel.from_pretrained(base, str(output_dir))
-    model.eval()
-    return (model.merge_and_unload() if merge else model), tokenizer, cfg

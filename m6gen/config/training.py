@@ -1,15 +1,21 @@
-"""The options of a training run: the shared data/prompt/model groups plus LoRA and training groups.
-
-``TrainConfig`` is all of them in one flat object (``cfg.lr``, ``cfg.template``), written resolved
-to ``<run>/m6gen_config.json``; the ``m6gen train`` command is built from the groups.
-"""
+"""The options of a training run: LoRA and training groups, and ``TrainConfig``, all of a run's
+groups in one flat object (``cfg.lr``, ``cfg.template``), written resolved to ``m6gen_config.json``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from m6gen.config import ConfigError, DataArgs, ModelArgs, PromptArgs, RuntimeArgs, _at_least, _one_of, option
+from m6gen.config.groups import (
+    ConfigError,
+    DataArgs,
+    ModelArgs,
+    PromptArgs,
+    RuntimeArgs,
+    at_least,
+    one_of,
+    option,
+)
 
 
 class TrainError(ConfigError):
@@ -33,7 +39,7 @@ class LoraArgs:
     )
 
     def __post_init__(self):
-        _at_least(self, 1, "lora_r", "lora_alpha")
+        at_least(self, 1, "lora_r", "lora_alpha")
         if not 0 <= self.lora_dropout < 1:
             raise TrainError(f"lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
         if self.target_modules is not None:  # "q_proj,v_proj" means the same as "q_proj v_proj"
@@ -96,7 +102,7 @@ class TrainArgs:
     log_every: int = option(1, "write a train_log.csv row every N steps")
 
     def __post_init__(self):
-        _at_least(
+        at_least(
             self,
             1,
             "min_prompt_items",
@@ -111,16 +117,16 @@ class TrainArgs:
             "eval_batch_size",
             "log_every",
         )
-        _at_least(self, 1, "examples_per_user", "max_steps", "save_every", optional=True)
-        _at_least(self, 0, "eval_every", "patience", "weight_decay", "max_grad_norm")
+        at_least(self, 1, "examples_per_user", "max_steps", "save_every", optional=True)
+        at_least(self, 0, "eval_every", "patience", "weight_decay", "max_grad_norm")
         if not self.lr > 0:
             raise TrainError(f"lr: expected a number > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise TrainError(f"warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio}")
-        _one_of(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
-        _one_of(self, "history_packing", ("auto", "on", "off"))
-        _one_of(self, "final_adapter", ("best", "last"))
-        _one_of(self, "step_sampling", ("random", "last"))
+        one_of(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
+        one_of(self, "history_packing", ("auto", "on", "off"))
+        one_of(self, "final_adapter", ("best", "last"))
+        one_of(self, "step_sampling", ("random", "last"))
 
 
 TRAIN_GROUPS = (DataArgs, PromptArgs, ModelArgs, LoraArgs, TrainArgs, RuntimeArgs)

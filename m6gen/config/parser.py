@@ -1,0 +1,194 @@
+"""``ConfigParser``: option groups on transformers' ``HfArgumentParser``, ``--config`` recipes
+(YAML/JSON, flat or nested by group), the command line winning, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from m6gen.config.groups import ConfigError
+
+
+def _none_or(convert):
+    def parse(text: str):
+        return None if str(text).lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its messages
+    return parse
+
+
+def _optional_fields(dtype: type) -> set[str]:
+    import typing
+
+    hints = typing.get_type_hints(dtype)
+    return {name for name, tp in hints.items() if type(None) in typing.get_args(tp) and tp is not bool}
+
+
+def _hf_parser_class():
+    # transformers is imported here, not at module level, so that `--help` of modules that only
+    # import the dataclasses stays fast.
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser
+
+
+class ConfigParser:
+    """An ``HfArgumentParser`` over option groups, with ``--config FILE`` and one-line errors."""
+
+    def __init__(self, groups: list[type], prog: str, description: str = "", every_group: list[type] | None = None):
+        """``every_group``: the groups of all commands, so that a recipe shared between commands may hold
+        another command's options (skipped with a note); without it, a key this parser lacks is an error."""
+        base = _hf_parser_class()
+        outer = self
+
+        class _Parser(base):
+            def error(self, message: str):  # one line, no usage block (the README promises it)
+                outer.fail(message)
+
+            def _add_dataclass_arguments(self, dtype):
+                super()._add_dataclass_arguments(dtype)
+                optional = _optional_fields(dtype)
+                for action in self._actions:
+                    if action.dest in optional and action.type is not None and action.nargs != "?":
+                        action.type = _none_or(action.type)  # "--max-steps none" on the command line means None
+                    action.option_strings.sort(key=lambda o: "_" in o)  # usage and help show --max-history first
+
+        self.groups = list(groups)
+        self.every_group = list(every_group or groups)
+        self.prog = prog
+        # allow_abbrev=False: a prefix like --user must not silently mean --users
+        self.parser = _Parser(self.groups, prog=prog, description=description, allow_abbrev=False)
+        self.parser.add_argument("--config", metavar="FILE", help="YAML/JSON recipe of these options (flags win)")
+
+    @staticmethod
+    def fail(message: str):
+        raise ConfigError(message)
+
+    def fields(self) -> dict[str, type]:
+        return {f.name: g for g in self.groups for f in dataclasses.fields(g)}
+
+    def parse(self, argv: list[str] | None = None) -> tuple:
+        """One instance per group: defaults, then ``--config`` file values, then typed flags."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", default=None)
+        known, _ = pre.parse_known_args(argv)
+        self.parser.set_defaults(**self._file_defaults(known.config) if known.config else {})
+        namespace = self.parser.parse_args(argv)
+        values = vars(namespace)
+        out = []
+        for group in self.groups:
+            kwargs = {f.name: values[f.name] for f in dataclasses.fields(group) if f.init}
+            try:
+                out.append(group(**kwargs))
+            except ConfigError as err:
+                field_name = str(err).split(":", 1)[0]
+                typed = any(a.split("=")[0] in (f"--{field_name}", f"--{field_name.replace('_', '-')}") for a in argv)
+                raise ConfigError(f"{known.config}: {err}" if known.config and not typed else str(err)) from None
+        return tuple(out)
+
+    def _file_defaults(self, path: str) -> dict[str, Any]:
+        values = read_config_file(path, [getattr(g, "_argument_group_name", "") for g in self.every_group])
+        mine = self.fields()
+        defaults = {}
+        skipped = []
+        for key, value in values.items():
+            if key not in mine:
+                skipped.append(key)
+                continue
+            defaults[key] = self._file_value(path, key, value)
+        if skipped:
+            known = {f.name for g in self.every_group for f in dataclasses.fields(g)}
+            unknown = [k for k in skipped if k not in known]
+            if unknown:  # a typo must not run with a default
+                raise ConfigError(f"{path}: unknown option {unknown[0]!r} (no m6gen command takes it)")
+            print(f"note: {path}: {self.prog} does not take {', '.join(skipped)} (skipped)", file=sys.stderr)
+        return defaults
+
+    def _file_value(self, path: str, key: str, value: Any) -> Any:
+        """A file value checked exactly as the same flag typed on the command line would be."""
+        action = next(a for a in self.parser._actions if a.dest == key and a.option_strings)
+        if value is None or isinstance(value, bool) and action.nargs == "?":
+            return value
+        if action.nargs == "?" and str(value).strip().lower() in ("on", "off"):  # a switch, as chat's `set open on`
+            return str(value).strip().lower() == "on"
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: {key}: expected a value, got {value!r}")
+        if action.nargs == "+":
+            items = value if isinstance(value, list) else str(value).split(",")
+            return [self._convert(path, key, action, str(v)) for v in items]
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"{path}: {key}: expected one value, got {value!r}")
+        return self._convert(path, key, action, str(value))
+
+    @staticmethod
+    def _convert(path: str, key: str, action: argparse.Action, text: str) -> Any:
+        try:
+            converted = action.type(text) if action.type is not None else text
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            kind = getattr(action.type, "__name__", "value")
+            kind = {"int": "a whole number", "float": "a number", "string_to_bool": "on/off (true/false)"}.get(
+                kind, kind
+            )
+            raise ConfigError(f"{path}: {key}: expected {kind}, got {text!r}") from None
+        if action.choices is not None and converted not in action.choices:
+            raise ConfigError(f"{path}: {key}: {text!r} is not one of {', '.join(map(str, action.choices))}")
+        return converted
+
+    def value_from_text(self, name: str, text: str) -> Any:
+        """A value for ``name`` from the text a person typed (chat's ``set``), checked as its flag would be."""
+        fields = self.fields()
+        if name not in fields:
+            raise ConfigError(f"unknown setting {name!r}")
+        return self._file_value("set", name, text.strip())
+
+    def print_help(self) -> None:
+        self.parser.print_help()
+
+
+GROUP_ALIASES = ("prompt", "decode", "rerank", "train", "eval")  # short names for nesting in a recipe
+
+
+def read_config_file(path: str | Path, group_names: list[str] = ()) -> dict[str, Any]:
+    """Option values from a YAML or JSON file: flat keys, or nested one level under a group's name
+    (one of ``group_names`` or ``GROUP_ALIASES``)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML/JSON") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
+    groups = set(group_names) | set(GROUP_ALIASES)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        if key in groups and isinstance(value, dict):  # `data: {format: plain}` and `train: {lr: 1e-3}`
+            for sub, v in value.items():
+                flat[str(sub).replace("-", "_")] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def to_dict(*configs: Any) -> dict[str, Any]:
+    """The JSON-ready resolved options of several groups, for the config file written next to outputs."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        out.update(dataclasses.asdict(cfg))
+    return out
