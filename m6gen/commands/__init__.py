@@ -1,6 +1,6 @@
 """The ``m6gen`` command line: one module per sub-command; argparse lives only in this folder.
 
-    m6gen demo | data | prompts | recommend | chat | eval | tune-prompts | train | baselines
+    m6gen demo | data | prompts | recommend | chat | eval | tune-prompts | train | baselines | serve
 
 Every command is built from the option groups of ``m6gen.config`` and takes ``--config FILE``.
 """

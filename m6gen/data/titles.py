@@ -13,9 +13,6 @@ _WORD = re.compile(r"\w+")
 _YEAR = re.compile(r"\s*\(\d{4}\)$")
 
 
-clean_text = normalize_text  # the name chat and serving use for typed text: one normalization
-
-
 def fold(text: str) -> str:
     """Case and accents folded away, for comparing: "Amélie" -> "amelie"."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
