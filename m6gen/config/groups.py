@@ -24,6 +24,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) 
 
 
 def at_least(obj: Any, low: float, *names: str, optional: bool = False) -> None:
+    """Each of ``obj``'s fields ``names`` is a finite number >= ``low`` (or None, with ``optional``)."""
     for name in names:
         value = getattr(obj, name)
         if value is None and optional:
@@ -36,6 +37,7 @@ def at_least(obj: Any, low: float, *names: str, optional: bool = False) -> None:
 
 
 def one_of(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
+    """``obj``'s field ``name`` is one of ``allowed`` (a YAML value bypasses argparse's choices)."""
     if getattr(obj, name) not in allowed:
         raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(obj, name)!r}")
 
@@ -49,7 +51,7 @@ class DataArgs:
 
     data: str | None = option(None, "data folder (default: $M6GEN_DATA, else MovieLens-100K from scripts/setup.sh)")
     format: Literal["auto", "recbole", "ml-100k", "ml-1m", "plain"] = option(
-        "auto", "data format (auto: detected from the files, and said in a note)"
+        "auto", "data format (auto: detected from the files; `m6gen data` shows which)"
     )
     title_field: str | None = option(None, "item title column (default: detected)")
     dedupe: Literal["first", "keep", "last"] = option(
