@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from m6gen.data import build_histories, leave_one_out, load_dataset
-    from m6gen.decoding.search import constrained_beam_search, open_generate
+    from m6gen.decoding.open_ended import open_generate
+    from m6gen.decoding.search import constrained_beam_search
     from m6gen.model import build_catalog_trie, encode_prompts, load_model, load_tokenizer
     from m6gen.prompts import TemplateLibrary
 

@@ -10,7 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tiny_lm import make_model, make_tokenizer
 
-from m6gen.decoding.search import constrained_beam_search, open_generate, rank_hypotheses, score_items
+from m6gen.decoding.open_ended import open_generate
+from m6gen.decoding.search import constrained_beam_search, rank_hypotheses, score_items
 from m6gen.model import build_catalog_trie, encode_prompts
 
 TITLES = [

@@ -49,7 +49,7 @@ def run(args) -> int:
         methods=methods,
         max_users=args.max_users,
         out_dir=args.out,
-        threads=args.threads,
+        threads=None,  # run_command already set --threads (else torch's default: all cores)
         progress=args.progress,
         loaded=(ds, split),
     )

@@ -299,7 +299,7 @@ class ChatSession:
             self.say(f"  ({res.shortfall()}: raise beams with `set beams N`)")
 
     def _rec_open(self) -> None:
-        from m6gen.decoding.search import open_generate
+        from m6gen.decoding.open_ended import open_generate
         from m6gen.model import encode_prompts
 
         s = self.settings

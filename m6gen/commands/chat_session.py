@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,14 +95,10 @@ class ChatSettings:
         return dataclasses.replace(self, **{name: value})
 
 
-_PARSER = []
-
-
+@functools.cache
 def _settings_parser():
     """One parser over the settable groups (built once: it imports transformers)."""
-    if not _PARSER:
-        _PARSER.append(ConfigParser([PromptArgs, DecodeArgs, RerankArgs, ChatArgs], prog="set"))
-    return _PARSER[0]
+    return ConfigParser([PromptArgs, DecodeArgs, RerankArgs, ChatArgs], prog="set")
 
 
 def shown(text: str, limit: int = 60) -> str:

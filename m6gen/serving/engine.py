@@ -149,7 +149,7 @@ class Engine:
 
     # ------------------------------------------------------------------ open mode and explanations
     def _open(self, jobs: list[RecommendJob]) -> list:
-        from m6gen.decoding.search import open_generate
+        from m6gen.decoding.open_ended import open_generate
         from m6gen.model import encode_prompts
 
         rec = self.rec
