@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_batch.py --users 16 --beams 10 --dtype bfloat16
 
 Run it on an otherwise idle machine. Both modes use the same model, dtype, beams and real
-MovieLens-100K prompts (template ``titles``); "unconstrained" is transformers'
+MovieLens-100K prompts (template ``titles``, sorted by length into batches); "unconstrained" is transformers'
 ``generate(num_beams=B, num_return_sequences=B)`` capped at the catalog's longest title.
 """
 
@@ -20,7 +20,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=32, help="users per measurement")
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--beams", type=int, default=20)
-    p.add_argument("--history", type=int, default=15)
+    p.add_argument("--history", type=int, default=20)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--modes", default="constrained,unconstrained")
     return p
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from m6gen.model import build_catalog_trie, encode_prompts, load_model, load_tokenizer
     from m6gen.prompts import TemplateLibrary
 
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "CPU")
     ds = load_dataset()
     split = leave_one_out(build_histories(ds))
     tok, model = load_tokenizer(), load_model(dtype=args.dtype)
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     users = split.users[: args.users]
     hist = [split.test_history(u) for u in users]
     prompts = encode_prompts(tok, [tpl.render_prompt([ds.catalog[i] for i in h]) for h in hist])
+    order = np.argsort([len(p) for p in prompts], kind="stable")  # as Recommender.generate batches them
+    prompts, hist = [prompts[i] for i in order], [hist[i] for i in order]
 
     rows = []
     for bs in map(int, args.batch_sizes.split(",")):
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(header) == 3:
         header.append("ratio")
         rows = [r + [f"{float(r[1]) / float(r[2]):.1f}x"] for r in rows]
-    print(f"\n{len(users)} users, B={args.beams}, {args.dtype}, {torch.get_num_threads()} threads")
+    print(f"\n{cpu}: {len(users)} users, B={args.beams}, {args.dtype}, {torch.get_num_threads()} threads")
     print("| " + " | ".join(header) + " |\n|" + "|".join("---" for _ in header) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")

@@ -280,3 +280,36 @@ def test_no_user_left_is_an_error_not_an_empty_file(world, tmp_path, name):
     assert err.count("\n") == 1 and err.startswith("error: no user left to recommend for")
     assert "--min-history 5" in err  # says why
     assert not out.exists() and not (tmp_path / f"{name}.m6gen.json").exists()
+
+
+def test_generate_batches_by_prompt_length_and_answers_in_the_order_given(world):
+    """Users are decoded sorted by prompt length; each gets its own beams, allowed items and prior row back."""
+    from m6gen.data import load_dataset
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    ds = load_dataset(world[0])
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(beams=4, batch_size=2), device="cpu")
+    histories = [[0, 1, 2, 3, 4], [5], [6, 7, 0], [1], [2, 3]]  # prompt lengths out of order
+    allowed = [np.arange(len(ds.catalog)) for _ in histories]
+    allowed[1] = np.array([2, 3])  # user 1 may only get items 2 and 3
+    seen_by_prior = []
+
+    favourite = {0: 7, 1: 3, 2: 3, 3: 5, 4: 6}  # an unseen, allowed item per user
+
+    def prior(batch):  # strongly favours each user's own favourite: a row given to the wrong user shows
+        seen_by_prior.extend(tuple(h) for h in batch)
+        scores = np.full((len(batch), len(ds.catalog)), -20.0)
+        for row, h in enumerate(batch):
+            scores[row, favourite[histories.index(list(h))]] = 0.0
+        return scores
+
+    together = rec.generate(histories, allowed=allowed, prior=prior, prior_weight=1000.0)
+    assert seen_by_prior != [tuple(h) for h in histories]  # the batches really were reordered
+    one_by_one = RecommendConfig(beams=4, batch_size=1)
+    single = Recommender.from_pretrained(world[1], ds.catalog, one_by_one, device="cpu")
+    for hist, allow, got in zip(histories, allowed, together):
+        (alone,) = single.generate([hist], allowed=[allow], prior=prior, prior_weight=1000.0)
+        assert [h.item for h in got] == [h.item for h in alone]
+        assert [h.logprob for h in got] == pytest.approx([h.logprob for h in alone], abs=1e-4)
+    assert {h.item for h in together[1]} <= {2, 3}
+    assert [b[0].item for b in together] == [favourite[u] for u in range(len(histories))]

@@ -62,27 +62,32 @@ def make_tokenizer(kind: str = "bytelevel", extra_text: list[str] | None = None)
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
 
 
-def make_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
-    """A tiny random Llama (fp32, eval mode)."""
+def make_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, model_type: str = "llama"):
+    """A tiny random causal LM (fp32, eval mode): a Llama, or another architecture of the same shape
+    (grouped-query attention: 4 query heads, 2 key/value heads; no sliding window)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    extra = {"sliding_window": None} if model_type in ("mistral", "qwen2", "qwen3") else {}
+    cfg = AutoConfig.for_model(
+        model_type,
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=hidden // 4,
         max_position_embeddings=512,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
         tie_word_embeddings=False,
+        **extra,
     )
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(cfg)
     # Larger logits than the default init so that beam orders are decisive, not near-ties.
     with torch.no_grad():
-        model.lm_head.weight.mul_(20)
+        model.get_output_embeddings().weight.mul_(20)
     return model.eval()

@@ -33,6 +33,8 @@ from m6gen.decoding.trie import CatalogTrie
 if TYPE_CHECKING:
     import torch
 
+    from m6gen.decoding.shared_cache import SharedPromptCache
+
 RANKINGS = ("logprob", "normalized", "catalog")
 
 
@@ -64,10 +66,18 @@ def _cache_of(output):
     return cache if cache is not None else output.past_key_values
 
 
-def _next_logp(output) -> torch.Tensor:
-    import torch
+class _NextToken:
+    """The next token's log-probabilities, kept as logits and their log-normalizer: a step reads only
+    the few tokens the trie allows, so the (rows, V) log-softmax is never written out."""
 
-    return torch.log_softmax(output.logits[:, -1, :].float(), dim=-1)  # (rows, V)
+    def __init__(self, output):
+        import torch
+
+        self.logits = output.logits[:, -1, :].float()  # (rows, V)
+        self.log_normalizer = torch.logsumexp(self.logits, dim=-1)  # (rows,)
+
+    def logprobs(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.logits[rows, tokens] - self.log_normalizer[rows]
 
 
 def _top_per_user(users: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
@@ -254,16 +264,17 @@ class _Finished:
 
 @dataclass
 class _Decoder:
-    """The model side: one KV-cache row per live beam, the attention mask, the next token's log-probabilities."""
+    """The model side: the KV cache (a row per live beam, or shared per user), the next token's log-probabilities."""
 
     model: object
     cache_kwarg: str
     cache: object
     mask: torch.Tensor  # (rows, width) long: 1 on real tokens, 0 on left padding
-    logp: torch.Tensor  # (rows, V) float32
+    next_token: _NextToken
+    shared: SharedPromptCache | None = None  # the prompt's KV once per user (see shared_cache.py)
 
     @classmethod
-    def prefill(cls, model, prompt_ids: list[list[int]], pad_token_id: int) -> _Decoder:
+    def prefill(cls, model, prompt_ids: list[list[int]], pad_token_id: int, share_prompt: bool) -> _Decoder:
         """Each prompt once (left-padded); only the last position's logits are needed."""
         import torch
 
@@ -277,19 +288,27 @@ class _Decoder:
         ids, mask = ids.to(device), mask.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-        return cls(model, _cache_kwarg(model), _cache_of(out), mask, _next_logp(out))
+        decoder = cls(model, _cache_kwarg(model), _cache_of(out), mask, _NextToken(out))
+        if share_prompt:
+            from m6gen.decoding.shared_cache import SharedPromptCache
+
+            decoder.shared, decoder.cache = SharedPromptCache(decoder.cache, mask), None
+        return decoder
 
     def token_logprobs(self, rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """float64 log-probability of ``tokens[i]`` following row ``rows[i]``."""
         import torch
 
         device = self.mask.device
-        return self.logp[torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)].double().cpu().numpy()
+        rows_t, tokens_t = torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)
+        return self.next_token.logprobs(rows_t, tokens_t).double().cpu().numpy()
 
     def advance(self, rows: np.ndarray, tokens: np.ndarray) -> None:
         """Keep the given rows (a row may be repeated: a beam with several children) and feed each its token."""
         import torch
 
+        if self.shared is not None:
+            return self._advance_shared(rows, tokens)
         device = self.mask.device
         rows_t = torch.from_numpy(rows).to(device)
         self.cache.reorder_cache(rows_t)
@@ -305,17 +324,34 @@ class _Decoder:
             **{self.cache_kwarg: self.cache},
         )
         self.cache = _cache_of(out)
-        self.logp = _next_logp(out)
+        self.next_token = _NextToken(out)
+
+    def _advance_shared(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        import torch
+
+        self.shared.reorder(rows)
+        out = self.model(
+            input_ids=torch.from_numpy(tokens).to(self.mask.device).unsqueeze(1),
+            attention_mask=self.shared.prompt_bias,  # 4D: transformers passes it through as is
+            position_ids=self.shared.positions(),
+            use_cache=True,
+            shared_prompt=self.shared,  # reaches the attention function with the model's kwargs
+            **{self.cache_kwarg: self.shared},
+        )
+        self.next_token = _NextToken(out)
 
 
 @dataclass
 class _Timing:
     """What ``stats`` reports."""
 
-    model_s: float = 0.0
+    model_s: float = 0.0  # prefill and steps
+    prefill_s: float = 0.0
     constraint_s: float = 0.0
     steps: int = 0
-    rows: int = 0
+    rows: int = 0  # beam rows fed to the model after the prefill
+    prompt_tokens: int = 0  # prefilled tokens, padding excluded
+    attended: int = 0  # keys the step rows attended to (their prompt plus their title so far)
 
 
 def _expand(beams: _Beams, decoder: _Decoder, constraint: _Constraint, search_by: str) -> tuple[np.ndarray, _Beams]:
@@ -366,6 +402,7 @@ def constrained_beam_search(
     max_new_tokens: int | None = None,
     prior: np.ndarray | None = None,
     prior_weight: float = 1.0,
+    share_prompt: bool | None = None,
     stats: dict | None = None,
 ) -> list[list[Hypothesis]]:
     """Up to ``num_beams`` distinct catalog items per prompt, best first by ``search_by``.
@@ -382,10 +419,16 @@ def constrained_beam_search(
         prior: (users, items) log-scores of an item prior (e.g. SASRec log-probabilities); the
             search ranks by ``search_by`` score + ``prior_weight`` * log P_prior(item), applied
             token by token through the trie (see the module docstring). Results are in that order.
+        share_prompt: keep each prompt's KV cache once per user, read by all its beams, instead of a
+            copy per beam (see :mod:`m6gen.decoding.shared_cache`); same results, much less copying.
+            None (default): wherever the model's architecture supports it.
         stats: if given, filled with seconds spent in the model (``model_s``) and in the
             constraint bookkeeping (``constraint_s``), the number of ``steps`` and ``rows`` run.
     """
     import time
+    from contextlib import nullcontext
+
+    from m6gen.decoding import shared_cache
 
     if search_by not in ("logprob", "catalog"):
         raise ValueError(f"search_by={search_by!r}: beams are searched by 'logprob' or 'catalog'")
@@ -396,13 +439,40 @@ def constrained_beam_search(
     _check_inputs(prompt_ids, banned, allowed, prior_weight)
     constraint = _Constraint.build(trie, banned, allowed, prior, prior_weight)
     max_steps = trie.max_depth if max_new_tokens is None else min(max_new_tokens, trie.max_depth)
-    timing = _Timing()
+    if share_prompt is None:
+        share_prompt = shared_cache.supports(model)
+    elif share_prompt and not shared_cache.supports(model):
+        raise ValueError(f"share_prompt: not supported for {type(model).__name__} (see m6gen.decoding.shared_cache)")
+    timing = _Timing(prompt_tokens=sum(map(len, prompt_ids)))
     clock = time.perf_counter()
-    decoder = _Decoder.prefill(model, prompt_ids, pad_token_id)
+    decoder = _Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt)
     timing.model_s += time.perf_counter() - clock
+    timing.prefill_s = timing.model_s
     beams = _Beams.at_root(len(prompt_ids))  # beam r is row r of the decoder
     finished = _Finished(len(prompt_ids), num_beams, _Beams.at_root(0))
+    with shared_cache.shared_prompt_attention(model) if share_prompt else nullcontext():
+        _search(
+            beams, finished, decoder, constraint, search_by, max_steps, timing, np.array(list(map(len, prompt_ids)))
+        )
+    if stats is not None:
+        stats.update(asdict(timing))
+    return finished.hypotheses(trie)
 
+
+def _search(
+    beams: _Beams,
+    finished: _Finished,
+    decoder: _Decoder,
+    constraint: _Constraint,
+    search_by: str,
+    max_steps: int,
+    timing: _Timing,
+    prompt_length: np.ndarray,
+) -> None:
+    """The steps after the prefill: expand, collect finished items, prune, feed the survivors."""
+    import time
+
+    trie = constraint.trie
     for step in range(max_steps):
         clock = time.perf_counter()
         parent, cands = _expand(beams, decoder, constraint, search_by)
@@ -418,10 +488,7 @@ def constrained_beam_search(
         timing.model_s += time.perf_counter() - clock
         timing.steps += 1
         timing.rows += len(live)
-
-    if stats is not None:
-        stats.update(asdict(timing))
-    return finished.hypotheses(trie)
+        timing.attended += int(prompt_length[beams.user].sum()) + len(live) * (step + 1)
 
 
 def rank_hypotheses(hyps: list[Hypothesis], rank_by: str) -> list[Hypothesis]:
