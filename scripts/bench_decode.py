@@ -226,8 +226,8 @@ class ModelShape:
 class PhaseClock:
     """Seconds in the LM head (hooks) and in the shared cache's attention (wrapped), while active."""
 
-    def __init__(self, model, shape: ModelShape):
-        self.model, self.shape = model, shape
+    def __init__(self, model):
+        self.model = model
         self.head_s = self.attention_s = 0.0
 
     def __enter__(self):
@@ -290,7 +290,7 @@ def paths_part(args, work: Workload, shape: ModelShape) -> dict:
         share = path != "copy"
         work.decode(model, users[:1], share, max_new_tokens=2)  # warm-up
         stats: dict = {}
-        with PhaseClock(model, shape) as clock:
+        with PhaseClock(model) as clock:
             t0 = time.perf_counter()
             beams = work.decode(model, users, share, stats)
             total = time.perf_counter() - t0

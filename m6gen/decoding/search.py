@@ -1,4 +1,5 @@
-"""Trie-constrained beam search over a causal LM: every finished beam is a catalog item.
+"""Trie-constrained beam search over a causal LM: every finished beam is a catalog item (the model
+side, prefill and steps, is in :mod:`m6gen.decoding.decoder`).
 
 Why a custom loop rather than ``generate`` with ``prefix_allowed_tokens_fn``:
 - the prompt is prefilled once per user and its KV cache shared by that user's beams
@@ -24,16 +25,11 @@ items the user may get).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from m6gen.decoding.decoder import Decoder
 from m6gen.decoding.trie import CatalogTrie
-
-if TYPE_CHECKING:
-    import torch
-
-    from m6gen.decoding.shared_cache import SharedPromptCache
 
 RANKINGS = ("logprob", "normalized", "catalog")
 
@@ -51,33 +47,6 @@ class Hypothesis:
 
     def score(self, rank_by: str) -> float:
         return getattr(self, rank_by)
-
-
-def _cache_kwarg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _cache_of(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-class _NextToken:
-    """The next token's log-probabilities, kept as logits and their log-normalizer: a step reads only
-    the few tokens the trie allows, so the (rows, V) log-softmax is never written out."""
-
-    def __init__(self, output):
-        import torch
-
-        self.logits = output.logits[:, -1, :].float()  # (rows, V)
-        self.log_normalizer = torch.logsumexp(self.logits, dim=-1)  # (rows,)
-
-    def logprobs(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.logits[rows, tokens] - self.log_normalizer[rows]
 
 
 def _top_per_user(users: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
@@ -263,85 +232,6 @@ class _Finished:
 
 
 @dataclass
-class _Decoder:
-    """The model side: the KV cache (a row per live beam, or shared per user), the next token's log-probabilities."""
-
-    model: object
-    cache_kwarg: str
-    cache: object
-    mask: torch.Tensor  # (rows, width) long: 1 on real tokens, 0 on left padding
-    next_token: _NextToken
-    shared: SharedPromptCache | None = None  # the prompt's KV once per user (see shared_cache.py)
-
-    @classmethod
-    def prefill(cls, model, prompt_ids: list[list[int]], pad_token_id: int, share_prompt: bool) -> _Decoder:
-        """Each prompt once (left-padded); only the last position's logits are needed."""
-        import torch
-
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for u, p in enumerate(prompt_ids):
-            ids[u, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[u, width - len(p) :] = 1
-        device = next(model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-        decoder = cls(model, _cache_kwarg(model), _cache_of(out), mask, _NextToken(out))
-        if share_prompt:
-            from m6gen.decoding.shared_cache import SharedPromptCache
-
-            decoder.shared, decoder.cache = SharedPromptCache(decoder.cache, mask), None
-        return decoder
-
-    def token_logprobs(self, rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """float64 log-probability of ``tokens[i]`` following row ``rows[i]``."""
-        import torch
-
-        device = self.mask.device
-        rows_t, tokens_t = torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)
-        return self.next_token.logprobs(rows_t, tokens_t).double().cpu().numpy()
-
-    def advance(self, rows: np.ndarray, tokens: np.ndarray) -> None:
-        """Keep the given rows (a row may be repeated: a beam with several children) and feed each its token."""
-        import torch
-
-        if self.shared is not None:
-            return self._advance_shared(rows, tokens)
-        device = self.mask.device
-        rows_t = torch.from_numpy(rows).to(device)
-        self.cache.reorder_cache(rows_t)
-        ones = torch.ones((len(rows), 1), dtype=self.mask.dtype, device=device)
-        self.mask = torch.cat([self.mask[rows_t], ones], dim=1)  # (rows, width + 1)
-        step_ids = torch.from_numpy(tokens).to(device).unsqueeze(1)  # (rows, 1)
-        position_ids = self.mask.sum(-1, keepdim=True) - 1  # (rows, 1)
-        out = self.model(
-            input_ids=step_ids,
-            attention_mask=self.mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **{self.cache_kwarg: self.cache},
-        )
-        self.cache = _cache_of(out)
-        self.next_token = _NextToken(out)
-
-    def _advance_shared(self, rows: np.ndarray, tokens: np.ndarray) -> None:
-        import torch
-
-        self.shared.reorder(rows)
-        out = self.model(
-            input_ids=torch.from_numpy(tokens).to(self.mask.device).unsqueeze(1),
-            attention_mask=self.shared.prompt_bias,  # 4D: transformers passes it through as is
-            position_ids=self.shared.positions(),
-            use_cache=True,
-            shared_prompt=self.shared,  # reaches the attention function with the model's kwargs
-            **{self.cache_kwarg: self.shared},
-        )
-        self.next_token = _NextToken(out)
-
-
-@dataclass
 class _Timing:
     """What ``stats`` reports."""
 
@@ -354,7 +244,7 @@ class _Timing:
     attended: int = 0  # keys the step rows attended to (their prompt plus their title so far)
 
 
-def _expand(beams: _Beams, decoder: _Decoder, constraint: _Constraint, search_by: str) -> tuple[np.ndarray, _Beams]:
+def _expand(beams: _Beams, decoder: Decoder, constraint: _Constraint, search_by: str) -> tuple[np.ndarray, _Beams]:
     """Every beam extended by each child its user may enter: (parent beam index, candidates)."""
     parent, child = constraint.children(beams)
     users = beams.user[parent]
@@ -443,17 +333,16 @@ def constrained_beam_search(
         share_prompt = shared_cache.supports(model)
     elif share_prompt and not shared_cache.supports(model):
         raise ValueError(f"share_prompt: not supported for {type(model).__name__} (see m6gen.decoding.shared_cache)")
-    timing = _Timing(prompt_tokens=sum(map(len, prompt_ids)))
+    prompt_length = np.array([len(p) for p in prompt_ids])
+    timing = _Timing(prompt_tokens=int(prompt_length.sum()))
     clock = time.perf_counter()
-    decoder = _Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt)
+    decoder = Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt)
     timing.model_s += time.perf_counter() - clock
     timing.prefill_s = timing.model_s
     beams = _Beams.at_root(len(prompt_ids))  # beam r is row r of the decoder
     finished = _Finished(len(prompt_ids), num_beams, _Beams.at_root(0))
     with shared_cache.shared_prompt_attention(model) if share_prompt else nullcontext():
-        _search(
-            beams, finished, decoder, constraint, search_by, max_steps, timing, np.array(list(map(len, prompt_ids)))
-        )
+        _search(beams, finished, decoder, constraint, search_by, max_steps, timing, prompt_length)
     if stats is not None:
         stats.update(asdict(timing))
     return finished.hypotheses(trie)
@@ -462,7 +351,7 @@ def constrained_beam_search(
 def _search(
     beams: _Beams,
     finished: _Finished,
-    decoder: _Decoder,
+    decoder: Decoder,
     constraint: _Constraint,
     search_by: str,
     max_steps: int,

@@ -18,6 +18,7 @@ context, which the two-part softmax reproduces exactly); other models take the c
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     return shared_prompt.attend(module.layer_idx, query, key, value, scaling), None
 
 
+@cache  # once per process: the names are global to transformers
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
