@@ -166,7 +166,18 @@ def resolve_dtype(dtype: str, device=None):
 
 # ---------------------------------------------------------------------- encoding
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids of prompts, with the tokenizer's BOS where it uses one (not doubled)."""
+    """Token ids of prompts, with the tokenizer's BOS where it uses one (not doubled).
+
+    Collaborative-token placeholders (``{{ it.cf }}``, see :mod:`m6gen.hybrid`) become virtual ids.
+    """
+    from m6gen.hybrid.placeholders import encode_with_soft_tokens, has_placeholders
+
+    if any(has_placeholders(p) for p in prompts):
+        return encode_with_soft_tokens(tokenizer, list(prompts), _encode_text)
+    return _encode_text(tokenizer, prompts)
+
+
+def _encode_text(tokenizer, prompts: list[str]) -> list[list[int]]:
     ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None:  # a chat template may already have written the BOS text

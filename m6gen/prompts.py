@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,12 @@ class _RecordingLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
-def item_vars(item: Item) -> dict[str, Any]:
-    """The plain dict a template sees for one item (``history`` entries and ``item``)."""
+def item_vars(item: Item, cf: str = "") -> dict[str, Any]:
+    """The plain dict a template sees for one item (``history`` entries and ``item``).
+
+    ``cf``: what ``{{ it.cf }}`` renders, the item's collaborative-token placeholder (see
+    :mod:`m6gen.hybrid`); "" for a model without collaborative tokens or an item without a vector.
+    """
     return {
         "title": item.title,
         "raw_title": item.raw_title or item.title,
@@ -59,6 +63,7 @@ def item_vars(item: Item) -> dict[str, Any]:
         "description": item.description or "",
         "item_id": item.item_id,
         "extra": dict(item.extra),
+        "cf": cf,
     }
 
 
@@ -180,6 +185,7 @@ class PromptTemplate:
         k: int = 10,
         tokenizer=None,
         candidates: Sequence[Item] | None = None,
+        cf: Callable[[int], str] | None = None,
     ) -> str:
         """Render the ``prompt`` block for a time-ordered history (oldest first, most recent last).
 
@@ -191,12 +197,14 @@ class PromptTemplate:
                 end-of-text token ``eos`` is; None: plain fallback chat layout, ``eos`` empty.
             candidates: the items a retriever proposes for this user (``m6gen train --candidates``),
                 for templates that list them (``candidates.jinja``); empty when there is no retriever.
+            cf: catalog index -> what ``{{ it.cf }}`` renders for a history item (the model's
+                collaborative placeholder, see :mod:`m6gen.hybrid`); None: "" for every item.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         shown = history[-self.max_history :] if self.max_history is not None else history
         variables = {
-            "history": [item_vars(it) for it in shown],
+            "history": [item_vars(it, cf(it.index) if cf is not None else "") for it in shown],
             "n_history": len(shown),
             "n_total": len(history),
             "candidates": [item_vars(it) for it in candidates or ()],

@@ -81,6 +81,9 @@ class Recommender:
         self.features = features
         self.prior, self.prior_weight = prior, prior_weight
         self.retriever = retriever
+        from m6gen.hybrid import find
+
+        self.collaborative = find(model)  # the model's collaborative item tokens ({{ it.cf }}), if any
 
     @classmethod
     def from_pretrained(
@@ -197,6 +200,7 @@ class Recommender:
                 user=prof,
                 tokenizer=self.tokenizer,
                 candidates=[self.catalog[int(i)] for i in c],
+                cf=self.collaborative.placeholder if self.collaborative is not None else None,
             )
             for hist, prof, c in zip(histories, profiles, candidates or [() for _ in histories])
         ]
@@ -379,7 +383,7 @@ def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
         return data
     defaults = DataArgs()
     changes = {"data": run.data}
-    for name in ("format", "title_field", "dedupe", "unknown_items"):
+    for name in ("format", "title_field", "dedupe", "unknown_items", "new_items"):
         if getattr(data, name) == getattr(defaults, name):
             changes[name] = getattr(run, name)
     if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():

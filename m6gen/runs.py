@@ -89,6 +89,9 @@ def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = F
 
         tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
     base = load_model(cfg.model, cfg.gguf_file, dtype=dtype, device=device)
+    from m6gen.hybrid.soft_tokens import attach_saved
+
+    attach_saved(base, output_dir, tokenizer)  # collaborative tokens; peft loads their projector with the adapter
     with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; nothing for our users to do
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = PeftModel.from_pretrained(base, str(output_dir))

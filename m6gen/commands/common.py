@@ -68,14 +68,14 @@ def say(text: str) -> None:
 def load_data(args):
     """(dataset, split) for the data options; a trained run's own data when no --data is given."""
     from m6gen.config import DataArgs
-    from m6gen.data import build_histories, leave_one_out, load_dataset_noted
+    from m6gen.data import build_histories, leave_one_out, load_dataset_noted, new_item_split
     from m6gen.recommender import resolve_data
 
     data = resolve_data(getattr(args, "model", None), args.groups[DataArgs], say=say)
     vars(args).update(vars(data))
     ds = load_dataset_noted(data.data, data.format, data.title_field, data.unknown_items, say=say)
     split = leave_one_out(build_histories(ds, dedupe=data.dedupe, min_history=data.min_history))
-    return ds, split
+    return ds, new_item_split(ds, split, data.new_items)
 
 
 def resolve_prompt_args(args) -> None:

@@ -39,6 +39,8 @@ from m6gen.config import (
     option,
 )
 
+PEERS = ("Pop", "SASRec", "Content", "TitleNN")
+TRAINED_PEERS = ("Pop", "SASRec")  # trained and tabled by m6gen.baselines.run; the content peers need no training
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
 DEFAULT_BLEND = "0.5,1,2"
 VERSUS_RESAMPLES, VERSUS_LEVEL = 10_000, 0.95
@@ -65,7 +67,16 @@ class EvalArgs:
 
     split: Literal["test", "valid"] = option("test", "evaluate on the test or the validation item")
     max_users: int | None = option(None, "only the first N users (default: all)")
-    baselines: str = option("Pop,SASRec", "peers in the same run (comma list of Pop, SASRec; '' for none)")
+    new_item_users: bool = option(
+        False,
+        "with --new-items: evaluate only the users whose --split target is a new item (the new-item table "
+        "for a fraction of the decoding; the all-users table then covers those users only)",
+    )
+    baselines: str = option(
+        "Pop,SASRec",
+        "peers in the same run (comma list of Pop, SASRec, Content (genres and year), TitleNN (nearest neighbours "
+        "by the model's title embeddings); '' for none)",
+    )
     weights: str = option(DEFAULT_WEIGHTS, "reranker settings 'diversity,novelty;...' evaluated as extra rows")
     blend: str = option(
         DEFAULT_BLEND, "weights w of extra rows ranking the beams by logprob + w * SASRec log-prob ('' for none)"
@@ -82,9 +93,9 @@ class EvalArgs:
 
     def __post_init__(self):
         at_least(self, 1, "max_users", optional=True)
-        unknown = [m for m in self.baselines.split(",") if m.strip() and m.strip() not in ("Pop", "SASRec")]
+        unknown = [m for m in self.baselines.split(",") if m.strip() and m.strip() not in PEERS]
         if unknown:
-            raise ConfigError(f"baselines: unknown {unknown[0].strip()!r}; choose from Pop, SASRec")
+            raise ConfigError(f"baselines: unknown {unknown[0].strip()!r}; choose from {', '.join(PEERS)}")
         for name in ("blend", "decode_blend"):
             for part in filter(None, (x.strip() for x in getattr(self, name).split(","))):
                 try:
@@ -237,7 +248,14 @@ def run(args) -> int:
         )
     ds, split = load_data(args)
     n_items = len(ds.catalog)
-    users = split.users[: args.max_users] if args.max_users else split.users
+    users = split.users
+    if args.new_item_users:
+        from m6gen.data import new_item_users
+
+        if not split.new_items:
+            raise UsageError("--new-item-users needs the new-item protocol: give --new-items FRAC (e.g. 0.1)")
+        users = new_item_users(split, args.split)
+    users = users[: args.max_users] if args.max_users else users
     out = Path(
         args.out
         or (args.model if args.model and Path(args.model, "m6gen_config.json").is_file() else "runs/eval-default")
@@ -250,7 +268,8 @@ def run(args) -> int:
     rec = load_recommender(
         args, ds.catalog, preview
     )  # first: a wrong template, device or model fails before SASRec trains
-    methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    peers = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    methods = [m for m in peers if m in TRAINED_PEERS]
     sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
     base = {}
     if methods:
@@ -296,6 +315,9 @@ def run(args) -> int:
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
     data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
+    if args.new_items:  # other histories: other beams
+        data_options += f"|new{args.new_items:g}"
+    content = ContentPeers(ds, rec, split, [m for m in peers if m not in TRAINED_PEERS])
     trained = trained_run_config(args.model)
     retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(
@@ -307,8 +329,13 @@ def run(args) -> int:
         extra=data_options,
     )
 
-    def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-        """Every row's metrics and per-user NDCG@10 on one split, for the same users."""
+    def new_targets(name: str) -> np.ndarray:
+        """(users,) bool: whose target on split ``name`` is a new item (--new-items)."""
+        targets = split.test if name == "test" else split.valid
+        return np.array([targets[u] in split.new_items for u in users])
+
+    def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Every row's metrics, per-user NDCG@10 and per-user HR@10 on one split, for the same users."""
         if name == "test":
             histories, targets = [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
         else:
@@ -316,10 +343,29 @@ def run(args) -> int:
         seen = [set(h) for h in histories]
         rows: dict[str, dict[str, float]] = dict(base.get(name, {}))
         per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
-        if sasrec is not None:  # the same lists run_baselines scored, kept per user
-            per_user["SASRec"] = per_user_scores(sasrec.recommend(histories, max(ks), exclude=seen), targets, 10)[
-                "NDCG"
-            ]
+        hits: dict[str, np.ndarray] = {}  # row -> per-user HR@10, for the new-item table
+        peer_lists = {}  # the same lists run_baselines scored, kept per user
+        if sasrec is not None:
+            peer_lists["SASRec"] = sasrec.recommend(histories, max(ks), exclude=seen)
+        if "Pop" in methods:
+            from m6gen.baselines.run import pop_rank
+            from m6gen.data import item_popularity
+
+            peer_lists["Pop"] = pop_rank(item_popularity(split, n_items), seen, max(ks))
+        for peer, lists in {**peer_lists, **content.rankings(histories, seen, max(ks))}.items():
+            if peer not in rows or args.new_item_users:  # on exactly these users (run_baselines takes the first N)
+                rows[peer] = evaluate_rankings(
+                    lists,
+                    targets,
+                    ks=ks,
+                    features=features,
+                    user_freq=user_freq,
+                    n_users=len(split.train),
+                    n_items=n_items,
+                    seen=seen,
+                )
+            scores = per_user_scores(lists, targets, 10)
+            per_user[peer], hits[peer] = scores["NDCG"], scores["HR"]
         tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
         if rec.retriever is not None:
             tag += f"-c{rec.config.n_candidates}"
@@ -370,19 +416,25 @@ def run(args) -> int:
                 n_items=n_items,
                 seen=seen,
             )
-            per_user[row] = per_user_scores(lists, targets, 10)["NDCG"]
-        return rows, per_user
+            scores = per_user_scores(lists, targets, 10)
+            per_user[row], hits[row] = scores["NDCG"], scores["HR"]
+        return rows, per_user, hits
 
     if args.choose_on_valid:
-        valid_rows, valid_per_user = evaluate_split("valid")
+        valid_rows, valid_per_user, valid_hits = evaluate_split("valid")
         report(out, "valid", len(users), n_items, valid_rows, valid_per_user)
+        if split.new_items:
+            report_new_items(out, "valid", new_targets("valid"), valid_per_user, valid_hits)
         chosen = max((r for r in valid_rows if r.startswith("m6gen")), key=lambda r: valid_rows[r]["NDCG@10"])
-    rows, per_user = evaluate_split(args.split)
+    rows, per_user, hits = evaluate_split(args.split)
     if args.choose_on_valid:
         # The one m6gen setting picked on validation, reported on test: the honest headline row.
         label = f"m6gen, chosen on valid: {chosen.removeprefix('m6gen ')}"
         rows[label], per_user[label] = rows[chosen], per_user[chosen]
+        hits[label] = hits[chosen]
     report(out, args.split, len(users), n_items, rows, per_user)
+    if split.new_items:
+        report_new_items(out, args.split, new_targets(args.split), per_user, hits)
     # the options as given, and what they became (dtype auto, a run's own template and retriever)
     settings = {
         **{k: v for k, v in vars(args).items() if k != "groups"},
@@ -484,3 +536,63 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class ContentPeers:
+    """The content baselines asked for (``Content``, ``TitleNN``; :mod:`m6gen.baselines.content`),
+    ranking whole catalogs from item metadata and title embeddings: no interaction trains them."""
+
+    def __init__(self, ds, rec, split, names: list[str]):
+        from m6gen.baselines.content import genre_matrix
+
+        self.names, self.rec, self.catalog = names, rec, ds.catalog
+        self.genres = genre_matrix([it.genres for it in ds.catalog])
+        self.years = np.array([np.nan if it.year is None else float(it.year) for it in ds.catalog])
+        self._titles = None
+
+    def title_vectors(self) -> np.ndarray:
+        from m6gen.baselines.content import title_vectors
+
+        if self._titles is None:  # one forward pass over the catalog's titles, once per run
+            self._titles = title_vectors(self.rec.model, self.rec.tokenizer, [it.title for it in self.catalog])
+        return self._titles
+
+    def rankings(self, histories, seen, k: int) -> dict[str, list[np.ndarray]]:
+        from m6gen.baselines.content import embedding_scores, genre_year_scores, rank
+
+        out = {}
+        if "Content" in self.names:
+            out["Content"] = rank(genre_year_scores(histories, self.genres, self.years), seen, k)
+        if "TitleNN" in self.names:
+            out["TitleNN"] = rank(embedding_scores(histories, self.title_vectors()), seen, k)
+        return out
+
+
+def report_new_items(out: Path, split_name: str, new: np.ndarray, per_user: dict, hits: dict) -> None:
+    """``eval_<split>_new_items``: every row on the users whose target is a new item (--new-items), and
+    each m6gen row's NDCG@10 against the best peer there (paired bootstrap)."""
+    from m6gen.ranking.metrics import format_table, paired_bootstrap, write_results
+
+    n = int(new.sum())
+    if not n:
+        print(f"\nno {split_name} target is a new item: no new-item table")
+        return
+    rows = {
+        r: {"users": n, "HR@10": float(hits[r][new].mean()), "NDCG@10": float(v[new].mean())}
+        for r, v in per_user.items()
+    }
+    peers = [r for r in rows if not r.startswith("m6gen")]
+    print(f"\n{split_name}: the {n} users whose target is a new item ({n / len(new):.1%} of {len(new)}):\n")
+    print(format_table(rows, ["users", "HR@10", "NDCG@10"]))
+    written = write_results(out / f"eval_{split_name}_new_items", rows, ["users", "HR@10", "NDCG@10"])
+    if peers:
+        best = max(peers, key=lambda r: rows[r]["NDCG@10"])
+        versus = {
+            r: paired_bootstrap(v[new], per_user[best][new], n_resamples=VERSUS_RESAMPLES, level=VERSUS_LEVEL)
+            for r, v in per_user.items()
+            if r.startswith("m6gen")
+        }
+        print(f"\nNDCG@10 on new-item targets against the best peer there, {best} (paired bootstrap):\n")
+        print(format_table(versus, VERSUS_METRICS))
+        written += write_results(out / f"eval_{split_name}_new_items_vs_{best.lower()}", versus, VERSUS_METRICS)
+    print(f"\nwrote {', '.join(str(p) for p in written)}")

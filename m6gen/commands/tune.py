@@ -59,13 +59,14 @@ HELP = "leaderboard of the prompt templates on validation (--template a,b: only 
 def score_template(
     rec, histories, targets, profiles: list[dict] | None = None, progress: bool = False
 ) -> dict[str, float]:
+    from m6gen.model import encode_prompts
     from m6gen.ranking.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, per_user_scores
 
     t0 = time.perf_counter()
     beams = rec.generate(histories, profiles=profiles, progress=progress)
     seconds = time.perf_counter() - t0
     ranked = [np.array([h.item for h in b], dtype=np.int64) for b in beams]
-    prompt_tokens = np.mean([len(rec.tokenizer(p)["input_ids"]) for p in rec.prompts(histories, profiles)])
+    prompt_tokens = np.mean([len(ids) for ids in encode_prompts(rec.tokenizer, rec.prompts(histories, profiles))])
     # Every output is a catalog item by construction (the trie), so validity would always read 1.0;
     # coverage tells whether a template makes the model recommend the same few titles to everyone.
     per_user = per_user_scores(ranked, targets, 10)["NDCG"]

@@ -31,4 +31,11 @@ from m6gen.config.groups import (  # noqa: F401
     option,
 )
 from m6gen.config.parser import ConfigParser, read_config_file, to_dict  # noqa: F401
-from m6gen.config.training import TRAIN_GROUPS, LoraArgs, TrainArgs, TrainConfig, TrainError  # noqa: F401
+from m6gen.config.training import (  # noqa: F401
+    TRAIN_GROUPS,
+    HybridArgs,
+    LoraArgs,
+    TrainArgs,
+    TrainConfig,
+    TrainError,
+)

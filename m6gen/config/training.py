@@ -47,6 +47,31 @@ class LoraArgs:
 
 
 @dataclass
+class HybridArgs:
+    """Collaborative item tokens: ``{{ it.cf }}`` in a template (e.g. ``hybrid``) shows each history
+    item's collaborative vector as one soft token (see ``m6gen.hybrid``)."""
+
+    _argument_group_name = "hybrid"
+
+    cf_source: str | None = option(
+        None,
+        "items x d collaborative embeddings for {{ it.cf }}: a saved SASRec folder (`m6gen baselines --out X` "
+        "writes X/sasrec) or a .npy/.safetensors file, rows in catalog order (none: titles only)",
+    )
+    cf_hidden: int = option(256, "hidden width of the MLP projecting a collaborative vector to a token embedding")
+    cf_dropout: float = option(
+        0.2,
+        "chance that a history item's collaborative token is left out of a training prompt, so that the model "
+        "also works for items without one (new items)",
+    )
+
+    def __post_init__(self):
+        at_least(self, 1, "cf_hidden")
+        if not 0 <= self.cf_dropout < 1:
+            raise TrainError(f"cf_dropout: expected a number in [0, 1), got {self.cf_dropout}")
+
+
+@dataclass
 class TrainArgs:
     """Examples, optimization, validation and the output folder."""
 
@@ -129,11 +154,11 @@ class TrainArgs:
         one_of(self, "step_sampling", ("random", "last"))
 
 
-TRAIN_GROUPS = (DataArgs, PromptArgs, ModelArgs, LoraArgs, TrainArgs, RuntimeArgs)
+TRAIN_GROUPS = (DataArgs, PromptArgs, ModelArgs, HybridArgs, LoraArgs, TrainArgs, RuntimeArgs)
 
 
 @dataclass
-class TrainConfig(RuntimeArgs, TrainArgs, LoraArgs, ModelArgs, PromptArgs, DataArgs):
+class TrainConfig(RuntimeArgs, TrainArgs, LoraArgs, HybridArgs, ModelArgs, PromptArgs, DataArgs):
     """Everything a training run depends on, flat; written resolved to ``m6gen_config.json``."""
 
     def __post_init__(self):

@@ -6,3 +6,4 @@ numpy: nothing here imports torch, a model or a command.
 
 from m6gen.data.histories import *  # noqa: F401,F403  (the public entry point: load_dataset, leave_one_out, ...)
 from m6gen.data.histories import __all__  # noqa: F401
+from m6gen.data.new_items import hold_out, latest_items, new_item_split, new_item_users  # noqa: F401,E402

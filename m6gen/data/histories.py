@@ -223,6 +223,10 @@ class Split:
     train: dict[str, list[int]] = field(metadata={"help": "user -> all items but the last two, oldest first"})
     valid: dict[str, int] = field(metadata={"help": "user -> second-to-last item"})
     test: dict[str, int] = field(metadata={"help": "user -> last item"})
+    new_items: frozenset[int] = field(
+        default=frozenset(),
+        metadata={"help": "items held out as new (m6gen.data.new_items): in no train list and no history"},
+    )
 
     @property
     def users(self) -> list[str]:
@@ -233,8 +237,10 @@ class Split:
         return list(self.train[user])
 
     def test_history(self, user: str) -> list[int]:
-        """What the model sees when predicting ``test[user]``: train items, then the valid item."""
-        return [*self.train[user], self.valid[user]]
+        """What the model sees when predicting ``test[user]``: train items, then the valid item
+        (unless the valid item is a new item: new items are in no history)."""
+        valid = [] if self.valid[user] in self.new_items else [self.valid[user]]
+        return [*self.train[user], *valid]
 
 
 def leave_one_out(histories: dict[str, list[int]]) -> Split:

@@ -34,6 +34,27 @@ from m6gen.prompts import user_vars
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 
+class SoftTokens:
+    """Collaborative tokens in training prompts: each history item's placeholder, left out with
+    probability ``dropout`` (a fresh draw per occurrence, seeded per epoch), so the model learns to
+    recommend with and without them. ``embedding``: the model's ``CollaborativeEmbedding``."""
+
+    def __init__(self, embedding, dropout: float = 0.0, seed: int = 0, epoch: int = 0):
+        self.embedding, self.dropout = embedding, dropout
+        self.rng = np.random.default_rng([seed, epoch, 3])
+
+    def _kept(self) -> bool:
+        return not self.dropout or self.rng.random() >= self.dropout
+
+    def __call__(self, index: int) -> str:
+        """What ``{{ it.cf }}`` renders for item ``index`` in a prompt."""
+        return self.embedding.placeholder(index) if self._kept() else ""
+
+    def after_target(self, index: int) -> list[int]:
+        """The ids a token-incremental template writes after item ``index``'s target in a packed block."""
+        return self.embedding.virtual_ids(index) if self._kept() else []
+
+
 @dataclass(frozen=True)
 class Example:
     """Consecutive next-item steps of one user as token ids: one step, or a block (history packing)."""
@@ -92,9 +113,11 @@ def render_prompts(
     profiles: dict[str, dict[str, str]] | None = None,
     tokenizer=None,
     candidates: list | None = None,
+    cf=None,
 ) -> list[str]:
     """Prompt texts for item-index histories (shared by training and validation so both read alike);
-    ``candidates``: per history, the item indices a candidate template lists (``m6gen.baselines.retrieval``)."""
+    ``candidates``: per history, the item indices a candidate template lists (``m6gen.baselines.retrieval``);
+    ``cf``: catalog index -> what ``{{ it.cf }}`` renders (:class:`SoftTokens`), None: nothing."""
     cands = candidates if candidates is not None else [() for _ in histories]
     return [
         template.render_prompt(
@@ -102,6 +125,7 @@ def render_prompts(
             user=user_vars(u, profiles),
             tokenizer=tokenizer,
             candidates=[catalog[int(i)] for i in c],
+            cf=cf,
         )
         for hist, u, c in zip(histories, users, cands)
     ]
@@ -118,6 +142,7 @@ def build_examples(
     profiles: dict[str, dict[str, str]] | None = None,
     max_len: int | None = None,
     candidates: list | None = None,
+    soft: SoftTokens | None = None,
 ) -> tuple[list[Example], int]:
     """Tokenized examples for ``steps``; returns (examples, number dropped for exceeding ``max_len``).
 
@@ -134,6 +159,7 @@ def build_examples(
         profiles=profiles,
         max_len=max_len,
         candidates=candidates,
+        soft=soft,
     )
 
 
@@ -146,8 +172,10 @@ def is_token_incremental(
     *,
     users: int = 4,
     profiles: dict[str, dict[str, str]] | None = None,
+    soft: SoftTokens | None = None,
 ) -> bool:
-    """Whether prompt ids of ``h + [x]`` == prompt ids of ``h`` + ``target_ids[x]`` on real histories.
+    """Whether prompt ids of ``h + [x]`` == prompt ids of ``h`` + ``target_ids[x]`` on real histories
+    (+ x's collaborative token with ``soft``, as ``prompts/hybrid.jinja`` writes it after the title).
 
     Checked for every history length below ``max_history`` (beyond it the window slides and no
     prompt is a prefix of the next) of the first ``users`` users with enough items. Only then does
@@ -156,16 +184,23 @@ def is_token_incremental(
     from m6gen.model import encode_prompts
 
     window = template.max_history or 8
+    after = soft.embedding.virtual_ids if soft is not None else (lambda x: [])  # every token shown: no dropout
     checked = 0
     for user, items in histories.items():
         n = min(len(items), window)
         if n < 2:
             continue
         prompts = render_prompts(
-            template, catalog, [items[:j] for j in range(1, n + 1)], [user] * n, profiles=profiles, tokenizer=tokenizer
+            template,
+            catalog,
+            [items[:j] for j in range(1, n + 1)],
+            [user] * n,
+            profiles=profiles,
+            tokenizer=tokenizer,
+            cf=soft,
         )
         ids = encode_prompts(tokenizer, prompts)
-        if any(ids[j] != ids[j - 1] + target_ids[items[j]] for j in range(1, n)):
+        if any(ids[j] != ids[j - 1] + target_ids[items[j]] + after(items[j]) for j in range(1, n)):
             return False
         checked += 1
         if checked == users:
@@ -227,9 +262,13 @@ def build_block_examples(
     profiles: dict[str, dict[str, str]] | None = None,
     max_len: int | None = None,
     candidates: list | None = None,
+    soft: SoftTokens | None = None,
 ) -> tuple[list[Example], int]:
     """Examples of blocks ``(user, start, end)``: the prompt of ``train[u][:start]``, then the targets
     ``start..end-1``; returns (examples, number dropped for exceeding ``max_len``).
+
+    With ``soft`` the prompts carry collaborative tokens, and in a block each target but the last
+    is followed by its item's token (as the next prompt would write it; never a label).
 
     A one-step block is an ordinary example, right for any template; longer blocks (history
     packing) need a template :func:`is_token_incremental` accepts.
@@ -244,13 +283,16 @@ def build_block_examples(
         profiles,
         tokenizer,
         candidates,
+        cf=soft,
     )
     from m6gen.model import encode_prompts
 
+    after = soft.after_target if soft is not None else (lambda i: [])
     examples, dropped = [], 0
     for (u, a, b), p in zip(blocks, encode_prompts(tokenizer, prompts)):
         items = tuple(train[u][a:b])
-        ex = Example(u, a, items, p, [t for i in items for t in target_ids[i]])
+        targets = [t for j, i in enumerate(items) for t in target_ids[i] + (after(i) if j < len(items) - 1 else [])]
+        ex = Example(u, a, items, p, targets)
         if max_len is not None and len(ex) > max_len:
             dropped += 1
             continue
@@ -297,13 +339,14 @@ def plan_batches(
     return [batches[j] for j in rng.permutation(len(batches))]
 
 
-def collate(rows: list[list[Example]], pad_id: int) -> dict[str, Any]:
+def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None) -> dict[str, Any]:
     """Tensors for one micro-batch of packed rows (right-padded to the longest row).
 
     Returns ``input_ids``, ``labels`` (target ids where the loss applies, -100 elsewhere; the
     model predicts ``labels[:, j]`` at position ``j - 1``), ``position_ids`` (restarting at 0
     for each example and for the padding), and ``n_tokens``/``n_targets`` (non-pad and target
-    token counts).
+    token counts). Ids from ``soft_from`` on (collaborative tokens inside a packed block) are
+    inputs only: their label is -100.
     """
     import torch
 
@@ -318,7 +361,10 @@ def collate(rows: list[list[Example]], pad_id: int) -> dict[str, Any]:
             seq = ex.prompt_ids + ex.target_ids
             n = len(seq)
             ids[b, at : at + n] = torch.tensor(seq)
-            labels[b, at + len(ex.prompt_ids) : at + n] = torch.tensor(ex.target_ids)
+            target = torch.tensor(ex.target_ids)
+            if soft_from is not None:
+                target = target.masked_fill(target >= soft_from, IGNORE)
+            labels[b, at + len(ex.prompt_ids) : at + n] = target
             pos[b, at : at + n] = torch.arange(n)
             at += n
         pos[b, at:] = torch.arange(width - at)  # padding: a segment of its own, after every real token
@@ -365,7 +411,9 @@ def loss_module(model, fast_head: bool = True):
     return TargetLoss(model, fast_head)
 
 
-def check_loss_paths(module, examples, pad_id: int, tol: float = 1e-4) -> tuple[bool, bool]:
+def check_loss_paths(
+    module, examples, pad_id: int, tol: float = 1e-4, soft_from: int | None = None
+) -> tuple[bool, bool]:
     """(fast head agrees with full logits, packed rows agree with one example per row) on ``examples``.
 
     The reference is the model's own full-logit forward, one example per row. A model whose
@@ -378,7 +426,7 @@ def check_loss_paths(module, examples, pad_id: int, tol: float = 1e-4) -> tuple[
         old, module.fast_head = module.fast_head, fast
         try:
             with torch.no_grad():
-                b = collate(rows, pad_id)
+                b = collate(rows, pad_id, soft_from)
                 loss, n = module(b["input_ids"], b["labels"], b["position_ids"])
         finally:
             module.fast_head = old

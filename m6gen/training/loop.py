@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict as config_to_dict
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class Run:
     val_users: list[str]
     k: int  # metrics at k = min(10, eval_beams)
     retriever: Any = None  # the SASRec proposing each prompt's candidates (--candidates)
+    soft_from: int | None = None  # first virtual (collaborative-token) id: never a label (--cf-source)
 
     @property
     def sharded(self) -> bool:
@@ -157,7 +159,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
 
     from m6gen import __version__
     from m6gen.baselines.retrieval import training_candidates
-    from m6gen.data import build_histories, leave_one_out, load_dataset_noted
+    from m6gen.data import build_histories, leave_one_out, load_dataset_noted, new_item_split
+    from m6gen.hybrid.soft_tokens import PROJECTOR
     from m6gen.model import (
         build_catalog_trie,
         encode_targets,
@@ -190,6 +193,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     out = Path(cfg.output_dir)
     dataset = load_dataset_noted(cfg.data, cfg.format, cfg.title_field, cfg.unknown_items, say=acc.print)
     split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe, min_history=cfg.min_history))
+    split = new_item_split(dataset, split, cfg.new_items)  # --new-items: new items never reach training
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -197,6 +201,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.gguf_file)
     base = model if model is not None else load_model(cfg.model, cfg.gguf_file)
     cfg = dataclasses.replace(cfg, target_modules=resolve_target_modules(base, cfg.target_modules))
+    collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template)
     targets = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -204,6 +209,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",
+        # the projector of collaborative tokens trains (and is saved) with the adapter
+        modules_to_save=[PROJECTOR] if collaborative is not None else None,
     )
     peft_model = get_peft_model(base, lora)
     if cfg.init_adapter:
@@ -217,11 +224,12 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
 
         retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
     # a prompt listing candidates is not a prefix of the next step's prompt
+    full_tokens = td.SoftTokens(collaborative) if collaborative is not None else None  # no dropout: the check
     history = (
         not cfg.candidates
         and cfg.history_packing != "off"
         and td.is_token_incremental(
-            template, tokenizer, dataset.catalog, target_ids, split.train, profiles=dataset.profiles
+            template, tokenizer, dataset.catalog, target_ids, split.train, profiles=dataset.profiles, soft=full_tokens
         )
     )
     if cfg.history_packing == "on" and cfg.candidates:
@@ -241,6 +249,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
             epoch=epoch,
         )
         build = dict(profiles=dataset.profiles, max_len=cfg.max_seq_len)
+        if collaborative is not None:
+            build["soft"] = td.SoftTokens(collaborative, cfg.cf_dropout, cfg.seed, epoch)
         if history:
             blocks = td.sample_blocks(split.train, block=cfg.history_block, **sample)
             examples.append(
@@ -264,7 +274,10 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         )
     # Check the two shortcuts on real examples before trusting them.
     module = td.loss_module(peft_model)
-    fast_ok, packed_ok = td.check_loss_paths(module, sorted(examples[0][0], key=len)[:4], tokenizer.pad_token_id)
+    soft_from = collaborative.offset if collaborative is not None else None
+    fast_ok, packed_ok = td.check_loss_paths(
+        module, sorted(examples[0][0], key=len)[:4], tokenizer.pad_token_id, soft_from=soft_from
+    )
     module.fast_head, packing = fast_ok, cfg.packing and packed_ok
     if not fast_ok or packing != cfg.packing:
         acc.print(f"note: this model's loss differs with the shortcut; {'packing off' if fast_ok else 'full logits'}")
@@ -317,6 +330,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         }
         write_atomic(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
         save_template(template, out / SAVED_TEMPLATES)
+        if collaborative is not None:
+            collaborative.save(out)
         build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
     acc.wait_for_everyone()
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
@@ -346,7 +361,50 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         [split.users[i] for i in sorted(pick)],
         min(10, cfg.eval_beams),
         retriever,
+        soft_from,
     )
+
+
+def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template):
+    """With ``--cf-source``: the base model's input embedding wrapped for collaborative tokens
+    (:mod:`m6gen.hybrid`), after checking that the template places them; else None."""
+    if not cfg.cf_source:
+        return None
+    from m6gen.data import item_popularity
+    from m6gen.hybrid import attach, load_item_table
+    from m6gen.hybrid.placeholders import PLACEHOLDER, has_placeholders
+
+    check_cf_split(cfg, split)
+    # only items with a training interaction have a trained vector (new items held out have none)
+    table = load_item_table(cfg.cf_source, len(catalog), trained=item_popularity(split, len(catalog)) > 0)
+    history = [catalog[i] for i in max(split.train.values(), key=len)]
+    shown = template.render_prompt(history, tokenizer=tokenizer, cf=PLACEHOLDER.format)
+    if not has_placeholders(shown):
+        raise TrainError(
+            f"--cf-source given, but template {template.path} does not place collaborative tokens: "
+            "write {{ it.cf }} for history items (as prompts/hybrid.jinja does)"
+        )
+    return attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden)
+
+
+def check_cf_split(cfg: TrainConfig, split) -> None:
+    """A SASRec source saved by ``m6gen baselines``/``eval`` records the training interactions it saw
+    (``../baselines.json``): under ``--new-items`` it must be these, or the vectors of the other items
+    would carry what the held-out interactions taught them."""
+    from m6gen.baselines.run import split_fingerprint
+
+    record = Path(cfg.cf_source) / ".." / "baselines.json"
+    if not record.is_file():
+        return
+    saw = json.loads(record.read_text(encoding="utf-8")).get("train_split")
+    if saw is not None and saw != split_fingerprint(split):
+        message = f"--cf-source {cfg.cf_source}: that SASRec was trained on other training interactions than this run's"
+        if cfg.new_items:
+            raise TrainError(
+                message + " (new items would leak through it): train it with the same --new-items, "
+                f"e.g. m6gen baselines --new-items {cfg.new_items:g} --out DIR, and give DIR/sasrec"
+            )
+        print(f"note: {message}", file=sys.stderr)
 
 
 def run_validation(run: Run) -> dict[str, float]:
@@ -406,12 +464,13 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float
 
     acc, world = run.acc, run.acc.num_processes
     batches = run.step_batches(step)
-    n_targets = sum(len(ex.target_ids) for b in batches for row in b for ex in row)
+    soft_from = run.soft_from if run.soft_from is not None else float("inf")
+    n_targets = sum(t < soft_from for b in batches for row in b for ex in row for t in ex.target_ids)
     n_targets = torch.tensor(float(n_targets), device=acc.device)
     n_targets = float(acc.reduce(n_targets, "sum")) if world > 1 else float(n_targets)
     stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (loss sum, tokens) of this process
     for m, rows in enumerate(batches):
-        batch = collate(rows, run.tokenizer.pad_token_id)
+        batch = collate(rows, run.tokenizer.pad_token_id, run.soft_from)
         with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
             loss_sum, _ = module(*(batch[key].to(acc.device) for key in ("input_ids", "labels", "position_ids")))
             # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,

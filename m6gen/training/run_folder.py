@@ -53,6 +53,9 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     templates = absolute(cfg.templates) if cfg.templates else None
     init_adapter = absolute(cfg.init_adapter) if cfg.init_adapter else None
     candidates = absolute(cfg.candidates) if cfg.candidates else None
+    cf_source = absolute(cfg.cf_source) if cfg.cf_source else None
+    if cf_source and not Path(cf_source).exists():
+        raise TrainError(f"--cf-source {cfg.cf_source}: no such file or folder")
     if candidates and not (Path(candidates) / "sasrec.json").is_file():
         raise TrainError(
             f"--candidates {cfg.candidates}: no saved SASRec there (sasrec.json missing; "
@@ -71,6 +74,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         templates=templates,
         init_adapter=init_adapter,
         candidates=candidates,
+        cf_source=cf_source,
     )
 
 

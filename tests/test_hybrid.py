@@ -1,0 +1,200 @@
+"""Collaborative item tokens ({{ it.cf }}, m6gen.hybrid) on tiny random models: the placeholder's
+embedding is replaced, batches equal single prompts, runs save and reload the projector, bad
+sources are one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import N_ITEMS, tiny_config, tiny_world  # noqa: F401
+
+from m6gen.hybrid import CollaborativeError, ItemTable, attach, find, load_item_table
+from m6gen.hybrid.item_table import fingerprint
+from m6gen.model import encode_prompts
+from tests.tiny_lm import make_model, make_tokenizer
+
+
+def table(n: int = N_ITEMS, d: int = 8, seed: int = 0, known=None) -> ItemTable:
+    vectors = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    known = np.ones(n, dtype=bool) if known is None else np.asarray(known)
+    return ItemTable(vectors, known, "test", fingerprint(vectors))
+
+
+@pytest.fixture
+def hybrid_model():
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1)
+    model.eval()
+    return model, tok, attach(model, table(), offset=len(tok), hidden=16)
+
+
+def test_placeholder_becomes_the_projected_vector_and_text_embeds_as_before(hybrid_model):
+    model, tok, embedding = hybrid_model
+    ids = encode_prompts(tok, ["Seen: Alien<|cf:3|> Heat<|cf:7|>"])[0]
+    plain = encode_prompts(tok, ["Seen: Alien Heat"])[0]
+    virtual = [i for i in ids if i >= len(tok)]
+    assert virtual == [len(tok) + 3, len(tok) + 7]
+    assert [i for i in ids if i < len(tok)] == plain  # the text around the tokens tokenizes as without them
+    with torch.no_grad():
+        out = embedding(torch.tensor([ids]))[0]
+        projected = embedding.cf_projector(embedding.cf_vectors[[3, 7]])
+        text = embedding.text(torch.tensor([plain]))[0]
+    soft = torch.tensor([i >= len(tok) for i in ids])
+    torch.testing.assert_close(out[soft], projected)
+    torch.testing.assert_close(out[~soft], text)
+    assert not torch.allclose(projected[0], projected[1])  # each item its own vector
+
+
+def test_template_renders_placeholders_only_for_items_with_a_vector(tiny_dirs):
+    _, ds, split, template, _ = tiny_world(tiny_dirs, "hybrid")
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    known = np.ones(len(ds.catalog), dtype=bool)
+    known[2] = False
+    embedding = attach(model, table(len(ds.catalog), known=known), offset=len(tok))
+    history = [ds.catalog[i] for i in (1, 2, 3)]
+    text = template.render_prompt(history, tokenizer=tok, cf=embedding.placeholder)
+    assert "<|cf:1|>" in text and "<|cf:3|>" in text and "<|cf:2|>" not in text
+    assert "cf" not in template.render_prompt(history, tokenizer=tok)  # no model tokens: plain titles
+
+
+def test_generate_batch_with_and_without_tokens_equals_one_at_a_time(tiny_dirs):
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    _, ds, split, template, _ = tiny_world(tiny_dirs, "hybrid", max_history=4)
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=2)
+    known = np.ones(len(ds.catalog), dtype=bool)
+    known[::3] = False  # some items without a vector: their prompts carry fewer tokens
+    attach(model, table(len(ds.catalog), seed=3, known=known), offset=len(tok), hidden=16)
+    model.eval()
+    rec = Recommender(model, tok, ds.catalog, template, RecommendConfig(beams=5, batch_size=8))
+    assert rec.collaborative is not None
+    histories = [[0, 3, 6], [1], [2, 4, 5, 7], [9, 12], [15, 18, 10]]  # all unknown, mixed, none ...
+    batch = rec.generate(histories)
+    for h, beams in zip(histories, batch):
+        single = rec.generate([h])[0]
+        assert [b.item for b in single] == [b.item for b in beams]
+        np.testing.assert_allclose([b.logprob for b in single], [b.logprob for b in beams], atol=1e-4)
+    # the tokens change what the model reads: without them the same histories score differently
+    plain = Recommender(make_model(len(tok), seed=2).eval(), tok, ds.catalog, template, rec.config)
+    assert [b.logprob for b in plain.generate([histories[3]])[0]] != [b.logprob for b in batch[3]]
+
+
+def test_run_saves_and_reloads_its_projector_exactly(tiny_dirs, tmp_path):
+    from m6gen.recommender import Recommender
+    from m6gen.runs import load_trained
+    from m6gen.training.loop import train
+
+    source = tmp_path / "cf.npy"
+    np.save(source, np.random.default_rng(0).normal(size=(N_ITEMS, 8)).astype(np.float32))
+    cfg = tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(source), epochs=1)
+    summary = train(cfg)
+    assert summary["steps"] > 0
+    assert (tmp_path / "run" / "collaborative.json").is_file()
+    model, tok, _ = load_trained(tmp_path / "run")
+    embedding = find(model)
+    assert embedding is not None and embedding.table.source == str(source)
+    from safetensors.torch import load_file
+
+    saved = {k: v for k, v in load_file(tmp_path / "run" / "adapter_model.safetensors").items() if "cf_projector" in k}
+    assert saved  # the projector went with the adapter
+    state = {k: v for k, v in model.state_dict().items() if "cf_projector" in k and "modules_to_save" in k}
+    assert len(state) == len(saved)
+    for key, value in saved.items():
+        match = [
+            v
+            for k, v in state.items()
+            if k.split("cf_projector.")[1].replace("modules_to_save.default.", "") == key.split("cf_projector.")[1]
+        ]
+        torch.testing.assert_close(match[0], value)
+    initial = torch.nn.Sequential(*[m for m in embedding.cf_projector.original_module])
+    assert not all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), state.values()))  # it trained
+    merged, _, _ = load_trained(tmp_path / "run", merge=True)  # what Recommender.from_pretrained loads
+    with torch.no_grad():
+        ids = torch.tensor([[5, len(tok) + 4, 6]])
+        torch.testing.assert_close(find(merged)(ids), find(model)(ids))
+    rec = Recommender.from_pretrained(tmp_path / "run", tiny_world(tiny_dirs, "hybrid")[1].catalog, device="cpu")
+    assert rec.collaborative is not None and "<|cf:" in rec.prompts([[1, 2, 3]])[0]
+
+
+def test_bad_sources_are_one_line_errors(tmp_path):
+    with pytest.raises(CollaborativeError, match=r"no such file"):
+        load_item_table(tmp_path / "missing.npy", 5)
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 3), dtype=np.float32))
+    with pytest.raises(CollaborativeError, match=r"4 rows, the catalog has 5 items"):
+        load_item_table(tmp_path / "wrong.npy", 5)
+    np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
+    with pytest.raises(CollaborativeError, match=r"2-D"):
+        load_item_table(tmp_path / "flat.npy", 5)
+    (tmp_path / "table.txt").write_text("1 2 3")
+    with pytest.raises(CollaborativeError, match=r"unknown file type"):
+        load_item_table(tmp_path / "table.txt", 5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CollaborativeError, match=r"no sasrec.pt"):
+        load_item_table(tmp_path / "empty", 5)
+
+
+def test_train_command_reports_a_wrong_shaped_source_in_one_line(tiny_dirs, tmp_path, capsys):
+    from m6gen.commands.train import main
+
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 4), dtype=np.float32))
+    model_dir, data_dir = tiny_dirs
+    rc = main(
+        [
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_dir),
+            "--template",
+            "hybrid",
+            "--cf-source",
+            str(tmp_path / "wrong.npy"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "3 rows, the catalog has 20 items" in err[0]
+
+
+def test_template_without_tokens_is_refused_with_a_source(tiny_dirs, tmp_path):
+    from m6gen.config import TrainError
+    from m6gen.training.loop import train
+
+    np.save(tmp_path / "cf.npy", np.ones((N_ITEMS, 4), dtype=np.float32))
+    cfg = tiny_config(tiny_dirs, tmp_path / "run", template="sequence", cf_source=str(tmp_path / "cf.npy"))
+    with pytest.raises(TrainError, match=r"does not place collaborative tokens"):
+        train(cfg)
+
+
+def test_items_without_a_training_interaction_get_no_token(tmp_path):
+    np.save(tmp_path / "cf.npy", np.ones((4, 2), dtype=np.float32))
+    t = load_item_table(tmp_path / "cf.npy", 4, trained=np.array([True, False, True, True]))
+    assert t.known.tolist() == [True, False, True, True]
+    assert not t.vectors[1].any()
+
+
+def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs):
+    from m6gen.training.examples import (
+        SoftTokens,
+        build_block_examples,
+        check_loss_paths,
+        is_token_incremental,
+        loss_module,
+        sample_blocks,
+    )
+
+    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, "hybrid", max_history=4)
+    model = make_model(len(tok), seed=4)
+    embedding = attach(model, table(len(ds.catalog)), offset=len(tok), hidden=16)
+    soft = SoftTokens(embedding)
+    assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train, soft=soft)
+    blocks = sample_blocks(split.train, block=3, per_user=1, sampling="last")[:3]
+    examples, _ = build_block_examples(blocks, split.train, ds.catalog, template, tok, target_ids, soft=soft)
+    assert all(any(t >= len(tok) for t in ex.target_ids) for ex in examples)  # tokens inside the blocks
+    module = loss_module(model)
+    fast, packed = check_loss_paths(module, examples, tok.pad_token_id, soft_from=len(tok))
+    assert fast and packed

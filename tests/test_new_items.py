@@ -1,0 +1,175 @@
+"""The new-item protocol (--new-items): which items are new, and that no interaction with one reaches
+anything that trains (LM examples, SASRec, Pop, collaborative tokens, reranker popularity)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import TITLES, tiny_config, write_world_data
+
+from m6gen.data import build_histories, leave_one_out, load_dataset, new_item_split, new_item_users
+
+# write_world_data(shift=1): user u's step s is item (u + s) mod 8 at time s, users u0..u5.
+# Items 0-5 are first seen at time 0, item 6 at time 1 (u5), item 7 at time 2 (u5): the latest two.
+NEW = {6, 7}
+
+
+@pytest.fixture(scope="module")
+def world_split(tmp_path_factory):
+    data = write_world_data(tmp_path_factory.mktemp("new") / "data")
+    ds = load_dataset(data)
+    return data, ds, new_item_split(ds, leave_one_out(build_histories(ds)), 0.25)
+
+
+def test_the_latest_first_seen_items_are_new_and_ties_are_all_taken(world_split):
+    _, ds, split = world_split
+    assert split.new_items == NEW
+    # 0.1 of 8 items is one item; the latest first time is item 7's alone
+    assert new_item_split(ds, leave_one_out(build_histories(ds)), 0.1).new_items == {7}
+    # 0.5 is four items; item 5's first time (0) ties items 0-4, so all eight are taken rather than 4 by id
+    assert new_item_split(ds, leave_one_out(build_histories(ds)), 0.5).new_items == set(range(8))
+
+
+def test_new_items_leave_training_and_histories_but_stay_targets(world_split):
+    _, ds, split = world_split
+    full = leave_one_out(build_histories(ds))
+    for u in split.users:
+        assert not NEW & set(split.train[u]) and not NEW & set(split.test_history(u))
+        assert split.train[u] == [i for i in full.train[u] if i not in NEW]
+        assert (split.valid[u], split.test[u]) == (full.valid[u], full.test[u])
+    assert new_item_users(split) == ["u3", "u4"]  # test items 6 and 7
+    assert split.test_history("u4") == [4, 5]  # valid item 6 is new: not in the history
+
+
+def test_no_interaction_with_a_new_item_reaches_a_trained_part(world_split, tiny_dirs, tmp_path):
+    """LM examples, SASRec's windows, Pop, the collaborative table and the reranker's popularity."""
+    from m6gen.baselines.sasrec import training_windows
+    from m6gen.commands.common import item_features
+    from m6gen.data import item_popularity
+    from m6gen.hybrid import find
+    from m6gen.training.loop import prepare_run
+
+    data, ds, split = world_split
+    np.save(tmp_path / "cf.npy", np.ones((len(TITLES), 4), dtype=np.float32))
+    cfg = tiny_config(
+        tiny_dirs,
+        tmp_path / "run",
+        data=str(data),
+        new_items=0.25,
+        template="hybrid",
+        cf_source=str(tmp_path / "cf.npy"),
+        max_history=3,
+    )
+    run = prepare_run(cfg)
+    assert run.split.new_items == NEW
+    examples = [ex for exs, _ in run.epochs for ex in exs]
+    assert examples
+    for ex in examples:
+        text = run.tokenizer.decode([t for t in ex.prompt_ids + ex.target_ids if t < len(run.tokenizer)])
+        assert not NEW & set(ex.items)
+        assert not any(TITLES[i] in text for i in NEW), text
+        assert not any(t - len(run.tokenizer) in NEW for t in ex.prompt_ids + ex.target_ids if t >= len(run.tokenizer))
+    assert not find(run.model).table.known[list(NEW)].any()  # no collaborative token for a new item
+    windows = training_windows(split.train, max_len=4)
+    assert not np.isin(windows, [i + 1 for i in NEW]).any()  # SASRec's rows are item + 1
+    assert not item_popularity(split, len(TITLES))[list(NEW)].any()  # Pop
+    assert not item_features(ds, split).popularity[list(NEW)].any()  # the reranker's novelty
+
+
+def test_eval_reports_new_item_targets_with_content_peers(world_split, world, tmp_path):
+    from m6gen.commands.eval import main
+
+    data, _, _ = world_split
+    _, model_dir = world
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "6",
+        "--out",
+        str(tmp_path),
+        "--new-items",
+        "0.25",
+        "--baselines",
+        "Pop,SASRec,Content,TitleNN",
+        "--sasrec-epochs",
+        "2",
+        "--weights",
+        "",
+        "--blend",
+        "",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "eval_test_new_items.json").read_text())
+    assert {"Pop", "SASRec", "Content", "TitleNN", "m6gen beams (rank by logprob)"} <= set(rows)
+    assert all(r["users"] == 2 for r in rows.values())  # u3 and u4
+    assert next(tmp_path.glob("eval_test_new_items_vs_*.json")).is_file()
+    table = json.loads((tmp_path / "eval_test.json").read_text())
+    assert {"Content", "TitleNN"} <= set(table)
+
+
+def test_genre_year_content_scores_known_answers():
+    from m6gen.baselines.content import embedding_scores, genre_matrix, genre_year_scores, rank
+
+    genres = genre_matrix([["Drama"], ["Drama", "War"], ["War"], []])
+    years = np.array([1990, 1995, np.nan, 1990.0])
+    scores = genre_year_scores([[0]], genres, years)[0]
+    # item 0: cosine 1 + 0.5 * e^0; item 1: 1/sqrt(2) + 0.5 * e^-0.5; item 2: 0 (no year); item 3: 0 + 0.5
+    np.testing.assert_allclose(scores, [1.5, 2**-0.5 + 0.5 * np.exp(-0.5), 0.0, 0.5])
+    assert rank(scores[None], [{0}], 3)[0].tolist() == [1, 3, 2]
+    np.testing.assert_allclose(embedding_scores([[0, 1]], np.eye(3)), [[2**-0.5, 2**-0.5, 0]])
+
+
+def test_eval_on_new_item_users_only_tables_every_row_on_those_users(world_split, world, tmp_path):
+    from m6gen.commands.eval import main
+
+    data, _, _ = world_split
+    _, model_dir = world
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--beams",
+        "6",
+        "--out",
+        str(tmp_path),
+        "--weights",
+        "",
+        "--blend",
+        "",
+        "--baselines",
+        "Pop,SASRec,Content",
+        "--sasrec-epochs",
+        "2",
+        "--no-progress",
+    ]
+    assert main([*argv, "--new-item-users"]) == 2  # needs --new-items
+    assert main([*argv, "--new-items", "0.25", "--new-item-users"]) == 0
+    cache = next(tmp_path.glob("beams_test-*.jsonl")).read_text().splitlines()
+    assert sorted(json.loads(x)["user_id"] for x in cache) == ["u3", "u4"]
+    both = json.loads((tmp_path / "eval_test.json").read_text())
+    alone = json.loads((tmp_path / "eval_test_new_items.json").read_text())
+    for row in ("Pop", "SASRec", "Content", "m6gen beams (rank by logprob)"):
+        assert both[row]["NDCG@10"] == pytest.approx(alone[row]["NDCG@10"])  # the same two users
+
+
+def test_a_sasrec_source_trained_with_the_new_items_is_refused(world_split, tiny_dirs, tmp_path):
+    from m6gen.commands.baselines import main as baselines
+    from m6gen.config import TrainError
+    from m6gen.training.loop import prepare_run
+
+    data, _, _ = world_split
+    common = ["--data", str(data), "--sasrec-epochs", "2", "--no-progress"]
+    assert baselines([*common, "--out", str(tmp_path / "standard")]) == 0
+    assert baselines([*common, "--out", str(tmp_path / "held-out"), "--new-items", "0.25"]) == 0
+    config = dict(data=str(data), new_items=0.25, template="hybrid", max_history=3)
+    with pytest.raises(TrainError, match="new items would leak"):
+        prepare_run(tiny_config(tiny_dirs, tmp_path / "a", cf_source=str(tmp_path / "standard" / "sasrec"), **config))
+    run = prepare_run(tiny_config(tiny_dirs, tmp_path / "b", cf_source=str(tmp_path / "held-out" / "sasrec"), **config))
+    assert not run.model.get_base_model().get_input_embeddings().table.known[list(NEW)].any()
