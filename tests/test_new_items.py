@@ -78,32 +78,18 @@ def test_no_interaction_with_a_new_item_reaches_a_trained_part(world_split, tiny
     assert not item_features(ds, split).popularity[list(NEW)].any()  # the reranker's novelty
 
 
+def eval_argv(data, model_dir, out, *more: str) -> list[str]:
+    """`m6gen eval` on the tiny world: 6 beams, a 2-epoch SASRec, no reranker or blend rows."""
+    common = ["--beams", "6", "--sasrec-epochs", "2", "--weights", "", "--blend", "", "--no-progress"]
+    return ["--data", str(data), "--model", str(model_dir), "--out", str(out), *common, *more]
+
+
 def test_eval_reports_new_item_targets_with_content_peers(world_split, world, tmp_path):
     from m6gen.commands.eval import main
 
     data, _, _ = world_split
     _, model_dir = world
-    argv = [
-        "--data",
-        str(data),
-        "--model",
-        str(model_dir),
-        "--beams",
-        "6",
-        "--out",
-        str(tmp_path),
-        "--new-items",
-        "0.25",
-        "--baselines",
-        "Pop,SASRec,Content,TitleNN",
-        "--sasrec-epochs",
-        "2",
-        "--weights",
-        "",
-        "--blend",
-        "",
-        "--no-progress",
-    ]
+    argv = eval_argv(data, model_dir, tmp_path, "--new-items", "0.25", "--baselines", "Pop,SASRec,Content,TitleNN")
     assert main(argv) == 0
     rows = json.loads((tmp_path / "eval_test_new_items.json").read_text())
     assert {"Pop", "SASRec", "Content", "TitleNN", "m6gen beams (rank by logprob)"} <= set(rows)
@@ -130,25 +116,7 @@ def test_eval_on_new_item_users_only_tables_every_row_on_those_users(world_split
 
     data, _, _ = world_split
     _, model_dir = world
-    argv = [
-        "--data",
-        str(data),
-        "--model",
-        str(model_dir),
-        "--beams",
-        "6",
-        "--out",
-        str(tmp_path),
-        "--weights",
-        "",
-        "--blend",
-        "",
-        "--baselines",
-        "Pop,SASRec,Content",
-        "--sasrec-epochs",
-        "2",
-        "--no-progress",
-    ]
+    argv = eval_argv(data, model_dir, tmp_path, "--baselines", "Pop,SASRec,Content")
     assert main([*argv, "--new-item-users"]) == 2  # needs --new-items
     assert main([*argv, "--new-items", "0.25", "--new-item-users"]) == 0
     cache = next(tmp_path.glob("beams_test-*.jsonl")).read_text().splitlines()

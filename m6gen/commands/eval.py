@@ -352,9 +352,10 @@ def run(args) -> int:
             from m6gen.data import item_popularity
 
             peer_lists["Pop"] = pop_rank(item_popularity(split, n_items), seen, max(ks))
-        for peer, lists in {**peer_lists, **content.rankings(histories, seen, max(ks))}.items():
-            if peer not in rows or args.new_item_users:  # on exactly these users (run_baselines takes the first N)
-                rows[peer] = evaluate_rankings(
+
+        def score(row: str, lists, table: bool = True) -> None:
+            if table:
+                rows[row] = evaluate_rankings(
                     lists,
                     targets,
                     ks=ks,
@@ -365,7 +366,11 @@ def run(args) -> int:
                     seen=seen,
                 )
             scores = per_user_scores(lists, targets, 10)
-            per_user[peer], hits[peer] = scores["NDCG"], scores["HR"]
+            per_user[row], hits[row] = scores["NDCG"], scores["HR"]
+
+        for peer, lists in {**peer_lists, **content.rankings(histories, seen, max(ks))}.items():
+            # tabled here unless run_baselines did, on the same users (it takes the first N, not --new-item-users)
+            score(peer, lists, table=peer not in rows or args.new_item_users)
         tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
         if rec.retriever is not None:
             tag += f"-c{rec.config.n_candidates}"
@@ -406,18 +411,7 @@ def run(args) -> int:
                 lists.append(b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64))
             ranked[f"m6gen + SASRec in decoding (w {w:g})"] = lists
         for row, lists in ranked.items():
-            rows[row] = evaluate_rankings(
-                lists,
-                targets,
-                ks=ks,
-                features=features,
-                user_freq=user_freq,
-                n_users=len(split.train),
-                n_items=n_items,
-                seen=seen,
-            )
-            scores = per_user_scores(lists, targets, 10)
-            per_user[row], hits[row] = scores["NDCG"], scores["HR"]
+            score(row, lists)
         return rows, per_user, hits
 
     if args.choose_on_valid:

@@ -108,8 +108,13 @@ def run(args) -> int:
         template.render_targets(ds.catalog)
         for hist, prof in zip(histories, profiles):
             template.render_prompt([ds.catalog[i] for i in hist], user=prof)
-    tokenizer = load_tokenizer(args.model, args.gguf_file)
-    base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
+    from m6gen.runs import load_trained, trained_run_config
+
+    if trained_run_config(args.model) is not None and not args.train_steps:  # a run: its adapter (and cf tokens)
+        base, tokenizer, _ = load_trained(args.model, dtype=args.dtype, merge=True, device=args.device)
+    else:
+        tokenizer = load_tokenizer(args.model, args.gguf_file)
+        base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
     # a retriever: every template is scored on ranking its candidates (candidate templates list them)
     retriever = load_sasrec(args.candidates, len(ds.catalog)) if args.candidates else None
     args.n_candidates = args.n_candidates or 20  # short_train reads it too
