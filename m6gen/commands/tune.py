@@ -114,7 +114,9 @@ def run(args) -> int:
         base, tokenizer, _ = load_trained(args.model, dtype=args.dtype, merge=True, device=args.device)
     else:
         tokenizer = load_tokenizer(args.model, args.gguf_file)
-        base = None if args.train_steps else load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
+        base = None
+        if not args.train_steps:
+            base = load_model(args.model, args.gguf_file, dtype=args.dtype, device=args.device)
     # a retriever: every template is scored on ranking its candidates (candidate templates list them)
     retriever = load_sasrec(args.candidates, len(ds.catalog)) if args.candidates else None
     args.n_candidates = args.n_candidates or 20  # short_train reads it too
