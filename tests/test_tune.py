@@ -94,9 +94,13 @@ def test_score_template_known_answers():
         seen.append(profiles)
         return ["a b", "a b c d"]
 
-    rec = SimpleNamespace(
-        generate=generate, prompts=prompts, tokenizer=lambda text: {"input_ids": text.split()}, catalog=list(range(8))
-    )
+    class Tokenizer:  # words as tokens, no BOS: what m6gen.model.encode_prompts reads of a tokenizer
+        bos_token_id = None
+
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [t.split() for t in texts]}
+
+    rec = SimpleNamespace(generate=generate, prompts=prompts, tokenizer=Tokenizer(), catalog=list(range(8)))
     users = [{"user_id": "u1", "age": "30"}, {"user_id": "u2", "age": ""}]
     row = score_template(rec, [[0], [0]], np.array([1, 5]), users)
     assert seen == [users, users]
