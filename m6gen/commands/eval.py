@@ -236,6 +236,7 @@ def m6gen_rankings(
 def run(args) -> int:
     from m6gen.baselines.run import run_baselines
     from m6gen.commands.common import item_features, load_data, load_recommender
+    from m6gen.commands.eval_new_items import ContentPeers, report_new_items
     from m6gen.data import default_data_dir, user_frequency
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import evaluate_rankings, per_user_scores
@@ -317,7 +318,7 @@ def run(args) -> int:
     data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
     if args.new_items:  # other histories: other beams
         data_options += f"|new{args.new_items:g}"
-    content = ContentPeers(ds, rec, split, [m for m in peers if m not in TRAINED_PEERS])
+    content = ContentPeers(ds, rec, [m for m in peers if m not in TRAINED_PEERS])
     trained = trained_run_config(args.model)
     retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(
@@ -530,63 +531,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-class ContentPeers:
-    """The content baselines asked for (``Content``, ``TitleNN``; :mod:`m6gen.baselines.content`),
-    ranking whole catalogs from item metadata and title embeddings: no interaction trains them."""
-
-    def __init__(self, ds, rec, split, names: list[str]):
-        from m6gen.baselines.content import genre_matrix
-
-        self.names, self.rec, self.catalog = names, rec, ds.catalog
-        self.genres = genre_matrix([it.genres for it in ds.catalog])
-        self.years = np.array([np.nan if it.year is None else float(it.year) for it in ds.catalog])
-        self._titles = None
-
-    def title_vectors(self) -> np.ndarray:
-        from m6gen.baselines.content import title_vectors
-
-        if self._titles is None:  # one forward pass over the catalog's titles, once per run
-            self._titles = title_vectors(self.rec.model, self.rec.tokenizer, [it.title for it in self.catalog])
-        return self._titles
-
-    def rankings(self, histories, seen, k: int) -> dict[str, list[np.ndarray]]:
-        from m6gen.baselines.content import embedding_scores, genre_year_scores, rank
-
-        out = {}
-        if "Content" in self.names:
-            out["Content"] = rank(genre_year_scores(histories, self.genres, self.years), seen, k)
-        if "TitleNN" in self.names:
-            out["TitleNN"] = rank(embedding_scores(histories, self.title_vectors()), seen, k)
-        return out
-
-
-def report_new_items(out: Path, split_name: str, new: np.ndarray, per_user: dict, hits: dict) -> None:
-    """``eval_<split>_new_items``: every row on the users whose target is a new item (--new-items), and
-    each m6gen row's NDCG@10 against the best peer there (paired bootstrap)."""
-    from m6gen.ranking.metrics import format_table, paired_bootstrap, write_results
-
-    n = int(new.sum())
-    if not n:
-        print(f"\nno {split_name} target is a new item: no new-item table")
-        return
-    rows = {
-        r: {"users": n, "HR@10": float(hits[r][new].mean()), "NDCG@10": float(v[new].mean())}
-        for r, v in per_user.items()
-    }
-    peers = [r for r in rows if not r.startswith("m6gen")]
-    print(f"\n{split_name}: the {n} users whose target is a new item ({n / len(new):.1%} of {len(new)}):\n")
-    print(format_table(rows, ["users", "HR@10", "NDCG@10"]))
-    written = write_results(out / f"eval_{split_name}_new_items", rows, ["users", "HR@10", "NDCG@10"])
-    if peers:
-        best = max(peers, key=lambda r: rows[r]["NDCG@10"])
-        versus = {
-            r: paired_bootstrap(v[new], per_user[best][new], n_resamples=VERSUS_RESAMPLES, level=VERSUS_LEVEL)
-            for r, v in per_user.items()
-            if r.startswith("m6gen")
-        }
-        print(f"\nNDCG@10 on new-item targets against the best peer there, {best} (paired bootstrap):\n")
-        print(format_table(versus, VERSUS_METRICS))
-        written += write_results(out / f"eval_{split_name}_new_items_vs_{best.lower()}", versus, VERSUS_METRICS)
-    print(f"\nwrote {', '.join(str(p) for p in written)}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import asdict as config_to_dict
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from m6gen.config import TrainConfig, TrainError
 from m6gen.files import write_atomic
 from m6gen.runs import CONFIG_FILE, SAVED_TEMPLATES, load_trained
+from m6gen.training.collaborative import attach_collaborative
 from m6gen.training.lora import resolve_target_modules
 from m6gen.training.run_folder import (
     ADAPTER_FILES,
@@ -363,48 +363,6 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         retriever,
         soft_from,
     )
-
-
-def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template):
-    """With ``--cf-source``: the base model's input embedding wrapped for collaborative tokens
-    (:mod:`m6gen.hybrid`), after checking that the template places them; else None."""
-    if not cfg.cf_source:
-        return None
-    from m6gen.data import item_popularity
-    from m6gen.hybrid import attach, load_item_table
-    from m6gen.hybrid.placeholders import PLACEHOLDER, has_placeholders
-
-    check_cf_split(cfg, split)
-    # only items with a training interaction have a trained vector (new items held out have none)
-    table = load_item_table(cfg.cf_source, len(catalog), trained=item_popularity(split, len(catalog)) > 0)
-    history = [catalog[i] for i in max(split.train.values(), key=len)]
-    shown = template.render_prompt(history, tokenizer=tokenizer, cf=PLACEHOLDER.format)
-    if not has_placeholders(shown):
-        raise TrainError(
-            f"--cf-source given, but template {template.path} does not place collaborative tokens: "
-            "write {{ it.cf }} for history items (as prompts/hybrid.jinja does)"
-        )
-    return attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden)
-
-
-def check_cf_split(cfg: TrainConfig, split) -> None:
-    """A SASRec source saved by ``m6gen baselines``/``eval`` records the training interactions it saw
-    (``../baselines.json``): under ``--new-items`` it must be these, or the vectors of the other items
-    would carry what the held-out interactions taught them."""
-    from m6gen.baselines.run import split_fingerprint
-
-    record = Path(cfg.cf_source) / ".." / "baselines.json"
-    if not record.is_file():
-        return
-    saw = json.loads(record.read_text(encoding="utf-8")).get("train_split")
-    if saw is not None and saw != split_fingerprint(split):
-        message = f"--cf-source {cfg.cf_source}: that SASRec was trained on other training interactions than this run's"
-        if cfg.new_items:
-            raise TrainError(
-                message + " (new items would leak through it): train it with the same --new-items, "
-                f"e.g. m6gen baselines --new-items {cfg.new_items:g} --out DIR, and give DIR/sasrec"
-            )
-        print(f"note: {message}", file=sys.stderr)
 
 
 def run_validation(run: Run) -> dict[str, float]:

@@ -1,0 +1,52 @@
+"""Collaborative item tokens in a training run (``--cf-source``): the source checked against the run's
+split and template, then attached to the base model before LoRA (see :mod:`m6gen.hybrid`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from m6gen.config import TrainConfig, TrainError
+
+
+def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template):
+    """With ``--cf-source``: the base model's input embedding wrapped for collaborative tokens
+    (:mod:`m6gen.hybrid`), after checking that the template places them; else None."""
+    if not cfg.cf_source:
+        return None
+    from m6gen.data import item_popularity
+    from m6gen.hybrid import attach, load_item_table
+    from m6gen.hybrid.placeholders import PLACEHOLDER, has_placeholders
+
+    check_cf_split(cfg, split)
+    # only items with a training interaction have a trained vector (new items held out have none)
+    table = load_item_table(cfg.cf_source, len(catalog), trained=item_popularity(split, len(catalog)) > 0)
+    history = [catalog[i] for i in max(split.train.values(), key=len)]
+    shown = template.render_prompt(history, tokenizer=tokenizer, cf=PLACEHOLDER.format)
+    if not has_placeholders(shown):
+        raise TrainError(
+            f"--cf-source given, but template {template.path} does not place collaborative tokens: "
+            "write {{ it.cf }} for history items (as prompts/hybrid.jinja does)"
+        )
+    return attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden)
+
+
+def check_cf_split(cfg: TrainConfig, split) -> None:
+    """A SASRec source saved by ``m6gen baselines``/``eval`` records the training interactions it saw
+    (``../baselines.json``): under ``--new-items`` it must be these, or the vectors of the other items
+    would carry what the held-out interactions taught them."""
+    from m6gen.baselines.run import split_fingerprint
+
+    record = Path(cfg.cf_source) / ".." / "baselines.json"
+    if not record.is_file():
+        return
+    saw = json.loads(record.read_text(encoding="utf-8")).get("train_split")
+    if saw is not None and saw != split_fingerprint(split):
+        message = f"--cf-source {cfg.cf_source}: that SASRec was trained on other training interactions than this run's"
+        if cfg.new_items:
+            raise TrainError(
+                message + " (new items would leak through it): train it with the same --new-items, "
+                f"e.g. m6gen baselines --new-items {cfg.new_items:g} --out DIR, and give DIR/sasrec"
+            )
+        print(f"note: {message}", file=sys.stderr)
