@@ -150,8 +150,20 @@ def test_sasrec_in_decoding_rows(world, tmp_path):
         json.loads(x)["beams"] for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()
     ]
     assert all(len(b) == 6 and all(len(x) == 5 and x[4] < 0 for x in b) for b in beams)
-    with pytest.raises(UsageError, match="decode-blend needs the SASRec"):
+    with pytest.raises(UsageError, match="decode-blend with the SASRec prior needs the SASRec baseline"):
         run(eval_args([*argv[:-7], "--baselines", "Pop", "--weights", "", "--decode-blend", "1"]))
+
+
+def test_a_content_peer_as_the_prior_in_decoding(world, tmp_path):
+    """--decode-prior Newest: a huge weight makes the beams the Newest peer's own top items, no SASRec needed."""
+    data, model_dir = world
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--split", "valid"]
+    argv += ["--out", str(tmp_path), "--baselines", "Newest", "--weights", "", "--blend", "", "--no-progress"]
+    assert main([*argv, "--decode-blend", "10000", "--decode-prior", "Newest"]) == 0
+    rows = json.loads((tmp_path / "eval_valid.json").read_text())
+    for k in ("HR@5", "NDCG@5"):
+        assert rows["m6gen + Newest in decoding (w 10000)"][k] == pytest.approx(rows["Newest"][k])
+    assert next(tmp_path.glob("beams_valid-*-newest10000.jsonl")).is_file()
 
 
 def test_bad_weights():

@@ -111,6 +111,16 @@ def test_genre_year_content_scores_known_answers():
     np.testing.assert_allclose(embedding_scores([[0, 1]], np.eye(3)), [[2**-0.5, 2**-0.5, 0]])
 
 
+def test_newest_peer_ranks_the_latest_year_first_then_by_genre_match():
+    from m6gen.baselines.content import genre_matrix, newest_scores, rank
+
+    genres = genre_matrix([["Drama"], ["War"], ["Drama"], ["War"], ["Drama"]])
+    years = np.array([1990, 1998, 1998, np.nan, 1995.0])
+    scores = newest_scores([[0]], genres, years)
+    # 1998 before 1995 before 1990 before unknown; within 1998 the Drama (the history's genre) first
+    assert rank(scores, [{0}], 4)[0].tolist() == [2, 1, 4, 3]
+
+
 def test_eval_on_new_item_users_only_tables_every_row_on_those_users(world_split, world, tmp_path):
     from m6gen.commands.eval import main
 
@@ -125,6 +135,12 @@ def test_eval_on_new_item_users_only_tables_every_row_on_those_users(world_split
     alone = json.loads((tmp_path / "eval_test_new_items.json").read_text())
     for row in ("Pop", "SASRec", "Content", "m6gen beams (rank by logprob)"):
         assert both[row]["NDCG@10"] == pytest.approx(alone[row]["NDCG@10"])  # the same two users
+
+    # choosing on valid: on the users whose *valid* target is new (u4, u5), not the test ones
+    assert main([*argv, "--new-items", "0.25", "--new-item-users", "--choose-on-valid"]) == 0
+    cache = next(tmp_path.glob("beams_valid-*.jsonl")).read_text().splitlines()
+    assert sorted(json.loads(x)["user_id"] for x in cache) == ["u4", "u5"]
+    assert all(r["users"] == 2 for r in json.loads((tmp_path / "eval_valid_new_items.json").read_text()).values())
 
 
 def test_a_sasrec_source_trained_with_the_new_items_is_refused(world_split, tiny_dirs, tmp_path):

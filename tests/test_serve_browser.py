@@ -123,3 +123,18 @@ def test_pick_titles_recommend_rerank_explain_and_open_mode(browser, page_url):
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
     shot(browser, "4-phone")
+
+
+def test_the_api_docs_render_without_a_network(browser, page_url):
+    """/docs is Swagger UI served by the app itself: with FastAPI's default page, which loads its script
+    from a CDN, an offline machine shows a blank page and no operation appears."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(1000, 1000)
+    browser.get(page_url + "/docs")
+    operations = (By.CSS_SELECTOR, ".opblock-summary-path")
+    WebDriverWait(browser, WAIT).until(lambda d: len(d.find_elements(*operations)) >= 4)
+    paths = {e.get_attribute("data-path") or e.text for e in browser.find_elements(*operations)}
+    assert {"/recommend", "/items", "/explain", "/info"} <= paths, paths
+    shot(browser, "5-api-docs")

@@ -172,3 +172,33 @@ def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_pa
     assert main([*bad[:4], "--templates", str(folder), "--template", "titles,typo", *bad[6:]]) == 2
     out, err = capsys.readouterr()  # found by rendering, before titles is scored
     assert "titles (history" not in out and "typo.jinja, line 1: UndefinedError" in err
+
+
+def test_short_runs_train_collaborative_tokens_for_templates_that_place_them(world, tmp_path, capsys, monkeypatch):
+    """--cf-source with --train-steps: the hybrid template's short run trains its projector (the scored model
+    embeds the tokens); a template without tokens trains on titles; without --train-steps it is refused."""
+    import m6gen.training.loop as loop
+    from m6gen.hybrid import find
+
+    data, model_dir = world
+    source = tmp_path / "cf.npy"
+    np.save(source, np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))  # 8 world items
+    sources, scored = {}, []
+    real_train, real_score = loop.train, tune.score_template
+
+    def train(cfg):
+        sources[cfg.template] = cfg.cf_source
+        return real_train(cfg)
+
+    def score_template(rec, *args, **kwargs):
+        scored.append(find(rec.model))
+        return real_score(rec, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(tune, "score_template", score_template)
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--template", "hybrid,titles"]
+    argv += ["--history-lengths", "3", "--tune-users", "3", "--write-config", "", "--cf-source", str(source)]
+    assert main([*argv, "--train-steps", "1"]) == 0
+    assert sources == {"hybrid": str(source), "titles": None}
+    assert scored[0] is not None and scored[1] is None  # hybrid first: its tokens go through the projector
+    assert main(argv) == 2 and "--cf-source trains a projector" in capsys.readouterr().err

@@ -5,7 +5,9 @@ items), so an item no one has interacted with yet scores like any other:
 
 - :func:`genre_year_scores`: cosine of genre vectors, plus closeness of release years;
 - :func:`embedding_scores`: cosine of item vectors, e.g. :func:`title_vectors`, the language
-  model's mean last hidden state over each title (nearest neighbours of the history by title).
+  model's mean last hidden state over each title (nearest neighbours of the history by title);
+- :func:`newest_scores`: a shop's "new releases" shelf: the latest release year first, and within a
+  year the best genre match to the recent history.
 
 Pure numpy, except :func:`title_vectors`, which runs the model.
 """
@@ -68,6 +70,17 @@ def genre_year_scores(
             gap = np.abs(np.where(known, years, np.inf) - years[tail].mean())
             scores[:, u] += year_weight * np.exp(-gap / YEAR_SCALE)
     return scores.T
+
+
+def newest_scores(
+    histories: Sequence[Sequence[int]], genres: np.ndarray, years: np.ndarray, recent: int = RECENT
+) -> np.ndarray:
+    """(users, n_items): release year (unknown: below every known year) + genre cosine to the recent
+    history, which lies in [0, 1] and so only orders the items of one year."""
+    genre_match = genre_year_scores(histories, genres, np.full(len(years), np.nan), recent)
+    years = np.asarray(years, dtype=np.float64)
+    oldest = np.nanmin(years) if np.isfinite(years).any() else 0.0
+    return genre_match + np.where(np.isnan(years), oldest - 1.0, years)
 
 
 def embedding_scores(histories: Sequence[Sequence[int]], vectors: np.ndarray, recent: int = RECENT) -> np.ndarray:

@@ -39,7 +39,7 @@ from m6gen.config import (
     option,
 )
 
-PEERS = ("Pop", "SASRec", "Content", "TitleNN")
+PEERS = ("Pop", "SASRec", "Content", "Newest", "TitleNN")
 TRAINED_PEERS = ("Pop", "SASRec")  # trained and tabled by m6gen.baselines.run; the content peers need no training
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
 DEFAULT_BLEND = "0.5,1,2"
@@ -70,19 +70,26 @@ class EvalArgs:
     new_item_users: bool = option(
         False,
         "with --new-items: evaluate only the users whose --split target is a new item (the new-item table "
-        "for a fraction of the decoding; the all-users table then covers those users only)",
+        "for a fraction of the decoding; the all-users table then covers those users only); with "
+        "--choose-on-valid, the choice is made on the users whose validation target is new",
     )
     baselines: str = option(
         "Pop,SASRec",
-        "peers in the same run (comma list of Pop, SASRec, Content (genres and year), TitleNN (nearest neighbours "
-        "by the model's title embeddings); '' for none)",
+        "peers in the same run (comma list of Pop, SASRec, Content (genres and year), Newest (latest "
+        "release year first, then genres), TitleNN (nearest neighbours by the model's title embeddings); '' for none)",
     )
     weights: str = option(DEFAULT_WEIGHTS, "reranker settings 'diversity,novelty;...' evaluated as extra rows")
     blend: str = option(
         DEFAULT_BLEND, "weights w of extra rows ranking the beams by logprob + w * SASRec log-prob ('' for none)"
     )
     decode_blend: str = option(
-        "", "weights w of extra rows whose beams are searched with w * SASRec log-prob inside the search ('' for none)"
+        "",
+        "weights w of extra rows whose beams are searched with w * the --decode-prior inside the search ('' for none)",
+    )
+    decode_prior: Literal["SASRec", "Newest", "Content"] = option(
+        "SASRec",
+        "the item prior of the --decode-blend rows: SASRec's log-probabilities, or a content peer's scores as "
+        "logits (Newest: release year + genre match, for new items, which SASRec cannot rank)",
     )
     choose_on_valid: bool = option(
         False,
@@ -249,14 +256,21 @@ def run(args) -> int:
         )
     ds, split = load_data(args)
     n_items = len(ds.catalog)
-    users = split.users
-    if args.new_item_users:
+    if args.new_item_users and not split.new_items:
+        raise UsageError("--new-item-users needs the new-item protocol: give --new-items FRAC (e.g. 0.1)")
+
+    def eval_users(name: str) -> list[str]:
+        """The users evaluated on split ``name``: with --new-item-users those whose ``name`` target is new,
+        so --choose-on-valid chooses on new-item events of the validation split."""
         from m6gen.data import new_item_users
 
-        if not split.new_items:
-            raise UsageError("--new-item-users needs the new-item protocol: give --new-items FRAC (e.g. 0.1)")
-        users = new_item_users(split, args.split)
-    users = users[: args.max_users] if args.max_users else users
+        chosen = new_item_users(split, name) if args.new_item_users else split.users
+        chosen = chosen[: args.max_users] if args.max_users else chosen
+        if not chosen:
+            raise UsageError(f"no user's {name} target is a new item: nothing to evaluate with --new-item-users")
+        return chosen
+
+    users = eval_users(args.split)
     out = Path(
         args.out
         or (args.model if args.model and Path(args.model, "m6gen_config.json").is_file() else "runs/eval-default")
@@ -310,8 +324,8 @@ def run(args) -> int:
     if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
         print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
-    if decode_blend and sasrec is None:
-        raise UsageError("--decode-blend needs the SASRec baseline (keep SASRec in --baselines)")
+    if decode_blend and args.decode_prior == "SASRec" and sasrec is None:
+        raise UsageError("--decode-blend with the SASRec prior needs the SASRec baseline (keep SASRec in --baselines)")
     score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
@@ -319,6 +333,9 @@ def run(args) -> int:
     if args.new_items:  # other histories: other beams
         data_options += f"|new{args.new_items:g}"
     content = ContentPeers(ds, rec, [m for m in peers if m not in TRAINED_PEERS])
+    decode_prior = (
+        sasrec.score if args.decode_prior == "SASRec" and sasrec is not None else content.prior(args.decode_prior)
+    )
     trained = trained_run_config(args.model)
     retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(
@@ -333,10 +350,11 @@ def run(args) -> int:
     def new_targets(name: str) -> np.ndarray:
         """(users,) bool: whose target on split ``name`` is a new item (--new-items)."""
         targets = split.test if name == "test" else split.valid
-        return np.array([targets[u] in split.new_items for u in users])
+        return np.array([targets[u] in split.new_items for u in eval_users(name)])
 
     def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Every row's metrics, per-user NDCG@10 and per-user HR@10 on one split, for the same users."""
+        """Every row's metrics, per-user NDCG@10 and per-user HR@10 on one split's users."""
+        users = eval_users(name)
         if name == "test":
             histories, targets = [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
         else:
@@ -400,24 +418,24 @@ def run(args) -> int:
                 rec,
                 users,
                 histories,
-                out / f"beams_{tag}-sasrec{w:g}.jsonl",
+                out / f"beams_{tag}-{args.decode_prior.lower()}{w:g}.jsonl",
                 progress=args.progress,
                 profiles=ds.profiles,
-                prior=sasrec.score,
+                prior=decode_prior,
                 prior_weight=w,
             )
             lists = []
             for u in users:
                 b = np.array(blended[u], dtype=np.float64).reshape(-1, 5)
                 lists.append(b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64))
-            ranked[f"m6gen + SASRec in decoding (w {w:g})"] = lists
+            ranked[f"m6gen + {args.decode_prior} in decoding (w {w:g})"] = lists
         for row, lists in ranked.items():
             score(row, lists)
         return rows, per_user, hits
 
     if args.choose_on_valid:
         valid_rows, valid_per_user, valid_hits = evaluate_split("valid")
-        report(out, "valid", len(users), n_items, valid_rows, valid_per_user)
+        report(out, "valid", len(eval_users("valid")), n_items, valid_rows, valid_per_user)
         if split.new_items:
             report_new_items(out, "valid", new_targets("valid"), valid_per_user, valid_hits)
         chosen = max((r for r in valid_rows if r.startswith("m6gen")), key=lambda r: valid_rows[r]["NDCG@10"])

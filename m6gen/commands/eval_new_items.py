@@ -10,7 +10,7 @@ from m6gen.commands.eval import VERSUS_LEVEL, VERSUS_METRICS, VERSUS_RESAMPLES
 
 
 class ContentPeers:
-    """The content baselines asked for (``Content``, ``TitleNN``; :mod:`m6gen.baselines.content`),
+    """The content baselines asked for (``Content``, ``Newest``, ``TitleNN``; :mod:`m6gen.baselines.content`),
     ranking whole catalogs from item metadata and title embeddings: no interaction trains them."""
 
     def __init__(self, ds, rec, names: list[str]):
@@ -28,12 +28,22 @@ class ContentPeers:
             self._titles = title_vectors(self.rec.model, self.rec.tokenizer, [it.title for it in self.catalog])
         return self._titles
 
+    def prior(self, name: str):
+        """A content peer's scores as an item prior for the search: a function of histories to (users,
+        items) logits (``Newest``: one year apart is a factor e, before the search's weight)."""
+        from m6gen.baselines.content import genre_year_scores, newest_scores
+
+        scores = {"Newest": newest_scores, "Content": genre_year_scores}[name]
+        return lambda histories: scores(histories, self.genres, self.years)
+
     def rankings(self, histories, seen, k: int) -> dict[str, list[np.ndarray]]:
-        from m6gen.baselines.content import embedding_scores, genre_year_scores, rank
+        from m6gen.baselines.content import embedding_scores, genre_year_scores, newest_scores, rank
 
         out = {}
         if "Content" in self.names:
             out["Content"] = rank(genre_year_scores(histories, self.genres, self.years), seen, k)
+        if "Newest" in self.names:
+            out["Newest"] = rank(newest_scores(histories, self.genres, self.years), seen, k)
         if "TitleNN" in self.names:
             out["TitleNN"] = rank(embedding_scores(histories, self.title_vectors()), seen, k)
         return out

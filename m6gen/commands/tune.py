@@ -25,6 +25,7 @@ from m6gen.config import (
     DataArgs,
     DecodeArgs,
     DeviceArgs,
+    HybridArgs,
     ModelArgs,
     PromptArgs,
     RuntimeArgs,
@@ -52,7 +53,7 @@ class TuneArgs:
                 raise ConfigError(f"history_lengths: expected a comma list of whole numbers >= 1, got {part!r}")
 
 
-GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, TuneArgs, RuntimeArgs]
+GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, HybridArgs, TuneArgs, RuntimeArgs]
 HELP = "leaderboard of the prompt templates on validation (--template a,b: only those)"
 
 
@@ -110,6 +111,11 @@ def run(args) -> int:
             template.render_prompt([ds.catalog[i] for i in hist], user=prof)
     from m6gen.runs import load_trained, trained_run_config
 
+    if args.cf_source and not args.train_steps:
+        raise UsageError(
+            "--cf-source trains a projector for collaborative tokens: give --train-steps N "
+            "(or score a run trained with --cf-source: --model RUN)"
+        )
     if trained_run_config(args.model) is not None and not args.train_steps:  # a run: its adapter (and cf tokens)
         base, tokenizer, _ = load_trained(args.model, dtype=args.dtype, merge=True, device=args.device)
     else:
@@ -139,7 +145,7 @@ def run(args) -> int:
         for max_history in lengths:
             label = f"{name} (history {max_history})"
             template = templates[name, max_history]
-            model = base if base is not None else short_train(args, name, max_history)
+            model = base if base is not None else short_train(args, name, max_history, places_cf(template, ds))
             cfg = RecommendConfig(
                 template=name,
                 max_history=max_history,
@@ -182,8 +188,16 @@ def warn_if_within_noise(board: dict[str, dict]) -> None:
         )
 
 
-def short_train(args, template: str, max_history: int):
-    """A short LoRA run for one template; returns the tuned model (its run folder is removed)."""
+def places_cf(template, ds) -> bool:
+    """Whether ``template`` writes collaborative tokens (``{{ it.cf }}``) for history items."""
+    from m6gen.hybrid.placeholders import PLACEHOLDER, has_placeholders
+
+    return has_placeholders(template.render_prompt(ds.catalog.items[:3], cf=PLACEHOLDER.format))
+
+
+def short_train(args, template: str, max_history: int, with_cf: bool = False):
+    """A short LoRA run for one template (with ``with_cf``, its collaborative tokens from --cf-source
+    train too); returns the tuned model (its run folder is removed)."""
     import shutil
     import tempfile
     from dataclasses import asdict
@@ -197,6 +211,7 @@ def short_train(args, template: str, max_history: int):
     # skip it at the start and keep it to one user at the end, where train always validates.
     cfg = TrainConfig(
         **asdict(args.groups[DataArgs]),
+        **(asdict(args.groups[HybridArgs]) if with_cf else {}),  # a template without tokens trains on titles
         template=template,
         max_history=max_history,
         templates=args.templates,

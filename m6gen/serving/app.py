@@ -23,6 +23,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -75,7 +76,8 @@ def create_app(recommender, dataset, split, features, settings: ServeArgs, *, op
         yield
         await asyncio.to_thread(service.batcher.close)  # after uvicorn has let in-flight requests finish
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs loads Swagger UI from the app, not a CDN: users may be offline
+        redoc_url=None,
         title="m6gen",
         summary="Recommendations by constrained generation of item titles",
         version=_version(),
