@@ -20,27 +20,26 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict as config_to_dict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m6gen.config import TrainConfig, TrainError
 from m6gen.files import write_atomic
-from m6gen.runs import CONFIG_FILE, SAVED_TEMPLATES, load_trained
+from m6gen.runs import load_trained
 from m6gen.training.collaborative import attach_collaborative
-from m6gen.training.lora import resolve_target_modules
+from m6gen.training.epochs import ExampleSources, plan_epochs
+from m6gen.training.lora import attach_lora, resolve_target_modules
 from m6gen.training.run_folder import (
     ADAPTER_FILES,
     CsvLog,
     check_output_dir,
     checkpoint_pointer,
     load_checkpoint,
-    load_init_adapter,
     plot_log,
     resolve_paths,
     save_checkpoint,
-    save_template,
+    write_run_folder,
 )
 
 # DeepSpeed wraps the model in its own engine, whose checkpoints and forward this module does not handle.
@@ -149,33 +148,12 @@ class Run:
         return [[[examples[i] for i in row] for row in b] for b in group]
 
 
-def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
-    """Check the inputs (cheap ones first), load data and model, attach LoRA, build every epoch's batches."""
-    import numpy as np
+def make_accelerator(precision: str):
+    """accelerate's Accelerator for this launch, refusing the engines this module does not handle."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from peft import LoraConfig, get_peft_model
 
-    from m6gen import __version__
-    from m6gen.baselines.retrieval import training_candidates
-    from m6gen.data import build_histories, leave_one_out, load_dataset_noted, new_item_split
-    from m6gen.hybrid.soft_tokens import PROJECTOR
-    from m6gen.model import (
-        build_catalog_trie,
-        encode_targets,
-        load_model,
-        load_tokenizer,
-        resolve_model,
-        tokenizer_fingerprint,
-    )
-    from m6gen.prompts import TemplateLibrary
-    from m6gen.training import examples as td
-
-    cfg = resolve_paths(cfg)
-    template = TemplateLibrary(cfg.templates, max_history=cfg.max_history).load_template(cfg.template)
-    mode = check_output_dir(cfg)
-    precision = resolve_precision(cfg.mixed_precision)
     AcceleratorState._reset_state()  # accelerate keeps one global state: let a second run in a process choose again
     # On a machine without an accelerator, accelerate sets up several processes (torchrun, mpirun)
     # only when told cpu=True; without it every process would train alone on all the data.
@@ -190,6 +168,29 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
             "FSDP version 1 is not supported (validation gathers weights the FSDP2 way): "
             "launch with --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)"
         )
+    return acc
+
+
+def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
+    """Check the inputs (cheap ones first), load data and model, attach LoRA, build every epoch's batches."""
+    import numpy as np
+    import torch
+
+    from m6gen.data import build_histories, leave_one_out, load_dataset_noted, new_item_split
+    from m6gen.model import (
+        build_catalog_trie,
+        encode_targets,
+        load_model,
+        load_tokenizer,
+    )
+    from m6gen.prompts import TemplateLibrary
+    from m6gen.training import examples as td
+
+    cfg = resolve_paths(cfg)
+    template = TemplateLibrary(cfg.templates, max_history=cfg.max_history).load_template(cfg.template)
+    mode = check_output_dir(cfg)
+    precision = resolve_precision(cfg.mixed_precision)
+    acc = make_accelerator(precision)
     out = Path(cfg.output_dir)
     dataset = load_dataset_noted(cfg.data, cfg.format, cfg.title_field, cfg.unknown_items, say=acc.print)
     split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe, min_history=cfg.min_history))
@@ -202,19 +203,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     base = model if model is not None else load_model(cfg.model, cfg.gguf_file)
     cfg = dataclasses.replace(cfg, target_modules=resolve_target_modules(base, cfg.target_modules))
     collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template)
-    targets = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-        # the projector of collaborative tokens trains (and is saved) with the adapter
-        modules_to_save=[PROJECTOR] if collaborative is not None else None,
-    )
-    peft_model = get_peft_model(base, lora)
-    if cfg.init_adapter:
-        load_init_adapter(peft_model, cfg.init_adapter, cfg)
+    peft_model = attach_lora(cfg, base, with_projector=collaborative is not None)
 
     target_texts = template.render_targets(dataset.catalog)
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
@@ -223,79 +212,15 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         from m6gen.recommender import load_sasrec
 
         retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
-    # a prompt listing candidates is not a prefix of the next step's prompt
-    full_tokens = td.SoftTokens(collaborative) if collaborative is not None else None  # no dropout: the check
-    history = (
-        not cfg.candidates
-        and cfg.history_packing != "off"
-        and td.is_token_incremental(
-            template, tokenizer, dataset.catalog, target_ids, split.train, profiles=dataset.profiles, soft=full_tokens
-        )
-    )
-    if cfg.history_packing == "on" and cfg.candidates:
-        raise TrainError("history packing cannot be used with --candidates (each step lists its own candidates)")
-    if cfg.history_packing == "on" and not history:
-        raise TrainError(
-            f"history packing needs a token-incremental template (a prompt followed by the next target "
-            f"is the next prompt, as in prompts/sequence.jinja); {template.path} is not"
-        )
-    examples, missed = [], []  # missed: per epoch, steps dropped because the retriever missed their target
-    for epoch in range(cfg.epochs):
-        sample = dict(
-            min_history=cfg.min_prompt_items,
-            per_user=cfg.examples_per_user,
-            sampling=cfg.step_sampling,
-            seed=cfg.seed,
-            epoch=epoch,
-        )
-        build = dict(profiles=dataset.profiles, max_len=cfg.max_seq_len)
-        if collaborative is not None:
-            build["soft"] = td.SoftTokens(collaborative, cfg.cf_dropout, cfg.seed, epoch)
-        if history:
-            blocks = td.sample_blocks(split.train, block=cfg.history_block, **sample)
-            examples.append(
-                td.build_block_examples(blocks, split.train, dataset.catalog, template, tokenizer, target_ids, **build)
-            )
-        else:
-            steps = td.sample_steps(split.train, **sample)
-            cands = None
-            if retriever is not None:
-                steps, cands, n_missed = training_candidates(retriever, split.train, steps, cfg.n_candidates)
-                missed.append(n_missed)
-            examples.append(
-                td.build_examples(
-                    steps, split.train, dataset.catalog, template, tokenizer, target_ids, candidates=cands, **build
-                )
-            )
-    if not examples[0][0]:
-        raise TrainError(
-            f"{cfg.data}: no training examples (users need more than "
-            f"min_prompt_items={cfg.min_prompt_items} train items)"
-        )
-    # Check the two shortcuts on real examples before trusting them.
     module = td.loss_module(peft_model)
-    soft_from = collaborative.offset if collaborative is not None else None
-    fast_ok, packed_ok = td.check_loss_paths(
-        module, sorted(examples[0][0], key=len)[:4], tokenizer.pad_token_id, soft_from=soft_from
-    )
-    module.fast_head, packing = fast_ok, cfg.packing and packed_ok
-    if not fast_ok or packing != cfg.packing:
-        acc.print(f"note: this model's loss differs with the shortcut; {'packing off' if fast_ok else 'full logits'}")
-
     world = acc.num_processes
-    epochs, n_steps = [], 0
-    for epoch, (exs, _) in enumerate(examples):
-        batches = td.plan_batches(
-            [len(x) for x in exs],
-            pack_len=cfg.pack_len,
-            batch_size=cfg.train_batch_size,
-            packed=packing,
-            seed=cfg.seed,
-            epoch=epoch,
-        )
-        batches = batches[: len(batches) - len(batches) % world]  # every process gets a batch in every step
-        epochs.append((exs, batches))
-        n_steps += -(-len(batches) // (cfg.grad_accum * world))
+    sources = ExampleSources(template, tokenizer, dataset, split, target_ids, collaborative, retriever)
+    plan = plan_epochs(cfg, sources, module, world)
+    module.fast_head, packing, n_steps = plan.fast_head, plan.packing, plan.n_steps
+    if not plan.fast_head or packing != cfg.packing:
+        note = "packing off" if plan.fast_head else "full logits"
+        acc.print(f"note: this model's loss differs with the shortcut; {note}")
+    soft_from = collaborative.offset if collaborative is not None else None
     total_steps = n_steps if cfg.max_steps is None else min(n_steps, cfg.max_steps)
     n_users = len(split.users)
     pick = np.random.default_rng(cfg.seed).choice(n_users, min(cfg.eval_users, n_users), replace=False)
@@ -306,41 +231,20 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         shutil.rmtree(out)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        name, gguf = resolve_model(cfg.model, cfg.gguf_file)
         resolved = {
-            "model_path": name,
-            "gguf_file": gguf,
-            "template_path": str(template.path),
             "precision": precision,
-            "packing": packing,
-            "history_packing": history,
-            "fast_head": fast_ok,
+            **plan.record(),
             "n_items": len(dataset.catalog),
             "n_users": n_users,
-            "examples_per_epoch": len(examples[0][0]),
-            "steps_per_epoch": sum(len(x.items) for x in examples[0][0]),
-            "dropped_too_long": examples[0][1],
-            "target_not_in_candidates": missed[0] if missed else None,
             "total_steps": total_steps,
-            "tokenizer": tokenizer_fingerprint(tokenizer),
             "world_size": world,
             "engine": acc.distributed_type.value,
-            "m6gen_version": __version__,
         }
-        write_atomic(out / CONFIG_FILE, json.dumps({"config": config_to_dict(cfg), "resolved": resolved}, indent=2))
-        save_template(template, out / SAVED_TEMPLATES)
-        if collaborative is not None:
-            collaborative.save(out)
-        build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
+        write_run_folder(cfg, out, template, tokenizer, target_texts, collaborative, resolved)
     acc.wait_for_everyone()
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
     acc.print(
-        f"{n_users} users, {len(dataset.catalog)} items; {len(examples[0][0])} examples/epoch teaching "
-        f"{sum(len(x.items) for x in examples[0][0])} next items{' (history packing)' if history else ''} "
-        f"({examples[0][1]} too long dropped"
-        f"{f', {missed[0]} whose target the retriever missed dropped' if missed else ''}), "
-        f"{total_steps} steps of {n_steps}; LoRA on "
+        f"{n_users} users, {len(dataset.catalog)} items; {plan.describe()}, {total_steps} steps of {n_steps}; LoRA on "
         f"{', '.join(cfg.target_modules)}; packing {'on' if packing else 'off'}; precision {precision}"
     )
     return Run(
@@ -356,7 +260,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         trie,
         module,
         packing,
-        epochs,
+        plan.epochs,
         total_steps,
         [split.users[i] for i in sorted(pick)],
         min(10, cfg.eval_beams),

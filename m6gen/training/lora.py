@@ -1,8 +1,9 @@
-"""Which modules LoRA adapts: per-architecture defaults, checked against the model's linear layers."""
+"""LoRA on a base model: which modules it adapts (per-architecture defaults, checked against the
+model's linear layers) and the peft model itself (:func:`attach_lora`)."""
 
 from __future__ import annotations
 
-from m6gen.config import TrainError
+from m6gen.config import TrainConfig, TrainError
 
 LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS = {
@@ -62,3 +63,26 @@ def resolve_target_modules(model, requested: list[str] | None) -> list[str]:
             f"its linear layers: {', '.join(available)} (or all-linear)"
         )
     return list(requested)
+
+
+def attach_lora(cfg: TrainConfig, base, with_projector: bool):
+    """The peft model: LoRA on ``cfg.target_modules`` (and ``--init-adapter``'s weights); the projector of
+    collaborative tokens trains and is saved with the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from m6gen.hybrid.soft_tokens import PROJECTOR
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules,
+        task_type="CAUSAL_LM",
+        modules_to_save=[PROJECTOR] if with_projector else None,
+    )
+    peft_model = get_peft_model(base, lora)
+    if cfg.init_adapter:
+        from m6gen.training.run_folder import load_init_adapter
+
+        load_init_adapter(peft_model, cfg.init_adapter, cfg)
+    return peft_model

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from m6gen.config import TrainConfig, TrainError
 from m6gen.files import write_atomic
-from m6gen.runs import CONFIG_FILE, read_json, read_run_config
+from m6gen.runs import CONFIG_FILE, SAVED_TEMPLATES, read_json, read_run_config
 
 # Options that may change between a run and its --resume: they do not change the weights.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # what peft's save_pretrained writes
@@ -300,3 +300,26 @@ def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
         raise TrainError(
             f"--init-adapter {folder}: its weights do not fit this model ({(missing or result.unexpected_keys)[0]} ...)"
         )
+
+
+def write_run_folder(cfg: TrainConfig, out: Path, template, tokenizer, target_texts, collaborative, resolved) -> None:
+    """What a run folder holds before the first step: the config (with what it ``resolved`` to), the
+    template, the collaborative item table and the catalog trie."""
+    from m6gen import __version__
+    from m6gen.model import build_catalog_trie, resolve_model, tokenizer_fingerprint
+
+    out.mkdir(parents=True, exist_ok=True)
+    name, gguf = resolve_model(cfg.model, cfg.gguf_file)
+    resolved = {
+        "model_path": name,
+        "gguf_file": gguf,
+        "template_path": str(template.path),
+        **resolved,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "m6gen_version": __version__,
+    }
+    write_atomic(out / CONFIG_FILE, json.dumps({"config": dataclasses.asdict(cfg), "resolved": resolved}, indent=2))
+    save_template(template, out / SAVED_TEMPLATES)
+    if collaborative is not None:
+        collaborative.save(out)
+    build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")
