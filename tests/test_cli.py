@@ -239,6 +239,10 @@ def test_a_trained_run_brings_its_own_data(world, tmp_path):
     assert (got.data, got.dedupe) == (str(tmp_path), "last")  # what the command line says wins
     got = resolve_data(str(run), DataArgs(dedupe="last"), say=notes.append)
     assert (got.data, got.dedupe) == (str(data), "last")  # an option given wins over the run's, the folder is the run's
+    # a run trained under the new-item protocol: its fraction unless one is given, 0 (the standard split) included
+    (run / "m6gen_config.json").write_text(json.dumps({"config": {"data": str(data), "new_items": 0.1}}))
+    assert resolve_data(str(run), DataArgs(), say=notes.append).new_items == 0.1
+    assert resolve_data(str(run), DataArgs(new_items=0.0), say=notes.append).new_items == 0.0
     (run / "m6gen_config.json").write_text(json.dumps({"config": {"data": str(tmp_path / "gone")}, "resolved": {}}))
     notes.clear()
     got = resolve_data(str(run), DataArgs(), say=notes.append)

@@ -61,6 +61,16 @@ def test_file_values_then_flags_win(tmp_path):
     assert (data.dedupe, decode.beams, rerank.k) == ("last", 30, 7)
 
 
+def test_a_recipe_nests_options_under_group_names_as_help_prints_them(tmp_path):
+    from m6gen.commands import tune
+
+    path = tmp_path / "r.yaml"
+    path.write_text("tune-prompts:\n  tune_users: 7\nprompts:\n  max_history: 5\n", encoding="utf-8")
+    parsed = ConfigParser(tune.GROUPS, prog="m6gen tune-prompts").parse(["--config", str(path)])
+    assert {(type(g).__name__, v) for g in parsed for v in [getattr(g, "tune_users", None)] if v} == {("TuneArgs", 7)}
+    assert next(g for g in parsed if isinstance(g, PromptArgs)).max_history == 5
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -1,8 +1,8 @@
 """``m6gen tune-prompts``: a leaderboard of the prompt templates on the validation split.
 
-    m6gen tune-prompts --max-users 100                       # zero-shot, every template in prompts/
+    m6gen tune-prompts --tune-users 100                      # zero-shot, every template in prompts/
     m6gen tune-prompts --templates my_prompts/ --history-lengths 10,20 --write-config m6gen.yaml
-    m6gen tune-prompts --train-steps 200 --max-users 100     # after a short LoRA run per template
+    m6gen tune-prompts --train-steps 200 --tune-users 100    # after a short LoRA run per template
 
 Each template (and each history length asked for) is scored on the same validation users with
 constrained decoding: NDCG@10, HR@10, catalog coverage@10 (share of the catalog in anyone's
@@ -207,7 +207,7 @@ def short_train(args, template: str, max_history: int, with_cf: bool = False):
     from m6gen.training.loop import train
 
     out = Path(tempfile.mkdtemp(prefix=f"m6gen-tune-{template}-"))
-    # The run's own validation is not used (each template is scored below, on --max-users users):
+    # The run's own validation is not used (each template is scored below, on --tune-users users):
     # skip it at the start and keep it to one user at the end, where train always validates.
     cfg = TrainConfig(
         **asdict(args.groups[DataArgs]),

@@ -63,16 +63,17 @@ class DataArgs:
     unknown_items: Literal["error", "skip"] = option(
         "error", "interactions whose item is not in the item file: an error, or skip them"
     )
-    new_items: float = option(
-        0.0,
+    new_items: float | None = option(
+        None,
         "new-item protocol: the FRAC of items first interacted with latest are new; every interaction with one "
         "leaves training (LM, SASRec, Pop, collaborative tokens, reranker popularity) and histories, they stay "
-        "in the catalog as targets (0: the standard split; docs/evaluation.md)",
+        "in the catalog as targets (0: the standard split; default: a trained --model run's own, else 0; "
+        "docs/evaluation.md)",
     )
 
     def __post_init__(self):
         at_least(self, 3, "min_history")
-        if not 0 <= self.new_items < 1:
+        if self.new_items is not None and not 0 <= self.new_items < 1:
             raise ConfigError(f"new_items: expected a fraction in [0, 1), got {self.new_items}")
         one_of(self, "format", FORMATS)
         one_of(self, "dedupe", ("first", "keep", "last"))

@@ -174,7 +174,7 @@ def read_config_file(path: str | Path, group_names: list[str] = ()) -> dict[str,
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
-    groups = set(group_names) | set(GROUP_ALIASES)
+    groups = {g.replace("-", "_") for g in group_names} | set(GROUP_ALIASES)  # `tune-prompts:` as --help names it
     flat: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key).replace("-", "_")

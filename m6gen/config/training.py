@@ -56,7 +56,8 @@ class HybridArgs:
     cf_source: str | None = option(
         None,
         "items x d collaborative embeddings for {{ it.cf }}: a saved SASRec folder (`m6gen baselines --out X` "
-        "writes X/sasrec) or a .npy/.safetensors file, rows in catalog order (none: titles only)",
+        "writes X/sasrec) or a .npy/.safetensors file, rows in catalog order (none: titles only; tune-prompts: "
+        "with --train-steps)",
     )
     cf_hidden: int = option(256, "hidden width of the MLP projecting a collaborative vector to a token embedding")
     cf_dropout: float = option(
