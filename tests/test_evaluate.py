@@ -9,18 +9,12 @@ from m6gen.commands.common import UsageError, parse
 from m6gen.commands.eval import main, parse_weights, run
 from m6gen.config import ConfigError
 
-# BUGS in the current m6gen that the end-to-end tests below hit (marked "FAILS"; each passes with them fixed):
-# m6gen/commands/eval.py:249 reads `rec.config.num_beams`, renamed `beams` in 0.2.0 (AttributeError); and
-# m6gen/commands/eval.py:286 writes `{**vars(args), ...}` as JSON, whose `groups` entry has classes for keys
-# (TypeError).
-
 
 def eval_args(argv):
     """The options as `m6gen eval` parses them (to call ``run`` directly and see its exception)."""
     return parse(eval_command.GROUPS, "m6gen eval", "", argv)
 
 
-# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
     data, model_dir = world
     argv = [
@@ -72,7 +66,6 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
     assert cache.read_text().splitlines() == lines
 
 
-# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_another_model_never_reuses_the_beam_cache(world, tmp_path):
     """Beams are cached per model: a different model evaluated into the same folder generates its own."""
     from helpers import save_tiny_model
@@ -114,7 +107,6 @@ def test_another_model_never_reuses_the_beam_cache(world, tmp_path):
     assert len(list(out.glob("beams_valid-*.jsonl"))) == 3
 
 
-# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_sasrec_in_decoding_rows(world, tmp_path):
     """--decode-blend searches with SASRec's log-probs; a huge weight makes the beams SASRec's own top items."""
     data, model_dir = world
@@ -173,7 +165,6 @@ def test_bad_weights():
     assert main(["--weights", "0.1"]) == 2  # checked with the options, before any data or model loads
 
 
-# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_path):
     data, model_dir = world
     argv = [
@@ -216,7 +207,6 @@ def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_p
         run(eval_args([*argv, "--split", "valid"]))
 
 
-# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_peers_use_the_same_data_options(world, tmp_path):
     """--min-history (and the other data options) shape the peers' split too: the same users for every row."""
     _, model_dir = world
@@ -259,7 +249,6 @@ def test_peers_use_the_same_data_options(world, tmp_path):
     assert json.loads((tmp_path / "e" / "baselines" / "baselines.json").read_text())["users_evaluated"] == 4
 
 
-# FAILS on the current m6gen (eval.py:249 and :286): see BUGS at the top.
 def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys):
     """A rerun reuses the folder's SASRec, and so its beam cache; other data trains SASRec again (once reused
     silently)."""
@@ -294,3 +283,40 @@ def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys)
     capsys.readouterr()
     assert main(["--data", str(world("b", 2)), *argv]) == 0
     assert "was trained on other data; training SASRec again" in capsys.readouterr().err
+
+
+def test_two_processes_share_the_decoding_and_give_the_tables_of_one(world, tmp_path):
+    """torchrun --nproc_per_node 2 -m m6gen eval: each process decodes every other user into its own shard
+    of the beam cache, the main one merges them and scores; the tables are those of one process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data, model_dir = world
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "6", "--choose-on-valid", "--threads", "1"]
+    argv += ["--baselines", "Pop,SASRec", "--sasrec-epochs", "2", "--decode-blend", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    shutil.copytree(tmp_path / "one" / "baselines", tmp_path / "two" / "baselines")  # the same SASRec, reused
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = subprocess.run(
+        [*torchrun, "-m", "m6gen", "eval", *argv, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    for name in ("eval_valid.json", "eval_test.json"):
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("one", "two"))
+        assert set(a) == set(b) and any(r.startswith("m6gen + SASRec in decoding") for r in a)
+        for row in a:
+            assert a[row] == pytest.approx(b[row], abs=1e-9), row
+    for cache in (tmp_path / "one").glob("beams_*.jsonl"):
+        merged = (tmp_path / "two" / cache.name).read_text().splitlines()
+        assert sorted(json.loads(x)["user_id"] for x in merged) == sorted(
+            json.loads(x)["user_id"] for x in cache.read_text().splitlines()
+        )
+    assert not list((tmp_path / "two").glob("*.shard*"))

@@ -207,3 +207,26 @@ def pad(text: str, width: int) -> str:
         out.append(c)
         used += w
     return "".join(out) + " " * max(0, width - used)
+
+
+class Processes:
+    """This process's rank among those started by ``accelerate launch`` or ``torchrun`` (recommend and
+    eval split their users among them).
+
+    Read from the launcher's environment (RANK, WORLD_SIZE), which both set on CPU and GPU alike;
+    the barrier before merging uses a gloo process group, which needs no GPU.
+    """
+
+    def __init__(self):
+        self.index = int(os.environ.get("RANK", "0"))
+        self.count = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.index == 0
+
+    def wait_for_everyone(self) -> None:
+        if self.count == 1:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()

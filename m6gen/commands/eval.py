@@ -138,20 +138,35 @@ def generate_cached(
     profiles: dict | None = None,
     prior=None,
     prior_weight: float = 1.0,
+    procs=None,
 ) -> dict[str, list[list[float]]]:
     """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
 
-    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``).
+    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``). Under
+    ``torchrun`` (``procs``: :class:`~m6gen.commands.common.Processes`) each process generates every
+    ``count``-th missing user into its own shard of ``path``, which the main process then appends.
     """
     from tqdm.auto import tqdm
 
+    from m6gen.commands.common import Processes
     from m6gen.files import append_synced as append
     from m6gen.outputs import done_users
     from m6gen.prompts import user_vars
 
+    procs = procs or Processes()
+    if procs.is_main:
+        _merge_beam_shards(path)  # a killed sharded run's beams count as done
+    procs.wait_for_everyone()
     done = set(done_users(path, fix="delete it to generate those beams again"))
-    todo = [(u, h) for u, h in zip(users, histories) if u not in done]
-    bar = tqdm(total=len(users), initial=len(users) - len(todo), desc="generating", unit="user", disable=not progress)
+    todo = [(u, h) for u, h in zip(users, histories) if u not in done][procs.index :: procs.count]
+    target = path if procs.count == 1 else path.with_name(f"{path.name}.shard{procs.index}of{procs.count}")
+    bar = tqdm(
+        total=len(users) // procs.count,
+        initial=len(users) // procs.count - len(todo),
+        desc=f"generating[{procs.index}]" if procs.count > 1 else "generating",
+        unit="user",
+        disable=not progress,
+    )
     bs = rec.config.batch_size
     for s in range(0, len(todo), bs):
         chunk = todo[s : s + bs]
@@ -162,7 +177,7 @@ def generate_cached(
             prior_weight=prior_weight,
         )
         append(
-            path,
+            target,
             "".join(
                 json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl]})
                 + "\n"
@@ -171,11 +186,25 @@ def generate_cached(
         )
         bar.update(len(chunk))
     bar.close()
+    procs.wait_for_everyone()
+    if procs.is_main:
+        _merge_beam_shards(path)
+    procs.wait_for_everyone()
     cached = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         rec_ = json.loads(line)
         cached[rec_["user_id"]] = rec_["beams"]
     return cached
+
+
+def _merge_beam_shards(path: Path) -> None:
+    """Append every process's shard of ``path`` (``<name>.shard<i>of<n>``) to it, then delete them."""
+    from m6gen.files import append_synced as append
+
+    for shard in sorted(path.parent.glob(f"{path.name}.shard*of*")):
+        lines = shard.read_text(encoding="utf-8").splitlines(keepends=True)
+        append(path, "".join(line for line in lines if line.endswith("\n")))  # a line cut by a kill is left out
+        shard.unlink()
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
@@ -240,9 +269,45 @@ def m6gen_rankings(
     return rows
 
 
+def trained_peers(args, out: Path, ds, split, methods: list[str]):
+    """(tables of Pop and SASRec per split, the SASRec): ``out/baselines``' SASRec when it was trained
+    on these training interactions with these settings, else one trained now and saved there."""
+    from m6gen.baselines.run import run_baselines, split_fingerprint
+    from m6gen.baselines.sasrec import SASRec
+    from m6gen.runs import read_json
+
+    cfg = args.groups[SASRecArgs].to_config()
+    saved = out / "baselines" / "sasrec"
+    sasrec = None
+    if "SASRec" in methods and (saved / "sasrec.json").is_file() and saved_config(saved) == cfg:
+        info = out / "baselines" / "baselines.json"
+        recorded = read_json(info) if info.is_file() else {}
+        same = (
+            recorded.get("train_split") == split_fingerprint(split)
+            if "train_split" in recorded
+            else recorded.get("dataset_path") == (str(args.data) if args.data else None)
+        )  # an older record
+        if same:
+            sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder on these train items
+        else:
+            print(f"note: {saved} was trained on other data; training SASRec again", file=sys.stderr)
+    base = run_baselines(
+        args.data,
+        config=cfg,
+        methods=methods,
+        max_users=args.max_users,
+        model=sasrec,
+        out_dir=out / "baselines",
+        progress=args.progress,
+        loaded=(ds, split),
+    )
+    if "SASRec" in methods and sasrec is None:
+        sasrec = SASRec.load(saved)  # the one run_baselines just trained and saved
+    return base, sasrec
+
+
 def run(args) -> int:
-    from m6gen.baselines.run import run_baselines
-    from m6gen.commands.common import item_features, load_data, load_recommender
+    from m6gen.commands.common import Processes, item_features, load_data, load_recommender
     from m6gen.commands.eval_new_items import ContentPeers, report_new_items
     from m6gen.data import default_data_dir, user_frequency
     from m6gen.prompts import user_vars
@@ -250,6 +315,7 @@ def run(args) -> int:
     from m6gen.runs import trained_run_config
 
     weights = parse_weights(args.weights)
+    procs = Processes()  # under torchrun, each process decodes a share of the users; the main one scores
     if args.choose_on_valid and args.split != "test":
         raise UsageError(
             "--choose-on-valid chooses on the validation split for the test split: use it with --split test"
@@ -285,41 +351,15 @@ def run(args) -> int:
     )  # first: a wrong template, device or model fails before SASRec trains
     peers = [m.strip() for m in args.baselines.split(",") if m.strip()]
     methods = [m for m in peers if m in TRAINED_PEERS]
-    sasrec = None  # the SASRec of the table, also the collaborative signal of the blend rows
-    base = {}
+    sasrec, base = None, {}  # the SASRec of the table, also the collaborative signal of the blend rows
     if methods:
-        cfg = args.groups[SASRecArgs].to_config()
-        saved = out / "baselines" / "sasrec"
-        if "SASRec" in methods and (saved / "sasrec.json").is_file() and saved_config(saved) == cfg:
-            from m6gen.baselines.run import split_fingerprint
-            from m6gen.baselines.sasrec import SASRec
-            from m6gen.runs import read_json
-
-            info = out / "baselines" / "baselines.json"
-            recorded = read_json(info) if info.is_file() else {}
-            same = (
-                recorded.get("train_split") == split_fingerprint(split)
-                if "train_split" in recorded
-                else recorded.get("dataset_path") == (str(args.data) if args.data else None)
-            )  # an older record
-            if same:
-                sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder on these train items
-            else:
-                print(f"note: {saved} was trained on other data; training SASRec again", file=sys.stderr)
-        base = run_baselines(
-            args.data,
-            config=cfg,
-            methods=methods,
-            max_users=args.max_users,
-            model=sasrec,
-            out_dir=out / "baselines",
-            progress=args.progress,
-            loaded=(ds, split),
-        )
-        if "SASRec" in methods and sasrec is None:
+        if procs.is_main:
+            base, sasrec = trained_peers(args, out, ds, split, methods)
+        procs.wait_for_everyone()  # the other processes read the SASRec the main one saved
+        if sasrec is None and "SASRec" in methods:
             from m6gen.baselines.sasrec import SASRec
 
-            sasrec = SASRec.load(saved)  # the one run_baselines just trained and saved
+            sasrec = SASRec.load(out / "baselines" / "sasrec")
     blend = [float(w) for w in args.blend.split(",") if w.strip()] if sasrec is not None else []
     if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
         print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
@@ -333,9 +373,9 @@ def run(args) -> int:
     if args.new_items:  # other histories: other beams
         data_options += f"|new{args.new_items:g}"
     content = ContentPeers(ds, rec, [m for m in peers if m not in TRAINED_PEERS])
-    decode_prior = (
-        sasrec.score if args.decode_prior == "SASRec" and sasrec is not None else content.prior(args.decode_prior)
-    )
+    decode_prior = None  # the prior inside the search of the --decode-blend rows
+    if decode_blend:
+        decode_prior = sasrec.score if args.decode_prior == "SASRec" else content.prior(args.decode_prior)
     trained = trained_run_config(args.model)
     retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(
@@ -352,13 +392,42 @@ def run(args) -> int:
         targets = split.test if name == "test" else split.valid
         return np.array([targets[u] in split.new_items for u in eval_users(name)])
 
+    # the rows whose beams were searched with w * the prior inside the search, and their w
+    searched_rows = {f"m6gen + {args.decode_prior} in decoding (w {w:g})": w for w in decode_blend}
+
+    def histories_and_targets(name: str, users: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        if name == "test":
+            return [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
+        return [split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])
+
+    def decode_split(name: str) -> dict[str, list[np.ndarray]]:
+        """Beams per user of each decoding (row -> per user an (n, 5) array), shared among processes."""
+        users = eval_users(name)
+        histories, _ = histories_and_targets(name, users)
+        tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
+        if rec.retriever is not None:
+            tag += f"-c{rec.config.n_candidates}"
+        tag += f"-{fingerprint}"
+        runs = {"": (out / f"beams_{tag}.jsonl", None, 1.0)}
+        for row, w in searched_rows.items():
+            runs[row] = (out / f"beams_{tag}-{args.decode_prior.lower()}{w:g}.jsonl", decode_prior, w)
+        decoded = {}
+        for row, (path, prior, w) in runs.items():
+            cached = generate_cached(
+                rec, users, histories, path, args.progress, ds.profiles, prior=prior, prior_weight=w, procs=procs
+            )
+            # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
+            decoded[row] = [
+                np.array([b[:4] + [b[4] if len(b) > 4 else 0.0] for b in cached[u]], dtype=np.float64).reshape(-1, 5)
+                for u in users
+            ]
+        return decoded
+
     def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Every row's metrics, per-user NDCG@10 and per-user HR@10 on one split's users."""
+        decoded = decode_split(name)
         users = eval_users(name)
-        if name == "test":
-            histories, targets = [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
-        else:
-            histories, targets = [split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])
+        histories, targets = histories_and_targets(name, users)
         seen = [set(h) for h in histories]
         rows: dict[str, dict[str, float]] = dict(base.get(name, {}))
         per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
@@ -390,20 +459,8 @@ def run(args) -> int:
         for peer, lists in {**peer_lists, **content.rankings(histories, seen, max(ks))}.items():
             # tabled here unless run_baselines did, on the same users (it takes the first N, not --new-item-users)
             score(peer, lists, table=peer not in rows or args.new_item_users)
-        tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
-        if rec.retriever is not None:
-            tag += f"-c{rec.config.n_candidates}"
-        tag += f"-{fingerprint}"
-        cached = generate_cached(
-            rec, users, histories, out / f"beams_{tag}.jsonl", progress=args.progress, profiles=ds.profiles
-        )
-        # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
-        beams = [
-            np.array([b[:4] + [b[4] if len(b) > 4 else 0.0] for b in cached[u]], dtype=np.float64).reshape(-1, 5)
-            for u in users
-        ]
         ranked = m6gen_rankings(
-            beams,
+            decoded.pop(""),
             histories,
             seen,
             sasrec=sasrec,
@@ -413,26 +470,19 @@ def run(args) -> int:
             score_col=score_col,
             k=max(ks),
         )
-        for w in decode_blend:
-            blended = generate_cached(
-                rec,
-                users,
-                histories,
-                out / f"beams_{tag}-{args.decode_prior.lower()}{w:g}.jsonl",
-                progress=args.progress,
-                profiles=ds.profiles,
-                prior=decode_prior,
-                prior_weight=w,
-            )
-            lists = []
-            for u in users:
-                b = np.array(blended[u], dtype=np.float64).reshape(-1, 5)
-                lists.append(b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64))
-            ranked[f"m6gen + {args.decode_prior} in decoding (w {w:g})"] = lists
+        for row, beams in decoded.items():  # searched with a prior: ranked by score + w * prior, as searched
+            w = searched_rows[row]
+            ranked[row] = [
+                b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64) for b in beams
+            ]
         for row, lists in ranked.items():
             score(row, lists)
         return rows, per_user, hits
 
+    if not procs.is_main:  # decode this process's share of every split; the main process scores and reports
+        for name in (["valid"] if args.choose_on_valid else []) + [args.split]:
+            decode_split(name)
+        return 0
     if args.choose_on_valid:
         valid_rows, valid_per_user, valid_hits = evaluate_split("valid")
         report(out, "valid", len(eval_users("valid")), n_items, valid_rows, valid_per_user)

@@ -13,13 +13,12 @@ recorded in ``<output>.m6gen.json``; appending with other ones is refused.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from m6gen.commands.common import UsageError
+from m6gen.commands.common import Processes, UsageError
 from m6gen.config import (
     DataArgs,
     DecodeArgs,
@@ -142,28 +141,6 @@ def settings_of(args) -> dict:
     return out
 
 
-class _Processes:
-    """This process's rank among those started by ``accelerate launch`` or ``torchrun``.
-
-    Read from the launcher's environment (RANK, WORLD_SIZE), which both set on CPU and GPU alike;
-    the barrier before merging uses a gloo process group, which needs no GPU.
-    """
-
-    def __init__(self):
-        self.index = int(os.environ.get("RANK", "0"))
-        self.count = int(os.environ.get("WORLD_SIZE", "1"))
-        self.is_main = self.index == 0
-
-    def wait_for_everyone(self) -> None:
-        if self.count == 1:
-            return
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        dist.barrier()
-
-
 def run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -184,7 +161,7 @@ def run(args) -> int:
         blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file" if blocker else err.strerror
         raise UserListError(f"{output}: cannot create its folder ({why})") from None
-    state = _Processes()
+    state = Processes()
     ds, split = load_data(args)
     users = read_user_ids(args.users_file, set(split.train), ds.interactions) if args.users_file else split.users
     users = users[: args.max_users] if args.max_users else users
