@@ -198,3 +198,26 @@ def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs):
     module = loss_module(model)
     fast, packed = check_loss_paths(module, examples, tok.pad_token_id, soft_from=len(tok))
     assert fast and packed
+
+
+def test_the_projector_can_learn_at_its_own_rate(hybrid_model):
+    """--cf-lr-scale: the projector's parameters, and only they, get lr x scale; at 1 there is one group."""
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    from m6gen.config import TrainConfig
+    from m6gen.hybrid.soft_tokens import PROJECTOR
+    from m6gen.training.loop import parameter_groups
+
+    model, _, _ = hybrid_model
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], modules_to_save=[PROJECTOR], task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    cfg = replace(TrainConfig(), lr=1e-3, cf_lr_scale=10.0)
+    rest, projector = parameter_groups(peft_model, cfg)
+    trainable = {id(p): n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert projector["lr"] == pytest.approx(1e-2) and "lr" not in rest
+    assert projector["params"] and all(PROJECTOR in trainable[id(p)] for p in projector["params"])
+    assert rest["params"] and all("lora_" in trainable[id(p)] for p in rest["params"])
+    assert len(projector["params"]) + len(rest["params"]) == len(trainable)
+    assert len(parameter_groups(peft_model, replace(cfg, cf_lr_scale=1.0))) == 1

@@ -66,8 +66,16 @@ class HybridArgs:
         "also works for items without one (new items)",
     )
 
+    cf_lr_scale: float = option(
+        1.0,
+        "the projector's learning rate as a multiple of --lr (it starts from scratch, while LoRA adapts a "
+        "trained model)",
+    )
+
     def __post_init__(self):
         at_least(self, 1, "cf_hidden")
+        if not self.cf_lr_scale > 0:
+            raise TrainError(f"cf_lr_scale: expected a number > 0, got {self.cf_lr_scale}")
         if not 0 <= self.cf_dropout < 1:
             raise TrainError(f"cf_dropout: expected a number in [0, 1), got {self.cf_dropout}")
 

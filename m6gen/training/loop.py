@@ -368,9 +368,7 @@ def train(
 
     run = prepare_run(cfg, model, tokenizer)
     cfg, acc, out, k = run.cfg, run.acc, run.out, run.k
-    optimizer = torch.optim.AdamW(
-        [p for p in run.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(run.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
@@ -466,6 +464,19 @@ def train(
             train_log.close()
             valid_log.close()
     return finish(run, state)
+
+
+def parameter_groups(model, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters for the optimizer: LoRA's at ``--lr``, the collaborative projector's at
+    ``--lr`` x ``--cf-lr-scale`` (its own group only when the scale differs, so runs without it are unchanged)."""
+    from m6gen.hybrid.soft_tokens import PROJECTOR
+
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    projector = [p for n, p in trainable if f".{PROJECTOR}." in f".{n}."]
+    if not projector or cfg.cf_lr_scale == 1.0:
+        return [{"params": [p for _, p in trainable]}]
+    rest = [p for n, p in trainable if f".{PROJECTOR}." not in f".{n}."]
+    return [{"params": rest}, {"params": projector, "lr": cfg.lr * cfg.cf_lr_scale}]
 
 
 def finish(run: Run, state: dict) -> dict[str, Any]:
