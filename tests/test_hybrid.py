@@ -221,3 +221,25 @@ def test_the_projector_can_learn_at_its_own_rate(hybrid_model):
     assert rest["params"] and all("lora_" in trainable[id(p)] for p in rest["params"])
     assert len(projector["params"]) + len(rest["params"]) == len(trainable)
     assert len(parameter_groups(peft_model, replace(cfg, cf_lr_scale=1.0))) == 1
+
+
+def test_alignment_teaches_the_projector_each_items_title(hybrid_model):
+    """--cf-align-steps: after the stage each item's token is nearest to its own title's mean token
+    embedding, among all titles."""
+    from m6gen.hybrid.align import align_projector, title_embeddings
+
+    model, tok, embedding = hybrid_model
+    titles = [f" Title number {i}" for i in range(N_ITEMS)]
+    targets = title_embeddings(embedding, tok, titles)
+    ids = tok(titles[3], add_special_tokens=False)["input_ids"]
+    assert torch.allclose(targets[3], embedding.text.weight[ids].float().mean(0))
+
+    def nearest_title() -> torch.Tensor:
+        with torch.no_grad():
+            projected = embedding(torch.arange(N_ITEMS)[None] + embedding.offset)[0].float()
+        return torch.cdist(projected, targets).argmin(1)
+
+    assert (nearest_title() == torch.arange(N_ITEMS)).float().mean() < 0.5  # not by chance before
+    before, after = align_projector(embedding, targets, steps=300, lr=1e-2)
+    assert after < 0.2 * before
+    assert bool((nearest_title() == torch.arange(N_ITEMS)).all())

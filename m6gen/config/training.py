@@ -66,6 +66,11 @@ class HybridArgs:
         "also works for items without one (new items)",
     )
 
+    cf_align_steps: int = option(
+        0,
+        "before LoRA, full-batch steps that teach the projector alone to map each item's vector to its title's "
+        "mean token embedding (LLaRA-style alignment; seconds, no LM forward; 0: none)",
+    )
     cf_lr_scale: float = option(
         1.0,
         "the projector's learning rate as a multiple of --lr (it starts from scratch, while LoRA adapts a "
@@ -74,6 +79,7 @@ class HybridArgs:
 
     def __post_init__(self):
         at_least(self, 1, "cf_hidden")
+        at_least(self, 0, "cf_align_steps")
         if not self.cf_lr_scale > 0:
             raise TrainError(f"cf_lr_scale: expected a number > 0, got {self.cf_lr_scale}")
         if not 0 <= self.cf_dropout < 1:

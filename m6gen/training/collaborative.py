@@ -29,7 +29,14 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
             f"--cf-source given, but template {template.path} does not place collaborative tokens: "
             "write {{ it.cf }} for history items (as prompts/hybrid.jinja does)"
         )
-    return attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden)
+    embedding = attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden)
+    if cfg.cf_align_steps:
+        from m6gen.hybrid.align import align_projector, title_embeddings
+
+        targets = title_embeddings(embedding, tokenizer, template.render_targets(catalog))
+        before, after = align_projector(embedding, targets, cfg.cf_align_steps)
+        print(f"projector aligned to the titles in {cfg.cf_align_steps} steps: loss {before:.3f} -> {after:.3f}")
+    return embedding
 
 
 def check_cf_split(cfg: TrainConfig, split) -> None:

@@ -1,0 +1,51 @@
+"""An alignment stage before LoRA (``m6gen train --cf-align-steps N``), after LLaRA's curriculum: the
+projector alone learns to map each item's collaborative vector to the mean input embedding of its
+title's tokens, so a token starts out reading as "this title" rather than as noise.
+
+Cheap: no language-model forward, only the projector on the items that have a vector (full batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def title_embeddings(embedding, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """(n, width) float32: the mean input embedding of each text's tokens."""
+    weight = embedding.text.weight.detach().float()
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [0]
+        rows.append(weight[torch.tensor(ids)].mean(0))
+    return torch.stack(rows)
+
+
+def align_projector(embedding, targets: torch.Tensor, steps: int, lr: float = 1e-3) -> list[float]:
+    """Train ``embedding.cf_projector`` for ``steps`` full-batch Adam steps so that the items with a
+    vector project onto ``targets`` (rows in catalog order): the mean squared error, scaled by the
+    targets' mean squared norm. Returns the loss before and after."""
+    known = torch.from_numpy(np.flatnonzero(embedding.table.known))
+    if not len(known) or steps <= 0:
+        return []
+    projector = embedding.cf_projector
+    dtype = next(projector.parameters()).dtype
+    vectors, goal = embedding.cf_vectors[known].to(dtype), targets[known].to(dtype)
+    scale = goal.float().pow(2).sum(-1).mean().clamp(min=1e-12)
+
+    def loss() -> torch.Tensor:
+        return (projector(vectors).float() - goal.float()).pow(2).sum(-1).mean() / scale
+
+    optimizer = torch.optim.Adam(projector.parameters(), lr=lr)
+    with torch.no_grad():
+        losses = [float(loss())]
+    for _ in range(steps):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        losses.append(float(loss()))
+    return losses
