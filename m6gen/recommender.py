@@ -371,12 +371,15 @@ def resolve_prompt(model, prompt: PromptArgs) -> PromptArgs:
 
 def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
     """``data`` with, when no folder is given and ``model`` is a trained run, the run's own data
-    folder and the data options left at their defaults (``say`` tells the user)."""
+    folder and the data options left at their defaults (``say`` tells the user). A run's new-item
+    fraction holds whatever the folder, unless ``--new-items`` is given: its model never saw those items."""
     from m6gen.data import default_data_dir
     from m6gen.runs import trained_run_config
 
-    run = trained_run_config(model) if data.data is None else None
-    if run is None or not run.data:
+    run = trained_run_config(model)
+    if run is not None and data.new_items is None and getattr(run, "new_items", None):
+        data = replace(data, new_items=run.new_items)
+    if run is None or not run.data or data.data is not None:
         return data
     if not Path(run.data).is_dir():  # e.g. trained on another machine
         say(f"note: {model} was trained on data at {run.data}, which is not here; using the default data (pass --data)")

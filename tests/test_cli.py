@@ -243,6 +243,7 @@ def test_a_trained_run_brings_its_own_data(world, tmp_path):
     (run / "m6gen_config.json").write_text(json.dumps({"config": {"data": str(data), "new_items": 0.1}}))
     assert resolve_data(str(run), DataArgs(), say=notes.append).new_items == 0.1
     assert resolve_data(str(run), DataArgs(new_items=0.0), say=notes.append).new_items == 0.0
+    assert resolve_data(str(run), DataArgs(data=str(tmp_path)), say=notes.append).new_items == 0.1  # other data too
     (run / "m6gen_config.json").write_text(json.dumps({"config": {"data": str(tmp_path / "gone")}, "resolved": {}}))
     notes.clear()
     got = resolve_data(str(run), DataArgs(), say=notes.append)

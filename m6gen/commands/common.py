@@ -228,5 +228,8 @@ class Processes:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("gloo")
+            from datetime import timedelta
+
+            # the others may wait long at a barrier: the main process trains SASRec alone, or scores
+            dist.init_process_group("gloo", timeout=timedelta(hours=24))
         dist.barrier()

@@ -198,12 +198,29 @@ def generate_cached(
 
 
 def _merge_beam_shards(path: Path) -> None:
-    """Append every process's shard of ``path`` (``<name>.shard<i>of<n>``) to it, then delete them."""
-    from m6gen.files import append_synced as append
+    """Append every process's shard of ``path`` (``<name>.shard<i>of<n>``) to it, then delete them.
 
-    for shard in sorted(path.parent.glob(f"{path.name}.shard*of*")):
-        lines = shard.read_text(encoding="utf-8").splitlines(keepends=True)
-        append(path, "".join(line for line in lines if line.endswith("\n")))  # a line cut by a kill is left out
+    Safe to redo after a kill at any point: a line cut short in ``path`` is dropped first, and a
+    shard's users already in ``path`` (appended, but the shard not yet deleted) are not added twice.
+    """
+    import glob
+
+    from m6gen.files import append_synced as append
+    from m6gen.files import write_atomic
+
+    shards = sorted(path.parent.glob(f"{glob.escape(path.name)}.shard*of*"))
+    if not shards:
+        return
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        write_atomic(path, text)
+    have = {json.loads(line)["user_id"] for line in text.splitlines()}
+    for shard in shards:
+        lines = [x for x in shard.read_text(encoding="utf-8").splitlines(keepends=True) if x.endswith("\n")]
+        new = [x for x in lines if json.loads(x)["user_id"] not in have]  # a line cut by a kill is left out
+        append(path, "".join(new))
+        have.update(json.loads(x)["user_id"] for x in new)
         shard.unlink()
 
 

@@ -8,6 +8,8 @@ import numpy as np
 
 from m6gen.commands.eval import VERSUS_LEVEL, VERSUS_METRICS, VERSUS_RESAMPLES
 
+PRIOR_FLOOR = 20.0  # a content prior's logits reach at most this far below each user's best
+
 
 class ContentPeers:
     """The content baselines asked for (``Content``, ``Newest``, ``TitleNN``; :mod:`m6gen.baselines.content`),
@@ -34,7 +36,14 @@ class ContentPeers:
         from m6gen.baselines.content import genre_year_scores, newest_scores
 
         scores = {"Newest": newest_scores, "Content": genre_year_scores}[name]
-        return lambda histories: scores(histories, self.genres, self.years)
+
+        def prior(histories) -> np.ndarray:
+            logits = scores(histories, self.genres, self.years)
+            # 20 below a user's best is as low as it goes: e^-20 relative mass keeps the search's
+            # subtree sums exact in float64, while a 70-year span at e per year would not be
+            return np.maximum(logits, logits.max(axis=1, keepdims=True) - PRIOR_FLOOR)
+
+        return prior
 
     def rankings(self, histories, seen, k: int) -> dict[str, list[np.ndarray]]:
         from m6gen.baselines.content import embedding_scores, genre_year_scores, newest_scores, rank

@@ -189,6 +189,7 @@ class TrainConfig(RuntimeArgs, TrainArgs, LoraArgs, HybridArgs, ModelArgs, Promp
         self.max_history = self.max_history or 20
         self.n_candidates = self.n_candidates or 20
         self.model = self.model or "default"
+        self.new_items = self.new_items or 0.0  # a run records its fraction: 0 is the standard split
 
     @classmethod
     def from_groups(cls, *groups) -> TrainConfig:

@@ -10,7 +10,7 @@ from pathlib import Path
 from m6gen.config import TrainConfig, TrainError
 
 
-def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template):
+def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template, say=print):
     """With ``--cf-source``: the base model's input embedding wrapped for collaborative tokens
     (:mod:`m6gen.hybrid`), after checking that the template places them; else None."""
     if not cfg.cf_source:
@@ -34,8 +34,10 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
         from m6gen.hybrid.align import align_projector, title_embeddings
 
         targets = title_embeddings(embedding, tokenizer, template.render_targets(catalog))
-        before, after = align_projector(embedding, targets, cfg.cf_align_steps)
-        print(f"projector aligned to the titles in {cfg.cf_align_steps} steps: loss {before:.3f} -> {after:.3f}")
+        losses = align_projector(embedding, targets, cfg.cf_align_steps)
+        if losses:  # none when no item has a vector
+            before, after = losses
+            say(f"projector aligned to the titles in {cfg.cf_align_steps} steps: loss {before:.3f} -> {after:.3f}")
     return embedding
 
 

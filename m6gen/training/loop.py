@@ -202,7 +202,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.gguf_file)
     base = model if model is not None else load_model(cfg.model, cfg.gguf_file)
     cfg = dataclasses.replace(cfg, target_modules=resolve_target_modules(base, cfg.target_modules))
-    collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template)
+    collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template, say=acc.print)
     peft_model = attach_lora(cfg, base, with_projector=collaborative is not None)
 
     target_texts = template.render_targets(dataset.catalog)
