@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from m6gen.commands.beam_cache import cache_fingerprint, generate_cached
 from m6gen.commands.common import UsageError
 from m6gen.config import (
     ConfigError,
@@ -127,129 +128,6 @@ def parse_weights(text: str) -> list[tuple[float, float]]:
             raise ConfigError(f"weights: expected 'diversity,novelty' pairs separated by ';', got {part!r}") from None
         settings.append((div, nov))
     return settings
-
-
-def generate_cached(
-    rec,
-    users,
-    histories,
-    path: Path,
-    progress: bool,
-    profiles: dict | None = None,
-    prior=None,
-    prior_weight: float = 1.0,
-    procs=None,
-) -> dict[str, list[list[float]]]:
-    """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
-
-    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``). Under
-    ``torchrun`` (``procs``: :class:`~m6gen.commands.common.Processes`) each process generates every
-    ``count``-th missing user into its own shard of ``path``, which the main process then appends.
-    """
-    from tqdm.auto import tqdm
-
-    from m6gen.commands.common import Processes
-    from m6gen.files import append_synced as append
-    from m6gen.outputs import done_users
-    from m6gen.prompts import user_vars
-
-    procs = procs or Processes()
-    if procs.is_main:
-        _merge_beam_shards(path)  # a killed sharded run's beams count as done
-    procs.wait_for_everyone()
-    done = set(done_users(path, fix="delete it to generate those beams again"))
-    todo = [(u, h) for u, h in zip(users, histories) if u not in done][procs.index :: procs.count]
-    target = path if procs.count == 1 else path.with_name(f"{path.name}.shard{procs.index}of{procs.count}")
-    bar = tqdm(
-        total=len(users) // procs.count,
-        initial=len(users) // procs.count - len(todo),
-        desc=f"generating[{procs.index}]" if procs.count > 1 else "generating",
-        unit="user",
-        disable=not progress,
-    )
-    bs = rec.config.batch_size
-    for s in range(0, len(todo), bs):
-        chunk = todo[s : s + bs]
-        beams = rec.generate(
-            [h for _, h in chunk],
-            profiles=[user_vars(u, profiles) for u, _ in chunk],
-            prior=prior,
-            prior_weight=prior_weight,
-        )
-        append(
-            target,
-            "".join(
-                json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl]})
-                + "\n"
-                for (u, _), bl in zip(chunk, beams)
-            ),
-        )
-        bar.update(len(chunk))
-    bar.close()
-    procs.wait_for_everyone()
-    if procs.is_main:
-        _merge_beam_shards(path)
-    procs.wait_for_everyone()
-    cached = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec_ = json.loads(line)
-        cached[rec_["user_id"]] = rec_["beams"]
-    return cached
-
-
-def _merge_beam_shards(path: Path) -> None:
-    """Append every process's shard of ``path`` (``<name>.shard<i>of<n>``) to it, then delete them.
-
-    Safe to redo after a kill at any point: a line cut short in ``path`` is dropped first, and a
-    shard's users already in ``path`` (appended, but the shard not yet deleted) are not added twice.
-    """
-    import glob
-
-    from m6gen.files import append_synced as append
-    from m6gen.files import write_atomic
-
-    shards = sorted(path.parent.glob(f"{glob.escape(path.name)}.shard*of*"))
-    if not shards:
-        return
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        write_atomic(path, text)
-    have = {json.loads(line)["user_id"] for line in text.splitlines()}
-    for shard in shards:
-        lines = [x for x in shard.read_text(encoding="utf-8").splitlines(keepends=True) if x.endswith("\n")]
-        new = [x for x in lines if json.loads(x)["user_id"] not in have]  # a line cut by a kill is left out
-        append(path, "".join(new))
-        have.update(json.loads(x)["user_id"] for x in new)
-        shard.unlink()
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
-DATA_SUFFIXES = (".inter", ".item", ".user", ".jsonl", ".csv", ".data", ".dat")  # and the ml-100k u.* files
-CONFIG_NAMES = ("m6gen_config.json", "adapter_config.json", "config.json", "sasrec.json")
-
-
-def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None, extra: str = "") -> str:
-    """8 hex digits naming what made a beam cache, so another model's beams are never reused.
-
-    Covers the model's weight and config files (name, size, modification time; a Hugging Face id
-    as given), the template's text, the files of ``others`` (the retriever, the SASRec whose prior
-    joins the search, the data folder) and ``extra`` (the data options). Outputs written into a run
-    folder (tables, caches) do not count.
-    """
-    import hashlib
-
-    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
-    for src in (model, *others):
-        path = Path(src) if src else None
-        if path is None or not path.exists():
-            continue
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in DATA_SUFFIXES or f.name in CONFIG_NAMES):
-                st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
 
 
 def m6gen_rankings(
@@ -417,10 +295,8 @@ def run(args) -> int:
             return [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
         return [split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])
 
-    def decode_split(name: str) -> dict[str, list[np.ndarray]]:
+    def decode_split(name: str, users: list[str], histories: list[list[int]]) -> dict[str, list[np.ndarray]]:
         """Beams per user of each decoding (row -> per user an (n, 5) array), shared among processes."""
-        users = eval_users(name)
-        histories, _ = histories_and_targets(name, users)
         tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
         if rec.retriever is not None:
             tag += f"-c{rec.config.n_candidates}"
@@ -442,9 +318,9 @@ def run(args) -> int:
 
     def evaluate_split(name: str) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Every row's metrics, per-user NDCG@10 and per-user HR@10 on one split's users."""
-        decoded = decode_split(name)
         users = eval_users(name)
         histories, targets = histories_and_targets(name, users)
+        decoded = decode_split(name, users, histories)
         seen = [set(h) for h in histories]
         rows: dict[str, dict[str, float]] = dict(base.get(name, {}))
         per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
@@ -498,7 +374,8 @@ def run(args) -> int:
 
     if not procs.is_main:  # decode this process's share of every split; the main process scores and reports
         for name in (["valid"] if args.choose_on_valid else []) + [args.split]:
-            decode_split(name)
+            users = eval_users(name)
+            decode_split(name, users, histories_and_targets(name, users)[0])
         return 0
     if args.choose_on_valid:
         valid_rows, valid_per_user, valid_hits = evaluate_split("valid")

@@ -109,6 +109,7 @@ def run(args) -> int:
         template.render_targets(ds.catalog)
         for hist, prof in zip(histories, profiles):
             template.render_prompt([ds.catalog[i] for i in hist], user=prof)
+    from m6gen.hybrid.placeholders import places_tokens
     from m6gen.runs import load_trained, trained_run_config
 
     if args.cf_source and not args.train_steps:
@@ -145,7 +146,8 @@ def run(args) -> int:
         for max_history in lengths:
             label = f"{name} (history {max_history})"
             template = templates[name, max_history]
-            model = base if base is not None else short_train(args, name, max_history, places_cf(template, ds))
+            with_cf = places_tokens(template, ds.catalog.items[:3])
+            model = base if base is not None else short_train(args, name, max_history, with_cf)
             cfg = RecommendConfig(
                 template=name,
                 max_history=max_history,
@@ -186,13 +188,6 @@ def warn_if_within_noise(board: dict[str, dict]) -> None:
             "users; score more users (--tune-users) before trusting the winner",
             file=sys.stderr,
         )
-
-
-def places_cf(template, ds) -> bool:
-    """Whether ``template`` writes collaborative tokens (``{{ it.cf }}``) for history items."""
-    from m6gen.hybrid.placeholders import PLACEHOLDER, has_placeholders
-
-    return has_placeholders(template.render_prompt(ds.catalog.items[:3], cf=PLACEHOLDER.format))
 
 
 def short_train(args, template: str, max_history: int, with_cf: bool = False):

@@ -14,6 +14,11 @@ def has_placeholders(text: str) -> bool:
     return _PLACEHOLDER.search(text) is not None
 
 
+def places_tokens(template, history, tokenizer=None) -> bool:
+    """Whether ``template`` writes a collaborative token (``{{ it.cf }}``) for the items of ``history``."""
+    return has_placeholders(template.render_prompt(history, tokenizer=tokenizer, cf=PLACEHOLDER.format))
+
+
 def saved_placeholders(folder: str | Path | None):
     """What ``{{ it.cf }}`` renders for a run folder's model (index -> placeholder or ""), read
     without loading the model; None when ``folder`` is not a run with collaborative tokens."""

@@ -17,14 +17,13 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
         return None
     from m6gen.data import item_popularity
     from m6gen.hybrid import attach, load_item_table
-    from m6gen.hybrid.placeholders import PLACEHOLDER, has_placeholders
+    from m6gen.hybrid.placeholders import places_tokens
 
     check_cf_split(cfg, split)
     # only items with a training interaction have a trained vector (new items held out have none)
     table = load_item_table(cfg.cf_source, len(catalog), trained=item_popularity(split, len(catalog)) > 0)
     history = [catalog[i] for i in max(split.train.values(), key=len)]
-    shown = template.render_prompt(history, tokenizer=tokenizer, cf=PLACEHOLDER.format)
-    if not has_placeholders(shown):
+    if not places_tokens(template, history, tokenizer):
         raise TrainError(
             f"--cf-source given, but template {template.path} does not place collaborative tokens: "
             "write {{ it.cf }} for history items (as prompts/hybrid.jinja does)"

@@ -1,0 +1,131 @@
+"""The beams ``m6gen eval`` generates, cached on disk: one JSONL file per model, template, data
+options and decoding, appended as users finish (a killed run resumes), shared among processes under
+``torchrun`` (one shard each, merged by the main process), named by a fingerprint of what made them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def generate_cached(
+    rec,
+    users,
+    histories,
+    path: Path,
+    progress: bool,
+    profiles: dict | None = None,
+    prior=None,
+    prior_weight: float = 1.0,
+    procs=None,
+) -> dict[str, list[list[float]]]:
+    """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
+
+    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``). Under
+    ``torchrun`` (``procs``: :class:`~m6gen.commands.common.Processes`) each process generates every
+    ``count``-th missing user into its own shard of ``path``, which the main process then appends.
+    """
+    from tqdm.auto import tqdm
+
+    from m6gen.commands.common import Processes
+    from m6gen.files import append_synced as append
+    from m6gen.outputs import done_users
+    from m6gen.prompts import user_vars
+
+    procs = procs or Processes()
+    if procs.is_main:
+        merge_beam_shards(path)  # a killed sharded run's beams count as done
+    procs.wait_for_everyone()
+    done = set(done_users(path, fix="delete it to generate those beams again"))
+    todo = [(u, h) for u, h in zip(users, histories) if u not in done][procs.index :: procs.count]
+    target = path if procs.count == 1 else path.with_name(f"{path.name}.shard{procs.index}of{procs.count}")
+    bar = tqdm(
+        total=len(users) // procs.count,
+        initial=len(users) // procs.count - len(todo),
+        desc=f"generating[{procs.index}]" if procs.count > 1 else "generating",
+        unit="user",
+        disable=not progress,
+    )
+    bs = rec.config.batch_size
+    for s in range(0, len(todo), bs):
+        chunk = todo[s : s + bs]
+        beams = rec.generate(
+            [h for _, h in chunk],
+            profiles=[user_vars(u, profiles) for u, _ in chunk],
+            prior=prior,
+            prior_weight=prior_weight,
+        )
+        append(
+            target,
+            "".join(
+                json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl]})
+                + "\n"
+                for (u, _), bl in zip(chunk, beams)
+            ),
+        )
+        bar.update(len(chunk))
+    bar.close()
+    procs.wait_for_everyone()
+    if procs.is_main:
+        merge_beam_shards(path)
+    procs.wait_for_everyone()
+    cached = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec_ = json.loads(line)
+        cached[rec_["user_id"]] = rec_["beams"]
+    return cached
+
+
+def merge_beam_shards(path: Path) -> None:
+    """Append every process's shard of ``path`` (``<name>.shard<i>of<n>``) to it, then delete them.
+
+    Safe to redo after a kill at any point: a line cut short in ``path`` is dropped first, and a
+    shard's users already in ``path`` (appended, but the shard not yet deleted) are not added twice.
+    """
+    import glob
+
+    from m6gen.files import append_synced as append
+    from m6gen.files import write_atomic
+
+    shards = sorted(path.parent.glob(f"{glob.escape(path.name)}.shard*of*"))
+    if not shards:
+        return
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        write_atomic(path, text)
+    have = {json.loads(line)["user_id"] for line in text.splitlines()}
+    for shard in shards:
+        lines = [x for x in shard.read_text(encoding="utf-8").splitlines(keepends=True) if x.endswith("\n")]
+        new = [x for x in lines if json.loads(x)["user_id"] not in have]  # a line cut by a kill is left out
+        append(path, "".join(new))
+        have.update(json.loads(x)["user_id"] for x in new)
+        shard.unlink()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+DATA_SUFFIXES = (".inter", ".item", ".user", ".jsonl", ".csv", ".data", ".dat")  # and the ml-100k u.* files
+CONFIG_NAMES = ("m6gen_config.json", "adapter_config.json", "config.json", "sasrec.json")
+
+
+def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None, extra: str = "") -> str:
+    """8 hex digits naming what made a beam cache, so another model's beams are never reused.
+
+    Covers the model's weight and config files (name, size, modification time; a Hugging Face id
+    as given), the template's text, the files of ``others`` (the retriever, the SASRec whose prior
+    joins the search, the data folder) and ``extra`` (the data options). Outputs written into a run
+    folder (tables, caches) do not count.
+    """
+    import hashlib
+
+    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
+    for src in (model, *others):
+        path = Path(src) if src else None
+        if path is None or not path.exists():
+            continue
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in DATA_SUFFIXES or f.name in CONFIG_NAMES):
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
