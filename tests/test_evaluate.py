@@ -335,3 +335,28 @@ def test_merging_beam_shards_after_a_kill_loses_and_repeats_nothing(tmp_path):
     users = [json.loads(x)["user_id"] for x in cache.read_text().splitlines()]
     assert sorted(users) == ["u0", "u1", "u2", "u3"]  # u0 once, u1 whole, u4's cut line left to decode again
     assert not list(tmp_path.glob("*.shard*"))
+
+
+def test_a_copied_sasrec_keeps_the_beam_caches_and_a_retrained_one_renews_only_its_prior_rows(world, tmp_path):
+    """The plain beams do not depend on SASRec at all; the beams searched with its prior are named
+    by the SASRec's content, so copying the folder (new modification times) keeps every cache."""
+    import shutil
+
+    data, model_dir = world
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--split", "valid", "--out", str(out)]
+    argv += ["--baselines", "SASRec", "--sasrec-epochs", "2", "--blend", "", "--weights", "", "--no-progress"]
+    argv += ["--decode-blend", "1"]
+    assert main(argv) == 0
+    first = sorted(p.name for p in out.glob("beams_*.jsonl"))
+    assert len(first) == 2
+    saved = out / "baselines" / "sasrec"
+    shutil.copytree(saved, tmp_path / "copy")
+    shutil.rmtree(saved)
+    shutil.copytree(tmp_path / "copy", saved, copy_function=shutil.copy)  # the same SASRec, new modification times
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("beams_*.jsonl")) == first
+    assert main([*argv, "--sasrec-epochs", "3"]) == 0  # another SASRec: its prior's beams are searched again
+    after = sorted(p.name for p in out.glob("beams_*.jsonl"))
+    plain = [n for n in first if not n.endswith("-sasrec1.jsonl")]
+    assert len(after) == 3 and set(first) <= set(after) and [n for n in after if n not in first][0] not in plain

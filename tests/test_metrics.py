@@ -140,6 +140,7 @@ def test_format_table():
         "| mmr | 0.1250 | nan |\n"
         "| pop | 1.0000 | - |\n"
     )
+    assert "| new-item users | 36 |" in format_table({"new-item users": {"users": 36}})  # a count, not 36.0000
 
 
 def test_write_results(tmp_path):

@@ -112,9 +112,9 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
     """8 hex digits naming what made a beam cache, so another model's beams are never reused.
 
     Covers the model's weight and config files (name, size, modification time; a Hugging Face id
-    as given), the template's text, the files of ``others`` (the retriever, the SASRec whose prior
-    joins the search, the data folder) and ``extra`` (the data options). Outputs written into a run
-    folder (tables, caches) do not count.
+    as given), the template's text, the files of ``others`` (the retriever, the data folder) and
+    ``extra`` (the data options). Outputs written into a run folder (tables, caches) do not count.
+    A prior searched with the beams is named apart, by :func:`prior_fingerprint`.
     """
     import hashlib
 
@@ -129,3 +129,19 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
+
+
+def prior_fingerprint(sasrec_folder: Path | None = None, code=None) -> str:
+    """8 hex digits naming a prior searched with the beams, by content, so a copied SASRec keeps its
+    caches and a retrained one (or a changed content peer, ``code``: its module) does not."""
+    import hashlib
+    import inspect
+
+    digest = hashlib.sha1()
+    if sasrec_folder is not None:
+        for f in sorted(Path(sasrec_folder).iterdir()):
+            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name in CONFIG_NAMES):
+                digest.update(f.name.encode("utf-8") + f.read_bytes())
+    if code is not None:
+        digest.update(inspect.getsource(code).encode("utf-8"))
+    return digest.hexdigest()[:8]

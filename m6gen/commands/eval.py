@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from m6gen.commands.beam_cache import cache_fingerprint, generate_cached
+from m6gen.commands.beam_cache import cache_fingerprint, generate_cached, prior_fingerprint
 from m6gen.commands.common import UsageError
 from m6gen.config import (
     ConfigError,
@@ -274,13 +274,15 @@ def run(args) -> int:
     trained = trained_run_config(args.model)
     retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(
-        args.model,
-        rec.template.path,
-        retriever,
-        out / "baselines" / "sasrec",
-        args.data or default_data_dir(must_exist=False),
-        extra=data_options,
+        args.model, rec.template.path, retriever, args.data or default_data_dir(must_exist=False), extra=data_options
     )
+    if decode_blend:  # the prior's beams also depend on the prior itself
+        if args.decode_prior == "SASRec":
+            fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=out / 'baselines' / 'sasrec')}"
+        else:
+            from m6gen.baselines import content as content_code
+
+            fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(code=content_code)}"
 
     def new_targets(name: str) -> np.ndarray:
         """(users,) bool: whose target on split ``name`` is a new item (--new-items)."""
@@ -300,10 +302,10 @@ def run(args) -> int:
         tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
         if rec.retriever is not None:
             tag += f"-c{rec.config.n_candidates}"
-        tag += f"-{fingerprint}"
-        runs = {"": (out / f"beams_{tag}.jsonl", None, 1.0)}
+        runs = {"": (out / f"beams_{tag}-{fingerprint}.jsonl", None, 1.0)}
         for row, w in searched_rows.items():
-            runs[row] = (out / f"beams_{tag}-{args.decode_prior.lower()}{w:g}.jsonl", decode_prior, w)
+            file_name = f"beams_{tag}-{fingerprint_with_prior}-{args.decode_prior.lower()}{w:g}.jsonl"
+            runs[row] = (out / file_name, decode_prior, w)
         decoded = {}
         for row, (path, prior, w) in runs.items():
             cached = generate_cached(

@@ -246,6 +246,8 @@ def evaluate_rankings(
 def _fmt(value: float | None, digits: int) -> str:
     if value is None:
         return "-"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):  # counts, such as users
+        return str(value)
     return f"{value:.{digits}f}"
 
 
