@@ -49,11 +49,13 @@ class _RecordingLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
-def item_vars(item: Item, cf: str = "") -> dict[str, Any]:
+def item_vars(item: Item, cf: str = "", state: str = "") -> dict[str, Any]:
     """The plain dict a template sees for one item (``history`` entries and ``item``).
 
     ``cf``: what ``{{ it.cf }}`` renders, the item's collaborative-token placeholder (see
     :mod:`m6gen.hybrid`); "" for a model without collaborative tokens or an item without a vector.
+    ``state``: what ``{{ it.state }}`` renders, the user-state token after this item (the
+    collaborative model's state after the history up to here); "" likewise.
     """
     return {
         "title": item.title,
@@ -64,6 +66,7 @@ def item_vars(item: Item, cf: str = "") -> dict[str, Any]:
         "item_id": item.item_id,
         "extra": dict(item.extra),
         "cf": cf,
+        "state": state,
     }
 
 
@@ -186,6 +189,7 @@ class PromptTemplate:
         tokenizer=None,
         candidates: Sequence[Item] | None = None,
         cf: Callable[[int], str] | None = None,
+        state: Callable[[int], str] | None = None,
     ) -> str:
         """Render the ``prompt`` block for a time-ordered history (oldest first, most recent last).
 
@@ -199,12 +203,17 @@ class PromptTemplate:
                 for templates that list them (``candidates.jinja``); empty when there is no retriever.
             cf: catalog index -> what ``{{ it.cf }}`` renders for a history item (the model's
                 collaborative placeholder, see :mod:`m6gen.hybrid`); None: "" for every item.
+            state: catalog index -> what ``{{ it.state }}`` renders after a history item (the
+                model's user-state placeholder); None: "" for every item.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         shown = history[-self.max_history :] if self.max_history is not None else history
         variables = {
-            "history": [item_vars(it, cf(it.index) if cf is not None else "") for it in shown],
+            "history": [
+                item_vars(it, cf(it.index) if cf is not None else "", state(it.index) if state is not None else "")
+                for it in shown
+            ],
             "n_history": len(shown),
             "n_total": len(history),
             "candidates": [item_vars(it) for it in candidates or ()],

@@ -201,6 +201,7 @@ class Recommender:
                 tokenizer=self.tokenizer,
                 candidates=[self.catalog[int(i)] for i in c],
                 cf=self.collaborative.placeholder if self.collaborative is not None else None,
+                state=self.collaborative.state_placeholder if self.collaborative is not None else None,
             )
             for hist, prof, c in zip(histories, profiles, candidates or [() for _ in histories])
         ]

@@ -243,3 +243,153 @@ def test_alignment_teaches_the_projector_each_items_title(hybrid_model):
     before, after = align_projector(embedding, targets, steps=300, lr=1e-2)
     assert after < 0.2 * before
     assert bool((nearest_title() == torch.arange(N_ITEMS)).all())
+
+
+# ----- user-state tokens ({{ it.state }}): a frozen SASRec's state after the history so far
+
+
+def tiny_sasrec(n: int = N_ITEMS, seed: int = 0):
+    from m6gen.baselines.sasrec import SASRec, SASRecConfig
+
+    torch.manual_seed(seed)
+    return SASRec(n, SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0))
+
+
+def sasrec_state(sasrec, items: list[int]) -> torch.Tensor:
+    """SASRec's own hidden state after ``items`` (its last max_len), as its score() computes it."""
+    from m6gen.baselines.sasrec import _pad_left
+
+    with torch.no_grad():
+        return sasrec.model(_pad_left([items], min(len(items), sasrec.config.max_len)))[0, -1]
+
+
+@pytest.fixture
+def state_model():
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1)
+    model.eval()
+    return model, tok, attach(model, table(), offset=len(tok), hidden=16, sequence=tiny_sasrec())
+
+
+def test_a_state_token_reads_the_sasrec_state_after_the_items_so_far(state_model):
+    model, tok, embedding = state_model
+    items = [3, 7, 1, 4, 9, 2, 8, 5]  # longer than the SASRec's max_len: it reads the last 6, as SASRec does
+    prompt = "Seen:" + "".join(f" T{i}<|cf:{i}|><|state:{i}|>" for i in items)
+    ids = torch.tensor(encode_prompts(tok, [prompt]))
+    states = ids[0] >= len(tok) + (1 << 24)
+    assert int(states.sum()) == len(items)
+    with torch.no_grad():
+        out = embedding(ids)[0][states]
+        expected = embedding.cf_state_projector(
+            torch.stack([sasrec_state(embedding.sequence, items[: j + 1]) for j in range(len(items))])
+        )
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out[0], out[1])  # each position its own state
+    # causal: another later item leaves every earlier state token as it was
+    changed = "Seen:" + "".join(f" T{i}<|cf:{i}|><|state:{i}|>" for i in [*items[:-1], 11])
+    other_ids = torch.tensor(encode_prompts(tok, [changed]))
+    with torch.no_grad():
+        other = embedding(other_ids)[0][other_ids[0] >= len(tok) + (1 << 24)]
+    torch.testing.assert_close(other[:-1], out[:-1])
+    assert not torch.allclose(other[-1], out[-1])
+
+
+def test_state_tokens_in_a_padded_batch_equal_one_prompt_at_a_time(tiny_dirs):
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    _, ds, split, template, _ = tiny_world(tiny_dirs, "hybrid_state", max_history=4)
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=2)
+    known = np.ones(len(ds.catalog), dtype=bool)
+    known[::3] = False  # items without a vector have no tokens, and the SASRec does not read them
+    attach(
+        model,
+        table(len(ds.catalog), seed=3, known=known),
+        offset=len(tok),
+        hidden=16,
+        sequence=tiny_sasrec(len(ds.catalog)),
+    )
+    model.eval()
+    rec = Recommender(model, tok, ds.catalog, template, RecommendConfig(beams=5, batch_size=8))
+    assert "<|state:1|>" in rec.prompts([[1, 2]])[0] and "<|state:0|>" not in rec.prompts([[0, 1]])[0]
+    histories = [[0, 3, 6], [1], [2, 4, 5, 7], [9, 12], [15, 18, 10]]
+    batch = rec.generate(histories)
+    for h, beams in zip(histories, batch):
+        single = rec.generate([h])[0]
+        assert [b.item for b in single] == [b.item for b in beams]
+        np.testing.assert_allclose([b.logprob for b in single], [b.logprob for b in beams], atol=1e-4)
+
+
+def test_packed_blocks_with_state_tokens_give_the_loss_of_single_examples(tiny_dirs):
+    from m6gen.training.examples import (
+        SoftTokens,
+        build_block_examples,
+        check_loss_paths,
+        is_token_incremental,
+        loss_module,
+        sample_blocks,
+    )
+
+    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, "hybrid_state", max_history=4)
+    model = make_model(len(tok), seed=4)
+    embedding = attach(model, table(len(ds.catalog)), offset=len(tok), hidden=16, sequence=tiny_sasrec(len(ds.catalog)))
+    soft = SoftTokens(embedding)
+    assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train, soft=soft)
+    blocks = sample_blocks(split.train, block=3, per_user=1, sampling="last")[:3]
+    examples, _ = build_block_examples(blocks, split.train, ds.catalog, template, tok, target_ids, soft=soft)
+    assert all(any(t >= len(tok) + (1 << 24) for t in ex.target_ids) for ex in examples)  # state tokens in blocks
+    module = loss_module(model)
+    fast, packed = check_loss_paths(module, examples, tok.pad_token_id, soft_from=len(tok))
+    assert fast and packed
+
+
+def test_a_run_with_state_tokens_saves_and_reloads_them_exactly(tiny_dirs, tmp_path):
+    from m6gen.recommender import Recommender
+    from m6gen.runs import load_trained
+    from m6gen.training.loop import train
+
+    sasrec = tiny_sasrec()
+    sasrec.save(tmp_path / "sasrec")
+    cfg = tiny_config(
+        tiny_dirs,
+        tmp_path / "run",
+        template="hybrid_state",
+        cf_source=str(tmp_path / "sasrec"),
+        epochs=1,
+        cf_align_steps=5,
+    )
+    assert train(cfg)["steps"] > 0
+    assert (tmp_path / "run" / "collaborative_sequence" / "sasrec.pt").is_file()
+    from safetensors.torch import load_file
+
+    assert any("cf_state_projector" in k for k in load_file(tmp_path / "run" / "adapter_model.safetensors"))
+    model, tok, _ = load_trained(tmp_path / "run")
+    merged, _, _ = load_trained(tmp_path / "run", merge=True)
+    ids = torch.tensor([[5, len(tok) + 4, len(tok) + (1 << 24) + 4, 6, len(tok) + (1 << 24) + 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(find(merged)(ids), find(model)(ids))
+        trained = find(model).cf_state_projector.modules_to_save["default"]
+        initial = find(model).cf_state_projector.original_module
+        assert not all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values()))
+    rec = Recommender.from_pretrained(tmp_path / "run", tiny_world(tiny_dirs, "hybrid")[1].catalog, device="cpu")
+    assert "<|state:" in rec.prompts([[1, 2, 3]])[0]
+
+
+def test_state_tokens_need_a_sasrec_source(tiny_dirs, tmp_path):
+    from m6gen.config import TrainError
+    from m6gen.training.loop import train
+
+    np.save(tmp_path / "cf.npy", np.ones((N_ITEMS, 4), dtype=np.float32))
+    cfg = tiny_config(tiny_dirs, tmp_path / "run", template="hybrid_state", cf_source=str(tmp_path / "cf.npy"))
+    with pytest.raises(TrainError, match=r"not a saved SASRec folder"):
+        train(cfg)
+
+
+def test_alignment_teaches_the_state_projector_the_next_title(state_model):
+    from m6gen.hybrid.align import align_state_projector, title_embeddings
+
+    model, tok, embedding = state_model
+    targets = title_embeddings(embedding, tok, [f" Title number {i}" for i in range(N_ITEMS)])
+    train = {"a": [1, 2, 3, 4, 5], "b": [6, 7, 8, 9], "c": [10, 11, 12, 13, 14]}
+    before, after = align_state_projector(embedding, targets, train, steps=300, lr=1e-2)
+    assert after < 0.2 * before

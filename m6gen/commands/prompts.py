@@ -44,15 +44,16 @@ def run(args) -> int:
 
         retriever = load_sasrec(args.candidates, len(ds.catalog))
     templates = [lib.load_template(name) for name in ([only] if only else lib.names())]
-    from m6gen.hybrid.placeholders import saved_placeholders
+    from m6gen.hybrid.placeholders import saved_placeholders, saved_state_placeholders
 
     cf = saved_placeholders(args.model)  # a hybrid run's {{ it.cf }} placeholders, as its model reads them
+    state = saved_state_placeholders(args.model)  # and its {{ it.state }} ones
     for user in users:
-        show_user(args, ds, split, user, templates, tokenizer, retriever, many=len(users) > 1, cf=cf)
+        show_user(args, ds, split, user, templates, tokenizer, retriever, many=len(users) > 1, cf=cf, state=state)
     return 0
 
 
-def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool, cf=None) -> None:
+def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool, cf=None, state=None) -> None:
     from m6gen.baselines.retrieval import retrieve
     from m6gen.prompts import user_vars
 
@@ -63,7 +64,12 @@ def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool
         candidates = [ds.catalog[int(i)] for i in found[0]]
     for tpl in templates:
         prompt = tpl.render_prompt(
-            history, user=user_vars(user, ds.profiles), tokenizer=tokenizer, candidates=candidates, cf=cf
+            history,
+            user=user_vars(user, ds.profiles),
+            tokenizer=tokenizer,
+            candidates=candidates,
+            cf=cf,
+            state=state,
         )
         target = tpl.render_target(ds.catalog[split.test[user]])
         who = f" for user {user}" if many else ""

@@ -6,8 +6,13 @@ import re
 from pathlib import Path
 
 PLACEHOLDER = "<|cf:{}|>"  # what {{ it.cf }} renders for catalog item {} (readable in `m6gen prompts`)
-_PLACEHOLDER = re.compile(r"<\|cf:(\d+)\|>")
+STATE_PLACEHOLDER = "<|state:{}|>"  # what {{ it.state }} renders after catalog item {}
+_PLACEHOLDER = re.compile(r"<\|(cf|state):(\d+)\|>")
+# A state token's virtual id is offset + STATE_SHIFT + item: apart from the item tokens' offset + item
+# for any catalog below 16.7 million items, and known without the catalog's size.
+STATE_SHIFT = 1 << 24
 TABLE_FILE, INFO_FILE = "collaborative.safetensors", "collaborative.json"  # in a run folder
+SEQUENCE_FOLDER = "collaborative_sequence"  # in a run folder: the frozen SASRec behind {{ it.state }}
 
 
 def has_placeholders(text: str) -> bool:
@@ -17,6 +22,11 @@ def has_placeholders(text: str) -> bool:
 def places_tokens(template, history, tokenizer=None) -> bool:
     """Whether ``template`` writes a collaborative token (``{{ it.cf }}``) for the items of ``history``."""
     return has_placeholders(template.render_prompt(history, tokenizer=tokenizer, cf=PLACEHOLDER.format))
+
+
+def places_states(template, history, tokenizer=None) -> bool:
+    """Whether ``template`` writes a user-state token (``{{ it.state }}``) for the items of ``history``."""
+    return has_placeholders(template.render_prompt(history, tokenizer=tokenizer, state=STATE_PLACEHOLDER.format))
 
 
 def saved_placeholders(folder: str | Path | None):
@@ -30,17 +40,29 @@ def saved_placeholders(folder: str | Path | None):
     return lambda index: PLACEHOLDER.format(index) if known[index] else ""
 
 
+def saved_state_placeholders(folder: str | Path | None):
+    """What ``{{ it.state }}`` renders for a run folder's model, read without loading it; None when
+    the run has no user-state tokens."""
+    from safetensors.numpy import load_file
+
+    if folder is None or not (Path(folder) / SEQUENCE_FOLDER).is_dir():
+        return None
+    known = load_file(str(Path(folder) / TABLE_FILE))["known"].astype(bool)
+    return lambda index: STATE_PLACEHOLDER.format(index) if known[index] else ""
+
+
 def encode_with_soft_tokens(tokenizer, prompts: list[str], encode_text) -> list[list[int]]:
     """Token ids of prompts holding placeholders: text pieces tokenized as usual (the first one by
-    ``encode_text``, which adds the BOS), each placeholder as its virtual id ``len(tokenizer) + i``."""
+    ``encode_text``, which adds the BOS), each item placeholder as its virtual id ``len(tokenizer) + i``,
+    each state placeholder as ``len(tokenizer) + STATE_SHIFT + i``."""
     offset = len(tokenizer)
     out = []
     for prompt in prompts:
-        parts = _PLACEHOLDER.split(prompt)  # text, index, text, index, ..., text
-        texts, indices = parts[0::2], parts[1::2]
+        parts = _PLACEHOLDER.split(prompt)  # text, kind, index, text, kind, index, ..., text
+        texts, kinds, indices = parts[0::3], parts[1::3], parts[2::3]
         ids = encode_text(tokenizer, [texts[0]])[0]
         rest = tokenizer(texts[1:], add_special_tokens=False)["input_ids"] if indices else []
-        for index, piece in zip(indices, rest):
-            ids = ids + [offset + int(index)] + piece
+        for kind, index, piece in zip(kinds, indices, rest):
+            ids = ids + [offset + (STATE_SHIFT if kind == "state" else 0) + int(index)] + piece
         out.append(ids)
     return out

@@ -17,27 +17,59 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
         return None
     from m6gen.data import item_popularity
     from m6gen.hybrid import attach, load_item_table
-    from m6gen.hybrid.placeholders import places_tokens
+    from m6gen.hybrid.placeholders import places_states, places_tokens
 
     check_cf_split(cfg, split)
     # only items with a training interaction have a trained vector (new items held out have none)
     table = load_item_table(cfg.cf_source, len(catalog), trained=item_popularity(split, len(catalog)) > 0)
     history = [catalog[i] for i in max(split.train.values(), key=len)]
-    if not places_tokens(template, history, tokenizer):
+    states = places_states(template, history, tokenizer)
+    if not states and not places_tokens(template, history, tokenizer):
         raise TrainError(
             f"--cf-source given, but template {template.path} does not place collaborative tokens: "
-            "write {{ it.cf }} for history items (as prompts/hybrid.jinja does)"
+            "write {{ it.cf }} (or {{ it.state }}) for history items (as prompts/hybrid.jinja does)"
         )
-    embedding = attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden)
+    sequence = state_model(cfg, len(catalog), template) if states else None
+    embedding = attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden, sequence=sequence)
     if cfg.cf_align_steps:
-        from m6gen.hybrid.align import align_projector, title_embeddings
-
-        targets = title_embeddings(embedding, tokenizer, template.render_targets(catalog))
-        losses = align_projector(embedding, targets, cfg.cf_align_steps)
-        if losses:  # none when no item has a vector
-            before, after = losses
-            say(f"projector aligned to the titles in {cfg.cf_align_steps} steps: loss {before:.3f} -> {after:.3f}")
+        align(cfg, embedding, tokenizer, template, catalog, split, say)
     return embedding
+
+
+def state_model(cfg: TrainConfig, n_items: int, template):
+    """The SASRec behind ``{{ it.state }}``: the --cf-source itself, which must then be a saved SASRec folder."""
+    from m6gen.baselines.sasrec import SASRec
+
+    folder = Path(cfg.cf_source)
+    if not (folder / "sasrec.pt").is_file() or not (folder / "sasrec.json").is_file():
+        raise TrainError(
+            f"template {template.path} places user-state tokens ({{{{ it.state }}}}), which need a collaborative "
+            f"model, but --cf-source {cfg.cf_source} is not a saved SASRec folder (e.g. <out>/sasrec of "
+            "`m6gen baselines --out <out>`)"
+        )
+    sequence = SASRec.load(folder)
+    if sequence.n_items != n_items:
+        raise TrainError(f"--cf-source {folder}: a SASRec of {sequence.n_items} items, the catalog has {n_items}")
+    return sequence
+
+
+def align(cfg: TrainConfig, embedding, tokenizer, template, catalog, split, say=print) -> None:
+    """--cf-align-steps: each projector first learns to read as a title (see :mod:`m6gen.hybrid.align`)."""
+    from m6gen.hybrid.align import align_projector, align_state_projector, title_embeddings
+
+    targets = title_embeddings(embedding, tokenizer, template.render_targets(catalog))
+    losses = align_projector(embedding, targets, cfg.cf_align_steps)
+    if losses:  # none when no item has a vector
+        before, after = losses
+        say(f"projector aligned to the titles in {cfg.cf_align_steps} steps: loss {before:.3f} -> {after:.3f}")
+    if embedding.has_states:
+        losses = align_state_projector(embedding, targets, split.train, cfg.cf_align_steps, seed=cfg.seed)
+        if losses:
+            before, after = losses
+            say(
+                f"state projector aligned to the next titles in {cfg.cf_align_steps} steps: "
+                f"loss {before:.3f} -> {after:.3f}"
+            )
 
 
 def check_cf_split(cfg: TrainConfig, split) -> None:

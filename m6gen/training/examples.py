@@ -50,9 +50,15 @@ class SoftTokens:
         """What ``{{ it.cf }}`` renders for item ``index`` in a prompt."""
         return self.embedding.placeholder(index) if self._kept() else ""
 
+    def state(self, index: int) -> str:
+        """What ``{{ it.state }}`` renders after item ``index``: never left out, since the state tokens of a
+        row name the items the collaborative model reads."""
+        return self.embedding.state_placeholder(index)
+
     def after_target(self, index: int) -> list[int]:
-        """The ids a token-incremental template writes after item ``index``'s target in a packed block."""
-        return self.embedding.virtual_ids(index) if self._kept() else []
+        """The ids a token-incremental template writes after item ``index``'s target in a packed block
+        (hybrid templates write the item token, then the state token)."""
+        return (self.embedding.virtual_ids(index) if self._kept() else []) + self.embedding.state_ids(index)
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ def render_prompts(
 ) -> list[str]:
     """Prompt texts for item-index histories (shared by training and validation so both read alike);
     ``candidates``: per history, the item indices a candidate template lists (``m6gen.baselines.retrieval``);
-    ``cf``: catalog index -> what ``{{ it.cf }}`` renders (:class:`SoftTokens`), None: nothing."""
+    ``cf``: the :class:`SoftTokens` that say what ``{{ it.cf }}`` and ``{{ it.state }}`` render, None: nothing."""
     cands = candidates if candidates is not None else [() for _ in histories]
     return [
         template.render_prompt(
@@ -126,6 +132,7 @@ def render_prompts(
             tokenizer=tokenizer,
             candidates=[catalog[int(i)] for i in c],
             cf=cf,
+            state=cf.state if cf is not None else None,
         )
         for hist, u, c in zip(histories, users, cands)
     ]
@@ -184,7 +191,10 @@ def is_token_incremental(
     from m6gen.model import encode_prompts
 
     window = template.max_history or 8
-    after = soft.embedding.virtual_ids if soft is not None else (lambda x: [])  # every token shown: no dropout
+
+    def after(index: int) -> list[int]:  # every token shown: no dropout
+        return soft.embedding.virtual_ids(index) + soft.embedding.state_ids(index) if soft is not None else []
+
     checked = 0
     for user, items in histories.items():
         n = min(len(items), window)
@@ -387,7 +397,11 @@ def loss_module(model, fast_head: bool = True):
     ``fast_head=False``; :func:`check_loss_paths` detects that on the real model.
     The module is what ``Accelerator.prepare`` wraps, so DDP/FSDP see every forward.
     """
+    from contextlib import nullcontext
+
     import torch
+
+    from m6gen.hybrid.soft_tokens import find
 
     class TargetLoss(torch.nn.Module):
         def __init__(self, model, fast_head: bool):
@@ -400,11 +414,15 @@ def loss_module(model, fast_head: bool = True):
             target = labels[:, 1:]  # (B, L-1): the token each position predicts
             keep = target != IGNORE  # (B, L-1)
             kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-            if self.fast_head:
-                hidden = lm.base_model(**kw).last_hidden_state  # (B, L, H)
-                logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # (T, V)
-            else:
-                logits = lm(**kw).logits[:, :-1][keep]  # (T, V)
+            collaborative = find(lm)
+            # user-state tokens read the history of their own packed example only
+            examples = collaborative.segments(position_ids) if collaborative is not None else nullcontext()
+            with examples:
+                if self.fast_head:
+                    hidden = lm.base_model(**kw).last_hidden_state  # (B, L, H)
+                    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # (T, V)
+                else:
+                    logits = lm(**kw).logits[:, :-1][keep]  # (T, V)
             loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
             return loss, keep.sum()
 

@@ -203,7 +203,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     base = model if model is not None else load_model(cfg.model, cfg.gguf_file)
     cfg = dataclasses.replace(cfg, target_modules=resolve_target_modules(base, cfg.target_modules))
     collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template, say=acc.print)
-    peft_model = attach_lora(cfg, base, with_projector=collaborative is not None)
+    peft_model = attach_lora(cfg, base, collaborative)
 
     target_texts = template.render_targets(dataset.catalog)
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
@@ -467,15 +467,18 @@ def train(
 
 
 def parameter_groups(model, cfg: TrainConfig) -> list[dict]:
-    """The trainable parameters for the optimizer: LoRA's at ``--lr``, the collaborative projector's at
-    ``--lr`` x ``--cf-lr-scale`` (its own group only when the scale differs, so runs without it are unchanged)."""
-    from m6gen.hybrid.soft_tokens import PROJECTOR
+    """The trainable parameters for the optimizer: LoRA's at ``--lr``, the collaborative projectors' at
+    ``--lr`` x ``--cf-lr-scale`` (their own group only when the scale differs, so runs without it are unchanged)."""
+    from m6gen.hybrid.soft_tokens import PROJECTOR, STATE_PROJECTOR
+
+    def is_projector(name: str) -> bool:
+        return f".{PROJECTOR}." in f".{name}." or f".{STATE_PROJECTOR}." in f".{name}."
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    projector = [p for n, p in trainable if f".{PROJECTOR}." in f".{n}."]
+    projector = [p for n, p in trainable if is_projector(n)]
     if not projector or cfg.cf_lr_scale == 1.0:
         return [{"params": [p for _, p in trainable]}]
-    rest = [p for n, p in trainable if f".{PROJECTOR}." not in f".{n}."]
+    rest = [p for n, p in trainable if not is_projector(n)]
     return [{"params": rest}, {"params": projector, "lr": cfg.lr * cfg.cf_lr_scale}]
 
 

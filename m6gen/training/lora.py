@@ -65,12 +65,16 @@ def resolve_target_modules(model, requested: list[str] | None) -> list[str]:
     return list(requested)
 
 
-def attach_lora(cfg: TrainConfig, base, with_projector: bool):
-    """The peft model: LoRA on ``cfg.target_modules`` (and ``--init-adapter``'s weights); the projector of
-    collaborative tokens trains and is saved with the adapter."""
+def attach_lora(cfg: TrainConfig, base, collaborative=None):
+    """The peft model: LoRA on ``cfg.target_modules`` (and ``--init-adapter``'s weights); the projectors of
+    ``collaborative``'s tokens (a ``CollaborativeEmbedding``) train and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from m6gen.hybrid.soft_tokens import PROJECTOR
+    from m6gen.hybrid.soft_tokens import PROJECTOR, STATE_PROJECTOR
+
+    projectors = None
+    if collaborative is not None:
+        projectors = [PROJECTOR, STATE_PROJECTOR] if collaborative.has_states else [PROJECTOR]
 
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -78,7 +82,7 @@ def attach_lora(cfg: TrainConfig, base, with_projector: bool):
         lora_dropout=cfg.lora_dropout,
         target_modules="all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules,
         task_type="CAUSAL_LM",
-        modules_to_save=[PROJECTOR] if with_projector else None,
+        modules_to_save=projectors,
     )
     peft_model = get_peft_model(base, lora)
     if cfg.init_adapter:
