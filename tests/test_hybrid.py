@@ -160,13 +160,20 @@ def test_train_command_reports_a_wrong_shaped_source_in_one_line(tiny_dirs, tmp_
     assert rc != 0 and len(err) == 1 and "3 rows, the catalog has 20 items" in err[0]
 
 
-def test_template_without_tokens_is_refused_with_a_source(tiny_dirs, tmp_path):
+@pytest.mark.parametrize(
+    "template, error",
+    [
+        ("sequence", r"does not place collaborative tokens"),
+        ("hybrid_state", r"not a saved SASRec folder"),  # user-state tokens need the SASRec itself
+    ],
+)
+def test_a_template_that_does_not_fit_the_source_is_refused(tiny_dirs, tmp_path, template, error):
     from m6gen.config import TrainError
     from m6gen.training.loop import train
 
     np.save(tmp_path / "cf.npy", np.ones((N_ITEMS, 4), dtype=np.float32))
-    cfg = tiny_config(tiny_dirs, tmp_path / "run", template="sequence", cf_source=str(tmp_path / "cf.npy"))
-    with pytest.raises(TrainError, match=r"does not place collaborative tokens"):
+    cfg = tiny_config(tiny_dirs, tmp_path / "run", template=template, cf_source=str(tmp_path / "cf.npy"))
+    with pytest.raises(TrainError, match=error):
         train(cfg)
 
 
@@ -177,7 +184,10 @@ def test_items_without_a_training_interaction_get_no_token(tmp_path):
     assert not t.vectors[1].any()
 
 
-def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs):
+@pytest.mark.parametrize("template", ["hybrid", "hybrid_state"])
+def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs, template):
+    """Item tokens (and state tokens, each reading only its own packed example's items) inside packed
+    blocks give the loss of one example per row."""
     from m6gen.training.examples import (
         SoftTokens,
         build_block_examples,
@@ -187,14 +197,16 @@ def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs):
         sample_blocks,
     )
 
-    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, "hybrid", max_history=4)
+    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, template, max_history=4)
     model = make_model(len(tok), seed=4)
-    embedding = attach(model, table(len(ds.catalog)), offset=len(tok), hidden=16)
+    states = tiny_sasrec(len(ds.catalog)) if template.name == "hybrid_state" else None
+    embedding = attach(model, table(len(ds.catalog)), offset=len(tok), hidden=16, sequence=states)
     soft = SoftTokens(embedding)
     assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train, soft=soft)
     blocks = sample_blocks(split.train, block=3, per_user=1, sampling="last")[:3]
     examples, _ = build_block_examples(blocks, split.train, ds.catalog, template, tok, target_ids, soft=soft)
-    assert all(any(t >= len(tok) for t in ex.target_ids) for ex in examples)  # tokens inside the blocks
+    first_soft = len(tok) + (1 << 24 if states is not None else 0)
+    assert all(any(t >= first_soft for t in ex.target_ids) for ex in examples)  # tokens inside the blocks
     module = loss_module(model)
     fast, packed = check_loss_paths(module, examples, tok.pad_token_id, soft_from=len(tok))
     assert fast and packed
@@ -320,29 +332,6 @@ def test_state_tokens_in_a_padded_batch_equal_one_prompt_at_a_time(tiny_dirs):
         np.testing.assert_allclose([b.logprob for b in single], [b.logprob for b in beams], atol=1e-4)
 
 
-def test_packed_blocks_with_state_tokens_give_the_loss_of_single_examples(tiny_dirs):
-    from m6gen.training.examples import (
-        SoftTokens,
-        build_block_examples,
-        check_loss_paths,
-        is_token_incremental,
-        loss_module,
-        sample_blocks,
-    )
-
-    tok, ds, split, template, target_ids = tiny_world(tiny_dirs, "hybrid_state", max_history=4)
-    model = make_model(len(tok), seed=4)
-    embedding = attach(model, table(len(ds.catalog)), offset=len(tok), hidden=16, sequence=tiny_sasrec(len(ds.catalog)))
-    soft = SoftTokens(embedding)
-    assert is_token_incremental(template, tok, ds.catalog, target_ids, split.train, soft=soft)
-    blocks = sample_blocks(split.train, block=3, per_user=1, sampling="last")[:3]
-    examples, _ = build_block_examples(blocks, split.train, ds.catalog, template, tok, target_ids, soft=soft)
-    assert all(any(t >= len(tok) + (1 << 24) for t in ex.target_ids) for ex in examples)  # state tokens in blocks
-    module = loss_module(model)
-    fast, packed = check_loss_paths(module, examples, tok.pad_token_id, soft_from=len(tok))
-    assert fast and packed
-
-
 def test_a_run_with_state_tokens_saves_and_reloads_them_exactly(tiny_dirs, tmp_path):
     from m6gen.recommender import Recommender
     from m6gen.runs import load_trained
@@ -373,16 +362,6 @@ def test_a_run_with_state_tokens_saves_and_reloads_them_exactly(tiny_dirs, tmp_p
         assert not all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values()))
     rec = Recommender.from_pretrained(tmp_path / "run", tiny_world(tiny_dirs, "hybrid")[1].catalog, device="cpu")
     assert "<|state:" in rec.prompts([[1, 2, 3]])[0]
-
-
-def test_state_tokens_need_a_sasrec_source(tiny_dirs, tmp_path):
-    from m6gen.config import TrainError
-    from m6gen.training.loop import train
-
-    np.save(tmp_path / "cf.npy", np.ones((N_ITEMS, 4), dtype=np.float32))
-    cfg = tiny_config(tiny_dirs, tmp_path / "run", template="hybrid_state", cf_source=str(tmp_path / "cf.npy"))
-    with pytest.raises(TrainError, match=r"not a saved SASRec folder"):
-        train(cfg)
 
 
 def test_alignment_teaches_the_state_projector_the_next_title(state_model):
