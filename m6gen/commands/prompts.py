@@ -44,10 +44,10 @@ def run(args) -> int:
 
         retriever = load_sasrec(args.candidates, len(ds.catalog))
     templates = [lib.load_template(name) for name in ([only] if only else lib.names())]
-    from m6gen.hybrid.placeholders import saved_placeholders, saved_state_placeholders
+    from m6gen.hybrid.placeholders import saved_placeholders
 
     cf = saved_placeholders(args.model)  # a hybrid run's {{ it.cf }} placeholders, as its model reads them
-    state = saved_state_placeholders(args.model)  # and its {{ it.state }} ones
+    state = saved_placeholders(args.model, state=True)  # and its {{ it.state }} ones
     for user in users:
         show_user(args, ds, split, user, templates, tokenizer, retriever, many=len(users) > 1, cf=cf, state=state)
     return 0

@@ -29,26 +29,18 @@ def places_states(template, history, tokenizer=None) -> bool:
     return has_placeholders(template.render_prompt(history, tokenizer=tokenizer, state=STATE_PLACEHOLDER.format))
 
 
-def saved_placeholders(folder: str | Path | None):
-    """What ``{{ it.cf }}`` renders for a run folder's model (index -> placeholder or ""), read
-    without loading the model; None when ``folder`` is not a run with collaborative tokens."""
+def saved_placeholders(folder: str | Path | None, state: bool = False):
+    """What ``{{ it.cf }}`` (``state``: ``{{ it.state }}``) renders for a run folder's model (index ->
+    placeholder or ""), read without loading the model; None when ``folder`` is not a run with such tokens."""
     from safetensors.numpy import load_file
 
     if folder is None or not (Path(folder) / TABLE_FILE).is_file():
         return None
-    known = load_file(str(Path(folder) / TABLE_FILE))["known"].astype(bool)
-    return lambda index: PLACEHOLDER.format(index) if known[index] else ""
-
-
-def saved_state_placeholders(folder: str | Path | None):
-    """What ``{{ it.state }}`` renders for a run folder's model, read without loading it; None when
-    the run has no user-state tokens."""
-    from safetensors.numpy import load_file
-
-    if folder is None or not (Path(folder) / SEQUENCE_FOLDER).is_dir():
+    if state and not (Path(folder) / SEQUENCE_FOLDER).is_dir():
         return None
     known = load_file(str(Path(folder) / TABLE_FILE))["known"].astype(bool)
-    return lambda index: STATE_PLACEHOLDER.format(index) if known[index] else ""
+    form = STATE_PLACEHOLDER if state else PLACEHOLDER
+    return lambda index: form.format(index) if known[index] else ""
 
 
 def encode_with_soft_tokens(tokenizer, prompts: list[str], encode_text) -> list[list[int]]:
