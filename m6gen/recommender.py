@@ -306,11 +306,16 @@ class Recommender:
         rerank_config: RerankConfig | None = None,
         profiles: list[dict] | None = None,
         progress: bool = False,
+        allowed: list[np.ndarray] | None = None,
     ) -> list[RerankResult]:
-        """Final top-k per history: beams reranked for accuracy, diversity and novelty."""
+        """Final top-k per history: beams reranked for accuracy, diversity and novelty.
+
+        ``allowed``: per history, the only catalog indices it may be recommended (e.g. a shelf of new
+        items: :func:`m6gen.data.cold_items`); None: the whole catalog."""
         rcfg = rerank_config or RerankConfig()
         results = []
-        generated = self.generate(histories, profiles, progress=progress)  # with the recommender's own prior
+        # with the recommender's own prior
+        generated = self.generate(histories, profiles, allowed=allowed, progress=progress)
         w = self.prior_weight if self.prior is not None else 0.0
         for hist, beams in zip(histories, generated):
             ids = np.array([h.item for h in beams], dtype=np.int64)

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import write_world_data
 
 from m6gen.commands.recommend import main, read_user_ids
 from m6gen.outputs import UserListError, done_users
@@ -313,3 +314,22 @@ def test_generate_batches_by_prompt_length_and_answers_in_the_order_given(world)
         assert [h.logprob for h in got] == pytest.approx([h.logprob for h in alone], abs=1e-4)
     assert {h.item for h in together[1]} <= {2, 3}
     assert [b[0].item for b in together] == [favourite[u] for u in range(len(histories))]
+
+
+def test_cold_only_recommends_only_items_no_shown_history_holds(world, tmp_path):
+    """A shelf of new arrivals: with items 6 and 7 held out (--new-items), the train histories hold neither."""
+    out = tmp_path / "shelf.jsonl"
+    assert run(world, out, "--cold-only", "--new-items", "0.25", "--history", "valid", "--k", "2") == 0
+    records = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 6
+    for r in records:
+        assert sorted(int(it["item_id"]) for it in r["items"]) == [6, 7]
+    assert json.loads((tmp_path / "shelf.jsonl.m6gen.json").read_text())["cold_only"] is True
+    # resuming without the option would mix shelves and usual lists in one file
+    shelf = ("--new-items", "0.25", "--history", "valid", "--k", "2")
+    assert "(--cold-only True there, None now)" in capsys_error(world, out, *shelf)
+    assert "(--new-items 0.25 there, None now)" in capsys_error(world, out, "--cold-only", *shelf[2:])
+    # every item trained (user u's items 2u..2u+3 mod 8): nothing is cold, said in one line before the model loads
+    all_trained = (write_world_data(tmp_path / "all", shift=2), world[1])
+    err = capsys_error(all_trained, tmp_path / "none.jsonl", "--cold-only")
+    assert "--cold-only: every catalog item has a training interaction" in err and "Traceback" not in err

@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from m6gen.commands import eval as eval_command
 from m6gen.commands.common import UsageError, parse
 from m6gen.commands.eval import main, parse_weights, run
 from m6gen.config import ConfigError
+from m6gen.data import build_histories, leave_one_out, load_dataset
 
 
 def eval_args(argv):
@@ -142,6 +144,17 @@ def test_sasrec_in_decoding_rows(world, tmp_path):
         json.loads(x)["beams"] for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()
     ]
     assert all(len(b) == 6 and all(len(x) == 5 and x[4] < 0 for x in b) for b in beams)
+    # each searched decoding is also ranked by the other two scores (+ w * prior), for --choose-on-valid to pick
+    split = leave_one_out(build_histories(load_dataset(world[0])))
+    records = [json.loads(x) for x in next(tmp_path.glob("beams_valid-*-sasrec0.5.jsonl")).read_text().splitlines()]
+    for by, col in (("normalized", 2), ("catalog", 3)):
+        order = [[int(b[0]) for b in sorted(r["beams"], key=lambda b: -(b[col] + 0.5 * b[4]))] for r in records]
+        targets = [split.valid[r["user_id"]] for r in records]
+        ranks = [o.index(t) if t in o else 99 for t, o in zip(targets, order)]
+        ndcg = np.mean([1 / np.log2(rank + 2) if rank < 5 else 0.0 for rank in ranks])
+        assert rows[f"m6gen + SASRec in decoding (w 0.5, rank by {by})"]["NDCG@5"] == pytest.approx(ndcg)
+        for k in ("HR@5", "NDCG@5"):  # a huge weight: SASRec's order whatever the score
+            assert rows[f"m6gen + SASRec in decoding (w 10000, rank by {by})"][k] == pytest.approx(rows["SASRec"][k])
     with pytest.raises(UsageError, match="decode-blend with the SASRec prior needs the SASRec baseline"):
         run(eval_args([*argv[:-7], "--baselines", "Pop", "--weights", "", "--decode-blend", "1"]))
 

@@ -157,3 +157,41 @@ def test_a_sasrec_source_trained_with_the_new_items_is_refused(world_split, tiny
         prepare_run(tiny_config(tiny_dirs, tmp_path / "a", cf_source=str(tmp_path / "standard" / "sasrec"), **config))
     run = prepare_run(tiny_config(tiny_dirs, tmp_path / "b", cf_source=str(tmp_path / "held-out" / "sasrec"), **config))
     assert not run.model.get_base_model().get_input_embeddings().table.known[list(NEW)].any()
+
+
+def test_cold_items_are_the_ones_no_training_interaction_names(world_split):
+    from m6gen.data import cold_items
+
+    _, ds, split = world_split
+    assert cold_items(split, len(TITLES)).tolist() == sorted(NEW)
+    # the standard split: item 7 is only ever a validation (u5) or test (u4) item
+    assert cold_items(leave_one_out(build_histories(ds)), len(TITLES)).tolist() == [7]
+
+
+def test_cold_only_eval_ranks_only_cold_items_in_every_row_and_keeps_the_usual_tables(world_split, world, tmp_path):
+    from m6gen.commands.eval import main
+
+    data, _, _ = world_split
+    _, model_dir = world
+    argv = eval_argv(data, model_dir, tmp_path, "--new-items", "0.25", "--baselines", "Pop,SASRec,Content,Newest")
+    argv += ["--decode-prior", "Newest", "--decode-blend", "1", "--new-item-users"]
+    assert main(argv) == 0
+    usual = (tmp_path / "eval_test.json").read_text()
+    assert main([*argv, "--cold-only"]) == 0
+    assert (tmp_path / "eval_test.json").read_text() == usual  # the cold tables are written apart
+    caches = sorted(tmp_path.glob("beams_test-*-cold-*.jsonl"))
+    assert len(caches) == 2  # the plain beams and the ones searched with Newest
+    for cache in caches:
+        for line in cache.read_text().splitlines():
+            assert {int(b[0]) for b in json.loads(line)["beams"]} <= NEW
+    rows = json.loads((tmp_path / "eval_test_cold.json").read_text())
+    assert "Pop" not in rows  # no cold item has a count: Pop's order would be the catalog's
+    assert {"SASRec", "Content", "Newest", "m6gen beams (rank by logprob)", "m6gen + Newest in decoding (w 1)"} <= set(
+        rows
+    )
+    for name, row in rows.items():  # every list names the 2 cold items at most, of 8
+        assert row["Coverage@10"] <= 2 / 8, name
+    assert json.loads(usual)["Content"]["Coverage@10"] > 2 / 8  # unlike the whole catalog's
+    new_rows = json.loads((tmp_path / "eval_test_cold_new_items.json").read_text())
+    # both users' targets are cold and a history holds none: each two-item list holds the target
+    assert all(r["HR@10"] == 1.0 for r in new_rows.values())

@@ -102,6 +102,8 @@ BAD_BODIES = [  # (raw body or JSON-able value, status, field, part of the messa
     ({"user_id": "nobody"}, 422, "user_id", "unknown user 'nobody'"),
     ({"history": TOO_LONG}, 422, "history", "10,000 items; at most 1,000"),
     ({"history": ["101"], "exclude": ["Nope"]}, 422, "exclude[0]", "unknown item id or title"),
+    ({"history": ["101"], "cold_only": True, "open": True}, 422, "cold_only", "not with open"),
+    ({"history": ["101"], "cold_only": "yes"}, 422, "cold_only", ""),
 ]
 
 
@@ -236,6 +238,21 @@ def test_history_and_excluded_items_are_never_recommended(client):
     assert not set(first) & set(history)
     again = client.post("/recommend", json={"history": history, "k": 5, "exclude": first[:2]})
     assert not set(ranked(again)) & set(first[:2] + history) and again.json()["filled"]
+
+
+def test_cold_only_names_only_the_items_no_training_interaction_names(client, world, make_app):
+    from m6gen.data import cold_items
+
+    _, ds, split, features = world
+    cold = {item_id(int(i)) for i in cold_items(split, len(ds.catalog))}
+    assert len(cold) == 2  # the serve world's items 4 and 10
+    history = [item_id(i) for i in (0, 1, 2)]
+    shelf = client.post("/recommend", json={"history": history, "k": 2, "cold_only": True})
+    assert set(ranked(shelf)) == cold and shelf.json()["filled"]
+    assert set(ranked(client.post("/recommend", json={"history": history, "k": 5}))) - cold  # the usual list
+    with TestClient(create_app(world[0], ds, None, features, ServeArgs(max_wait_ms=1))) as no_users:
+        error = no_users.post("/recommend", json={"history": history, "cold_only": True})
+        assert error.status_code == 422 and error.json()["field"] == "cold_only"
 
 
 def test_moving_a_slider_reranks_the_cached_beams_without_the_model(make_app):

@@ -1,7 +1,8 @@
 """The page at ``/`` driven in a real headless browser: Debian's chromium and chromium-driver, through selenium.
 
 A person's path: type part of a title, pick the suggestion (by click, then by keyboard), ask for
-recommendations, move the novelty slider and see the list change, ask "why", switch on open mode,
+recommendations, move the novelty slider and see the list change, ask "why", ask for new items only,
+switch on open mode,
 then the same page at a phone's width. Screenshots go to tests/artifacts/serve/ (git-ignored; set
 M6GEN_TEST_ARTIFACTS to put them elsewhere). Skipped only where no browser is installed: .ci/run
 installs one with apt-get where apt works.
@@ -114,15 +115,20 @@ def test_pick_titles_recommend_rerank_explain_and_open_mode(browser, page_url):
     )
     assert "error" not in browser.find_element(By.CSS_SELECTOR, ".explanation").get_attribute("class")
 
-    browser.find_element(By.ID, "open").click()  # open mode: the random model names titles the catalog lacks
+    browser.find_element(By.ID, "cold").click()  # new items only: the two items no training interaction names
+    wait.until(lambda d: sorted(results()) == ["Alien 3 (1992)", "Crouching Tiger, Hidden Dragon (2000)"])
+    shot(browser, "3-new-items-only")
+
+    browser.find_element(By.ID, "open").click()  # open mode (new items only goes off): titles the catalog lacks
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .flag"))
     assert browser.find_element(By.CSS_SELECTOR, "#results .flag").text == "not in catalog"
-    shot(browser, "3-open-mode")
+    assert not browser.find_element(By.ID, "cold").is_selected()
+    shot(browser, "4-open-mode")
 
     browser.set_window_size(390, 844)  # a phone
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
-    shot(browser, "4-phone")
+    shot(browser, "5-phone")
 
 
 def test_the_api_docs_render_without_a_network(browser, page_url):

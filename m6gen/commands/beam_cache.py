@@ -18,10 +18,12 @@ def generate_cached(
     prior=None,
     prior_weight: float = 1.0,
     procs=None,
+    allowed=None,
 ) -> dict[str, list[list[float]]]:
     """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
 
-    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``). Under
+    Each beam is [item, logprob, normalized, catalog, prior] (prior 0 without ``prior``).
+    ``allowed``: the only items any user's beams may name (an index array; None: the catalog). Under
     ``torchrun`` (``procs``: :class:`~m6gen.commands.common.Processes`) each process generates every
     ``count``-th missing user into its own shard of ``path``, which the main process then appends.
     """
@@ -52,6 +54,7 @@ def generate_cached(
         beams = rec.generate(
             [h for _, h in chunk],
             profiles=[user_vars(u, profiles) for u, _ in chunk],
+            allowed=None if allowed is None else [allowed] * len(chunk),
             prior=prior,
             prior_weight=prior_weight,
         )

@@ -45,6 +45,7 @@ TRAINED_PEERS = ("Pop", "SASRec")  # trained and tabled by m6gen.baselines.run; 
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
 DEFAULT_BLEND = "0.5,1,2"
 VERSUS_RESAMPLES, VERSUS_LEVEL = 10_000, 0.95
+SCORE_COLUMNS = ((1, "logprob"), (2, "normalized"), (3, "catalog"))  # a beam's scores, by column of its array
 VERSUS_METRICS = ["ratio", "ratio_low", "ratio_high", "diff", "diff_low", "diff_high", "p_not_better"]
 TABLE_METRICS = [
     "HR@5",
@@ -74,6 +75,12 @@ class EvalArgs:
         "for a fraction of the decoding; the all-users table then covers those users only); with "
         "--choose-on-valid, the choice is made on the users whose validation target is new",
     )
+    cold_only: bool = option(
+        False,
+        "rank only the cold items, those with no interaction in training (under --new-items: the new items), in "
+        "every row, peers included: how well each method fills a shelf of new items next to the usual list "
+        "(meaningful for users whose target is cold: use with --new-item-users)",
+    )
     baselines: str = option(
         "Pop,SASRec",
         "peers in the same run (comma list of Pop, SASRec, Content (genres and year), Newest (latest "
@@ -85,7 +92,8 @@ class EvalArgs:
     )
     decode_blend: str = option(
         "",
-        "weights w of extra rows whose beams are searched with w * the --decode-prior inside the search ('' for none)",
+        "weights w of extra rows whose beams are searched with w * the --decode-prior inside the search, ranked by "
+        "the --rank-by score + w * prior (and rows ranked by the other two scores; '' for none)",
     )
     decode_prior: Literal["SASRec", "Newest", "Content"] = option(
         "SASRec",
@@ -140,7 +148,7 @@ def m6gen_rankings(
     from m6gen.ranking.rerank import RerankConfig, rerank
 
     rows: dict[str, list[np.ndarray]] = {}
-    for col, name in ((1, "logprob"), (2, "normalized"), (3, "catalog")):
+    for col, name in SCORE_COLUMNS:
         rows[f"m6gen beams (rank by {name})"] = [
             b[np.argsort(-b[:, col], kind="stable"), 0].astype(np.int64) for b in beams
         ]
@@ -204,7 +212,7 @@ def trained_peers(args, out: Path, ds, split, methods: list[str]):
 def run(args) -> int:
     from m6gen.commands.common import Processes, item_features, load_data, load_recommender
     from m6gen.commands.eval_new_items import ContentPeers, report_new_items
-    from m6gen.data import default_data_dir, user_frequency
+    from m6gen.data import cold_items, default_data_dir, user_frequency
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import evaluate_rankings, per_user_scores
     from m6gen.runs import trained_run_config
@@ -239,12 +247,24 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     features = item_features(ds, split)
     user_freq = user_frequency(split, n_items)
+    cold = cold_items(split, n_items) if args.cold_only else None  # --cold-only: the only items any row ranks
+    if cold is not None and not cold.size:
+        raise UsageError("--cold-only: every item has a training interaction, so none is cold (try --new-items 0.1)")
+    warm = set(range(n_items)).difference(cold.tolist()) if cold is not None else set()
+    # table and file names: "test", or "test_cold" for the cold-only tables, which do not replace the usual ones
+    label = {name: name + ("_cold" if args.cold_only else "") for name in ("valid", "test")}
+    ranked_what = f"cold items only ({len(cold)})" if cold is not None else f"whole catalog ({n_items} items)"
 
     preview = (split.test_history(users[0]), user_vars(users[0], ds.profiles))
     rec = load_recommender(
         args, ds.catalog, preview
     )  # first: a wrong template, device or model fails before SASRec trains
     peers = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    if args.cold_only and "Pop" in peers:
+        # no cold item has a count, so Pop's order would be the catalog's (ties go to the lower index):
+        # in MovieLens an artifact of how ids were given, not a method
+        print("note: --cold-only leaves Pop out: cold items have no interactions to count", file=sys.stderr)
+        peers.remove("Pop")
     methods = [m for m in peers if m in TRAINED_PEERS]
     sasrec, base = None, {}  # the SASRec of the table, also the collaborative signal of the blend rows
     if methods:
@@ -261,7 +281,7 @@ def run(args) -> int:
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
     if decode_blend and args.decode_prior == "SASRec" and sasrec is None:
         raise UsageError("--decode-blend with the SASRec prior needs the SASRec baseline (keep SASRec in --baselines)")
-    score_col = {"logprob": 1, "normalized": 2, "catalog": 3}[rec.config.rank_by]
+    score_col = {name: col for col, name in SCORE_COLUMNS}[rec.config.rank_by]
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
     data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
@@ -302,6 +322,8 @@ def run(args) -> int:
         tag = f"{name}-{rec.config.template}-h{rec.config.max_history}-b{rec.config.beams}-{dtype}"
         if rec.retriever is not None:
             tag += f"-c{rec.config.n_candidates}"
+        if cold is not None:
+            tag += "-cold"
         runs = {"": (out / f"beams_{tag}-{fingerprint}.jsonl", None, 1.0)}
         for row, w in searched_rows.items():
             file_name = f"beams_{tag}-{fingerprint_with_prior}-{args.decode_prior.lower()}{w:g}.jsonl"
@@ -309,7 +331,16 @@ def run(args) -> int:
         decoded = {}
         for row, (path, prior, w) in runs.items():
             cached = generate_cached(
-                rec, users, histories, path, args.progress, ds.profiles, prior=prior, prior_weight=w, procs=procs
+                rec,
+                users,
+                histories,
+                path,
+                args.progress,
+                ds.profiles,
+                prior=prior,
+                prior_weight=w,
+                procs=procs,
+                allowed=cold,
             )
             # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
             decoded[row] = [
@@ -324,17 +355,20 @@ def run(args) -> int:
         histories, targets = histories_and_targets(name, users)
         decoded = decode_split(name, users, histories)
         seen = [set(h) for h in histories]
-        rows: dict[str, dict[str, float]] = dict(base.get(name, {}))
+        # what the peers may not rank: the history, and with --cold-only every item with a training interaction
+        exclude = seen if cold is None else [s | warm for s in seen]
+        # run_baselines' rows ranked the whole catalog for the first N users: kept only when that is what is asked
+        rows: dict[str, dict[str, float]] = {} if args.new_item_users or cold is not None else dict(base.get(name, {}))
         per_user: dict[str, np.ndarray] = {}  # row -> per-user NDCG@10, for the paired comparison with SASRec
         hits: dict[str, np.ndarray] = {}  # row -> per-user HR@10, for the new-item table
         peer_lists = {}  # the same lists run_baselines scored, kept per user
         if sasrec is not None:
-            peer_lists["SASRec"] = sasrec.recommend(histories, max(ks), exclude=seen)
+            peer_lists["SASRec"] = sasrec.recommend(histories, max(ks), exclude=exclude)
         if "Pop" in methods:
             from m6gen.baselines.run import pop_rank
             from m6gen.data import item_popularity
 
-            peer_lists["Pop"] = pop_rank(item_popularity(split, n_items), seen, max(ks))
+            peer_lists["Pop"] = pop_rank(item_popularity(split, n_items), exclude, max(ks))
 
         def score(row: str, lists, table: bool = True) -> None:
             if table:
@@ -351,9 +385,8 @@ def run(args) -> int:
             scores = per_user_scores(lists, targets, 10)
             per_user[row], hits[row] = scores["NDCG"], scores["HR"]
 
-        for peer, lists in {**peer_lists, **content.rankings(histories, seen, max(ks))}.items():
-            # tabled here unless run_baselines did, on the same users (it takes the first N, not --new-item-users)
-            score(peer, lists, table=peer not in rows or args.new_item_users)
+        for peer, lists in {**peer_lists, **content.rankings(histories, exclude, max(ks))}.items():
+            score(peer, lists, table=peer not in rows)  # tabled here unless run_baselines did, on these users
         ranked = m6gen_rankings(
             decoded.pop(""),
             histories,
@@ -367,9 +400,11 @@ def run(args) -> int:
         )
         for row, beams in decoded.items():  # searched with a prior: ranked by score + w * prior, as searched
             w = searched_rows[row]
-            ranked[row] = [
-                b[np.argsort(-(b[:, score_col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64) for b in beams
-            ]
+            for col, by in SCORE_COLUMNS:  # and by the other two scores, so --choose-on-valid also picks --rank-by
+                name = row if col == score_col else f"{row[:-1]}, rank by {by})"
+                ranked[name] = [
+                    b[np.argsort(-(b[:, col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64) for b in beams
+                ]
         for row, lists in ranked.items():
             score(row, lists)
         return rows, per_user, hits
@@ -381,19 +416,19 @@ def run(args) -> int:
         return 0
     if args.choose_on_valid:
         valid_rows, valid_per_user, valid_hits = evaluate_split("valid")
-        report(out, "valid", len(eval_users("valid")), n_items, valid_rows, valid_per_user)
+        report(out, label["valid"], len(eval_users("valid")), ranked_what, valid_rows, valid_per_user)
         if split.new_items:
-            report_new_items(out, "valid", new_targets("valid"), valid_per_user, valid_hits)
+            report_new_items(out, label["valid"], new_targets("valid"), valid_per_user, valid_hits)
         chosen = max((r for r in valid_rows if r.startswith("m6gen")), key=lambda r: valid_rows[r]["NDCG@10"])
     rows, per_user, hits = evaluate_split(args.split)
     if args.choose_on_valid:
         # The one m6gen setting picked on validation, reported on test: the honest headline row.
-        label = f"m6gen, chosen on valid: {chosen.removeprefix('m6gen ')}"
-        rows[label], per_user[label] = rows[chosen], per_user[chosen]
-        hits[label] = hits[chosen]
-    report(out, args.split, len(users), n_items, rows, per_user)
+        label_chosen = f"m6gen, chosen on valid: {chosen.removeprefix('m6gen ')}"
+        rows[label_chosen], per_user[label_chosen] = rows[chosen], per_user[chosen]
+        hits[label_chosen] = hits[chosen]
+    report(out, label[args.split], len(users), ranked_what, rows, per_user)
     if split.new_items:
-        report_new_items(out, args.split, new_targets(args.split), per_user, hits)
+        report_new_items(out, label[args.split], new_targets(args.split), per_user, hits)
     # the options as given, and what they became (dtype auto, a run's own template and retriever)
     settings = {
         **{k: v for k, v in vars(args).items() if k != "groups"},
@@ -405,12 +440,15 @@ def run(args) -> int:
             "retriever": retriever,
             "n_users": len(users),
             "beam_cache_fingerprint": fingerprint,
+            "cold_items": len(cold) if cold is not None else None,
         },
     }
     if args.choose_on_valid:
-        (out / "eval_valid_config.json").write_text(json.dumps({**settings, "split": "valid"}, indent=2, default=str))
+        (out / f"eval_{label['valid']}_config.json").write_text(
+            json.dumps({**settings, "split": "valid"}, indent=2, default=str)
+        )
         settings["chosen_on_valid"] = {"row": chosen, "valid_NDCG@10": valid_rows[chosen]["NDCG@10"]}
-    (out / f"eval_{args.split}_config.json").write_text(json.dumps(settings, indent=2, default=str))
+    (out / f"eval_{label[args.split]}_config.json").write_text(json.dumps(settings, indent=2, default=str))
     return 0
 
 
@@ -418,14 +456,15 @@ def report(
     out: Path,
     split_name: str,
     n_users: int,
-    n_items: int,
+    ranked_what: str,
     rows: dict[str, dict[str, float]],
     per_user: dict[str, np.ndarray],
 ) -> None:
-    """Print and write one split's table, its paired comparison with SASRec and its trade-off plot."""
+    """Print and write one split's table, its paired comparison with SASRec and its trade-off plot
+    (``split_name`` names the files: "test", or "test_cold" for --cold-only; ``ranked_what``: which items)."""
     from m6gen.ranking.metrics import format_table, paired_bootstrap, write_results
 
-    print(f"\n{split_name} split, {n_users} users, whole catalog ({n_items} items) ranked, history excluded:\n")
+    print(f"\n{split_name} split, {n_users} users, {ranked_what} ranked, history excluded:\n")
     print(format_table(rows, TABLE_METRICS))
     written = write_results(out / f"eval_{split_name}", rows)
     if "SASRec" in per_user:

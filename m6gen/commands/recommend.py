@@ -55,6 +55,11 @@ class RecommendArgs:
     history: Literal["full", "test", "valid"] = option(
         "full", "what each prompt shows: every known item (full), all but the test item, or the train items"
     )
+    cold_only: bool = option(
+        False,
+        "recommend only the cold items, those no training interaction names: a shelf of new arrivals (catalog "
+        "items no one has interacted with yet; with --new-items FRAC, the held-out new items)",
+    )
 
     def __post_init__(self):
         at_least(self, 1, "max_users", optional=True)
@@ -101,6 +106,7 @@ SETTINGS = (
     "dedupe",
     "min_history",
     "unknown_items",
+    "new_items",
     "model",
     "gguf_file",
     "templates",
@@ -117,6 +123,7 @@ SETTINGS = (
     "history",
     "diversity",
     "novelty",
+    "cold_only",
 )
 
 
@@ -138,6 +145,9 @@ def settings_of(args) -> dict:
         out[name] = value
     if out["sasrec"] is None:  # a weight of nothing changes nothing
         out["sasrec_weight"] = None
+    # as files recorded before these options say (None): the defaults, 0 and False, change nothing
+    out["new_items"] = out["new_items"] or None
+    out["cold_only"] = out["cold_only"] or None
     return out
 
 
@@ -146,6 +156,7 @@ def run(args) -> int:
 
     from m6gen.commands.common import item_features, load_data, load_recommender, resolve_prompt_args
     from m6gen.config import check_k_fits_beams
+    from m6gen.data import cold_items
     from m6gen.prompts import user_vars
     from m6gen.ranking.rerank import RerankConfig
 
@@ -189,6 +200,12 @@ def run(args) -> int:
         "test": split.test_history,
         "valid": split.valid_history,
     }[args.history]
+    cold = cold_items(split, len(ds.catalog)) if args.cold_only else None  # before the model loads
+    if cold is not None and not cold.size:
+        raise UsageError(
+            "--cold-only: every catalog item has a training interaction, so none is cold; add the new items to the "
+            "item file, or hold the latest out with --new-items FRAC"
+        )
     if todo:  # a finished file needs no model
         rec = load_recommender(args, ds.catalog, preview=(history_of(todo[0]), user_vars(todo[0], ds.profiles)))
         rec.features = item_features(ds, split)
@@ -203,7 +220,12 @@ def run(args) -> int:
     for s in range(0, len(todo), args.batch_size):
         chunk = todo[s : s + args.batch_size]
         histories = [history_of(u) for u in chunk]
-        results = rec.recommend(histories, rcfg, profiles=[user_vars(u, ds.profiles) for u in chunk])
+        results = rec.recommend(
+            histories,
+            rcfg,
+            profiles=[user_vars(u, ds.profiles) for u in chunk],
+            allowed=None if cold is None else [cold] * len(chunk),
+        )
         append(target, format_records(chunk, results, ds.catalog, output.suffix.lstrip(".")))
         if recorded != "same" and state.is_main:  # with the first rows: a run that fails before leaves no record
             record_settings(output, settings)

@@ -96,6 +96,7 @@ __all__ = [
     "Split",
     "leave_one_out",
     "item_popularity",
+    "cold_items",
     "user_frequency",
     "summary",
 ]
@@ -268,6 +269,12 @@ def _train_indices(split: Split, n_items: int, per_user) -> np.ndarray:
 def item_popularity(split: Split, n_items: int) -> np.ndarray:
     """(n_items,) int64: how often each item occurs in train (valid/test items are not counted)."""
     return _train_indices(split, n_items, lambda a: a)
+
+
+def cold_items(split: Split, n_items: int) -> np.ndarray:
+    """Catalog indices of the items no training interaction names (under the new-item protocol: the
+    new items), in catalog order: what a shelf of new items may show."""
+    return np.flatnonzero(item_popularity(split, n_items) == 0)
 
 
 def user_frequency(split: Split, n_items: int) -> np.ndarray:

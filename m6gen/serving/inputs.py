@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from m6gen.serving.engine import ExplainJob, RecommendJob
@@ -130,8 +131,13 @@ class Inputs:
     """
 
     def __init__(self, catalog, split, profiles: dict | None, matcher, defaults: dict, beams: int, max_items: int):
+        from m6gen.data import cold_items
+
         self.catalog, self.split, self.profiles, self.matcher = catalog, split, profiles or {}, matcher
         self.defaults, self.beams, self.max_items = defaults, beams, max_items
+        # cold_only requests may name only these: every other item is excluded (None: no data loaded)
+        cold = cold_items(split, len(catalog)) if split is not None else None
+        self.warm = None if cold is None else tuple(np.setdiff1d(np.arange(len(catalog)), cold).tolist())
 
     def recommend_job(self, req) -> RecommendJob:
         history, profile = self.history(req.history, req.user_id)
@@ -142,6 +148,8 @@ class Inputs:
             for name in ("diversity", "novelty", "rank_by")
         }
         exclude = self.items(req.exclude, "exclude")
+        if req.cold_only:
+            exclude = [*exclude, *self.cold_only_exclusions(req.open)]
         return RecommendJob(
             history=tuple(history),
             k=k,
@@ -150,6 +158,16 @@ class Inputs:
             profile=tuple(sorted(profile.items())),
             **pick,
         )
+
+    def cold_only_exclusions(self, open_mode: bool) -> tuple[int, ...]:
+        """The items a cold_only request may not name: every one with a training interaction."""
+        if open_mode:
+            raise ApiError(422, "cold_only", "not with open: open mode may name titles outside the catalog")
+        if self.warm is None:
+            raise ApiError(422, "cold_only", "the server has no interaction data to tell cold items from others")
+        if len(self.warm) == len(self.catalog):
+            raise ApiError(422, "cold_only", "no item is cold: every catalog item has a training interaction")
+        return self.warm
 
     def explain_job(self, req) -> ExplainJob:
         history, _ = self.history(req.history, req.user_id)

@@ -32,6 +32,11 @@ class RecommendRequest(BaseModel):
         None, description="beam score to rank by (default: the server's --rank-by)"
     )
     open: bool = Field(False, description="open-ended: the model may name titles outside the catalog (flagged)")
+    cold_only: bool = Field(
+        False,
+        description="only cold items, those no training interaction of the loaded data names (new arrivals): "
+        "a shelf of new items next to the usual list",
+    )
 
 
 class ExplainRequest(BaseModel):

@@ -125,6 +125,7 @@ async function recommend() {
   const body = {
     history: state.history.map((h) => h.item_id), k: Number($("k").value),
     diversity: Number($("diversity").value), novelty: Number($("novelty").value), open: $("open").checked,
+    cold_only: $("cold").checked,
   };
   $("recommend").disabled = true;
   say("thinking…");
@@ -195,7 +196,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("title-input").addEventListener("blur", () => setTimeout(() => showSuggestions([]), 150));
   $("recommend").addEventListener("click", recommend);
   for (const name of ["diversity", "novelty"]) $(name).addEventListener("input", () => onSlider(name));
-  $("open").addEventListener("change", () => { if ($("results").children.length) recommend(); });
+  // open mode names titles outside the catalog; "new items only" limits it: one at a time
+  for (const [name, other] of [["open", "cold"], ["cold", "open"]]) {
+    $(name).addEventListener("change", () => {
+      if ($(name).checked) $(other).checked = false;
+      if ($("results").children.length) recommend();
+    });
+  }
   renderHistory();
   loadInfo();
 });
