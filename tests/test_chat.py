@@ -441,3 +441,16 @@ def test_script_through_stdin(tmp_path, lm, catalog):
     saved = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     assert [h["title"] for h in saved["history"]] == ["Toy Story (1995)", "Aliens (1986)"]
     assert saved["settings"]["k"] == 3 and saved["settings"]["open"] is True
+
+
+def test_cold_only_recommends_only_items_no_training_interaction_names(new_session):
+    s = new_session()
+    s.apply(ChatSettings(k=6, beams=8))
+    out = drive(s, ["heat", "set cold_only on", "rec"])
+    assert "cold_only = True" in out and "top-6 new items" in out
+    cold = set(range(len(s.catalog))) - {7, 8, 2, 3, 9}  # the training items: HISTORIES without their last two
+    assert len(s.last) == 6 and {s.catalog.index_of(r["item_id"]) for r in s.last} <= cold
+    out = drive(s, ["open"])  # open mode may name any title: not with cold_only
+    assert "open and cold_only: one at a time" in out and not s.settings.open
+    drive(s, ["set cold_only off", "rec"])
+    assert not s.settings.cold_only and len(s.last) == 6

@@ -243,6 +243,8 @@ class ChatSession:
             raise ChatError("diversity > 0 needs item genres or embeddings, and this catalog has none")
         if new.novelty > 0 and feats is None:
             raise ChatError("novelty > 0 needs item popularity, and none was loaded")
+        if new.cold_only and not self._cold().size:
+            raise ChatError("cold_only: no item is cold here (every catalog item has a training interaction)")
         rec = self.rec
         if new.template != self.settings.template:
             from m6gen.prompts import TemplateLibrary
@@ -251,6 +253,14 @@ class ChatSession:
             rec = rec.with_template(library.load_template(new.template))  # keeps its prior and retriever
         rec.config = dataclasses.replace(rec.config, beams=new.beams, rank_by=new.rank_by)
         self.rec, self.settings = rec, new
+
+    def _cold(self):
+        """The items a cold_only list may name: those no training interaction names (none without data)."""
+        import numpy as np
+
+        from m6gen.data import cold_items
+
+        return cold_items(self.split, len(self.catalog)) if self.split is not None else np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ recommending
     def _profile(self) -> dict:
@@ -268,7 +278,8 @@ class ChatSession:
 
         s = self.settings
         rcfg = RerankConfig(k=s.k, diversity=s.diversity, novelty=s.novelty)
-        res = self.rec.recommend([list(self.history)], rcfg, profiles=[self._profile()])[0]
+        allowed = [self._cold()] if s.cold_only else None
+        res = self.rec.recommend([list(self.history)], rcfg, profiles=[self._profile()], allowed=allowed)[0]
         self.last = [
             {
                 "rank": r.rank,
@@ -288,7 +299,8 @@ class ChatSession:
         retrieved = self.rec.retriever is not None
         searched = f"{self.rec.config.n_candidates} retrieved candidates" if retrieved else f"{s.beams} beams"
         self.say(
-            f"top-{s.k} ({s.template}, {searched}, by {s.rank_by}; diversity {s.diversity:g}, novelty {s.novelty:g}):"
+            f"top-{s.k}{' new items' if s.cold_only else ''} ({s.template}, {searched}, by {s.rank_by}; "
+            f"diversity {s.diversity:g}, novelty {s.novelty:g}):"
         )
         self.say(f"   #  {'title':<{width}}  score  accur  diver  novel  logprob")
         for r, item in zip(self.last, res.items):
@@ -448,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     from m6gen.commands.common import UsageError, item_features, load_data, load_recommender, unknown_user
+    from m6gen.data import cold_items
     from m6gen.prompts import TemplateLibrary
 
     # Neither a title the terminal cannot show nor input bytes that are not UTF-8 may end the session.
@@ -469,6 +482,7 @@ def _run(args) -> int:
             diversity=args.diversity,
             novelty=args.novelty,
             open=args.open,
+            cold_only=args.cold_only,
             tokens=args.tokens,
             sample=args.sample,
         )
@@ -478,6 +492,8 @@ def _run(args) -> int:
     ds, split = load_data(args)
     if args.user and args.user not in split.train:  # checked before the slow model load, as above
         raise UsageError(f"--user: {unknown_user(args.user, split, ds.interactions)}")
+    if args.cold_only and not cold_items(split, len(ds.catalog)).size:
+        raise UsageError("--cold-only: every catalog item has a training interaction, so none is cold")
     if args.session and not Path(args.session).expanduser().is_file():
         raise UsageError(f"--session {args.session}: no such file")
     start = split.test_history(args.user) if args.user else []

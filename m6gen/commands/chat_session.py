@@ -24,6 +24,7 @@ class ChatArgs:
     _argument_group_name = "chat"
 
     open: bool = option(False, "open-ended generation: titles may be outside the catalog (flagged)")
+    cold_only: bool = option(False, "a shelf of new items: only items no training interaction names")
     tokens: int = option(40, "`why`: most new tokens of an explanation (1..200)")
     sample: bool = option(False, "`why`: sample (temperature 0.7) instead of greedy")
 
@@ -40,6 +41,7 @@ SETTABLE = {
     "rank_by": DecodeArgs,
     "template": PromptArgs,
     "open": ChatArgs,
+    "cold_only": ChatArgs,
     "tokens": ChatArgs,
     "sample": ChatArgs,
 }
@@ -57,6 +59,7 @@ class ChatSettings:
     novelty: float = 0.0
     rank_by: str = "logprob"
     open: bool = False
+    cold_only: bool = False
     tokens: int = 40
     sample: bool = False
 
@@ -64,7 +67,7 @@ class ChatSettings:
         try:
             RerankArgs(k=self.k, diversity=self.diversity, novelty=self.novelty)
             DecodeArgs(beams=self.beams, rank_by=self.rank_by)
-            ChatArgs(open=self.open, tokens=self.tokens, sample=self.sample)
+            ChatArgs(open=self.open, cold_only=self.cold_only, tokens=self.tokens, sample=self.sample)
         except ConfigError as err:
             raise ChatError(str(err)) from None
         for name, top in LIMITS.items():
@@ -72,6 +75,8 @@ class ChatSettings:
                 raise ChatError(f"{name}: at most {top} in a chat session, got {getattr(self, name)}")
         if not isinstance(self.template, str) or not self.template.strip():
             raise ChatError("template: a template name or a .jinja path")
+        if self.open and self.cold_only:
+            raise ChatError("open and cold_only: one at a time (open mode may name titles outside the catalog)")
         if self.k > self.beams:
             raise ChatError(f"k: {self.k} recommendations need at least as many beams (now {self.beams})")
 
