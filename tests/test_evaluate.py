@@ -373,3 +373,23 @@ def test_a_copied_sasrec_keeps_the_beam_caches_and_a_retrained_one_renews_only_i
     after = sorted(p.name for p in out.glob("beams_*.jsonl"))
     plain = [n for n in first if not n.endswith("-sasrec1.jsonl")]
     assert len(after) == 3 and set(first) <= set(after) and [n for n in after if n not in first][0] not in plain
+
+
+def test_tables_written_into_the_model_folder_keep_its_beam_caches(world, tmp_path):
+    """An eval writes its tables (.csv among them) next to the model by default: the next eval must
+    still find the beams, as only the model's own files name them."""
+    import shutil
+
+    data, model_dir = world
+    run_dir = tmp_path / "run"
+    shutil.copytree(model_dir, run_dir)
+    argv = ["--data", str(data), "--model", str(run_dir), "--beams", "4", "--split", "valid", "--out", str(run_dir)]
+    argv += ["--baselines", "", "--blend", "", "--weights", "", "--no-progress"]
+    assert main(argv) == 0
+    first = sorted(p.name for p in run_dir.glob("beams_*.jsonl"))
+    assert len(first) == 1 and (run_dir / "eval_valid.csv").is_file()
+    assert main(argv) == 0
+    assert sorted(p.name for p in run_dir.glob("beams_*.jsonl")) == first
+    (run_dir / "config.json").write_text((run_dir / "config.json").read_text() + "\n")  # the model changed
+    assert main(argv) == 0
+    assert len(list(run_dir.glob("beams_*.jsonl"))) == 2

@@ -116,19 +116,20 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
 
     Covers the model's weight and config files (name, size, modification time; a Hugging Face id
     as given), the template's text, the files of ``others`` (the retriever, the data folder) and
-    ``extra`` (the data options). Outputs written into a run folder (tables, caches) do not count.
+    ``extra`` (the data options). Outputs written into a run folder (tables, caches) do not count:
+    data suffixes count only in ``others``, so an eval's ``eval_*.csv`` beside the model renews nothing.
     A prior searched with the beams is named apart, by :func:`prior_fingerprint`.
     """
     import hashlib
 
     parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
-    for src in (model, *others):
+    for src, suffixes in ((model, WEIGHT_SUFFIXES), *((o, WEIGHT_SUFFIXES + DATA_SUFFIXES) for o in others)):
         path = Path(src) if src else None
         if path is None or not path.exists():
             continue
         files = sorted(path.iterdir()) if path.is_dir() else [path]
         for f in files:
-            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in DATA_SUFFIXES or f.name in CONFIG_NAMES):
+            if f.is_file() and (f.suffix in suffixes or f.name in CONFIG_NAMES):
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
