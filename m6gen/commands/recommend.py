@@ -58,7 +58,7 @@ class RecommendArgs:
     cold_only: bool = option(
         False,
         "recommend only the cold items, those no training interaction names: a shelf of new arrivals (catalog "
-        "items no one has interacted with yet; with --new-items FRAC, the held-out new items)",
+        "entries no one has interacted with yet; with --new-items FRAC, the held-out new items)",
     )
 
     def __post_init__(self):
