@@ -177,7 +177,10 @@ def test_cold_only_eval_ranks_only_cold_items_in_every_row_and_keeps_the_usual_t
     argv += ["--decode-prior", "Newest", "--decode-blend", "1", "--new-item-users"]
     assert main(argv) == 0
     usual = (tmp_path / "eval_test.json").read_text()
+    (tmp_path / "eval_test_cold_new_items_vs_pop.json").write_text("{}")  # an earlier run's, against another peer
     assert main([*argv, "--cold-only"]) == 0
+    versus = [p.name for p in tmp_path.glob("eval_test_cold_new_items_vs_*.json")]
+    assert len(versus) == 1 and versus[0] != "eval_test_cold_new_items_vs_pop.json"  # Pop is not a peer here
     assert (tmp_path / "eval_test.json").read_text() == usual  # the cold tables are written apart
     caches = sorted(tmp_path.glob("beams_test-*-cold-*.jsonl"))
     assert len(caches) == 2  # the plain beams and the ones searched with Newest

@@ -75,6 +75,8 @@ def report_new_items(out: Path, split_name: str, new: np.ndarray, per_user: dict
     print(f"\n{split_name}: the {n} users whose target is a new item ({n / len(new):.1%} of {len(new)}):\n")
     print(format_table(rows, ["users", "HR@10", "NDCG@10"]))
     written = write_results(out / f"eval_{split_name}_new_items", rows, ["users", "HR@10", "NDCG@10"])
+    for stale in out.glob(f"eval_{split_name}_new_items_vs_*.*"):  # an earlier run's best peer may differ
+        stale.unlink()
     if peers:
         best = max(peers, key=lambda r: rows[r]["NDCG@10"])
         versus = {
