@@ -70,9 +70,15 @@ class ChatSession:
         settings: ChatSettings | None = None,
         out: TextIO | None = None,
     ):
+        import numpy as np
+
+        from m6gen.data import cold_items
+
         self.rec = recommender
         self.catalog = recommender.catalog
         self.split, self.profiles, self.library = split, profiles or {}, library
+        # what a cold_only list may name: the items no training interaction names (none without data)
+        self.cold = cold_items(split, len(self.catalog)) if split is not None else np.zeros(0, dtype=np.int64)
         self.out = out if out is not None else sys.stdout
         self.matcher = TitleMatcher(self.catalog.titles)
         self.history: list[int] = []  # catalog indices, oldest first
@@ -243,7 +249,7 @@ class ChatSession:
             raise ChatError("diversity > 0 needs item genres or embeddings, and this catalog has none")
         if new.novelty > 0 and feats is None:
             raise ChatError("novelty > 0 needs item popularity, and none was loaded")
-        if new.cold_only and not self._cold().size:
+        if new.cold_only and not self.cold.size:
             raise ChatError("cold_only: no item is cold here (every catalog item has a training interaction)")
         rec = self.rec
         if new.template != self.settings.template:
@@ -253,14 +259,6 @@ class ChatSession:
             rec = rec.with_template(library.load_template(new.template))  # keeps its prior and retriever
         rec.config = dataclasses.replace(rec.config, beams=new.beams, rank_by=new.rank_by)
         self.rec, self.settings = rec, new
-
-    def _cold(self):
-        """The items a cold_only list may name: those no training interaction names (none without data)."""
-        import numpy as np
-
-        from m6gen.data import cold_items
-
-        return cold_items(self.split, len(self.catalog)) if self.split is not None else np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ recommending
     def _profile(self) -> dict:
@@ -278,7 +276,7 @@ class ChatSession:
 
         s = self.settings
         rcfg = RerankConfig(k=s.k, diversity=s.diversity, novelty=s.novelty)
-        allowed = [self._cold()] if s.cold_only else None
+        allowed = [self.cold] if s.cold_only else None
         res = self.rec.recommend([list(self.history)], rcfg, profiles=[self._profile()], allowed=allowed)[0]
         self.last = [
             {
@@ -459,8 +457,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from m6gen.commands.common import UsageError, item_features, load_data, load_recommender, unknown_user
-    from m6gen.data import cold_items
+    from m6gen.commands.common import (
+        UsageError,
+        item_features,
+        load_data,
+        load_recommender,
+        required_cold_items,
+        unknown_user,
+    )
     from m6gen.prompts import TemplateLibrary
 
     # Neither a title the terminal cannot show nor input bytes that are not UTF-8 may end the session.
@@ -492,8 +496,8 @@ def _run(args) -> int:
     ds, split = load_data(args)
     if args.user and args.user not in split.train:  # checked before the slow model load, as above
         raise UsageError(f"--user: {unknown_user(args.user, split, ds.interactions)}")
-    if args.cold_only and not cold_items(split, len(ds.catalog)).size:
-        raise UsageError("--cold-only: every catalog item has a training interaction, so none is cold")
+    if args.cold_only:
+        required_cold_items(split, len(ds.catalog))  # checked before the slow model load
     if args.session and not Path(args.session).expanduser().is_file():
         raise UsageError(f"--session {args.session}: no such file")
     start = split.test_history(args.user) if args.user else []

@@ -139,6 +139,19 @@ def item_features(ds, split):
     )
 
 
+def required_cold_items(split, n_items: int):
+    """``--cold-only``'s items (:func:`m6gen.data.cold_items`), or a one-line error when none is cold."""
+    from m6gen.data import cold_items
+
+    cold = cold_items(split, n_items)
+    if not cold.size:
+        raise UsageError(
+            "--cold-only: every catalog item has a training interaction, so none is cold; add the new items to the "
+            "item file, or hold the latest out with --new-items FRAC"
+        )
+    return cold
+
+
 def pick_users(split, users: str | None, n: int, all_users=()) -> list[str]:
     """The users asked for (comma list), else the first ``n``; ``all_users``: every user in the data."""
     if not users:

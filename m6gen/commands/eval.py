@@ -210,9 +210,9 @@ def trained_peers(args, out: Path, ds, split, methods: list[str]):
 
 
 def run(args) -> int:
-    from m6gen.commands.common import Processes, item_features, load_data, load_recommender
+    from m6gen.commands.common import Processes, item_features, load_data, load_recommender, required_cold_items
     from m6gen.commands.eval_new_items import ContentPeers, report_new_items
-    from m6gen.data import cold_items, default_data_dir, user_frequency
+    from m6gen.data import default_data_dir, user_frequency
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import evaluate_rankings, per_user_scores
     from m6gen.runs import trained_run_config
@@ -247,9 +247,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     features = item_features(ds, split)
     user_freq = user_frequency(split, n_items)
-    cold = cold_items(split, n_items) if args.cold_only else None  # --cold-only: the only items any row ranks
-    if cold is not None and not cold.size:
-        raise UsageError("--cold-only: every item has a training interaction, so none is cold (try --new-items 0.1)")
+    cold = required_cold_items(split, n_items) if args.cold_only else None  # --cold-only: the only items ranked
     warm = set(range(n_items)).difference(cold.tolist()) if cold is not None else set()
     # table and file names: "test", or "test_cold" for the cold-only tables, which do not replace the usual ones
     label = {name: name + ("_cold" if args.cold_only else "") for name in ("valid", "test")}

@@ -154,9 +154,14 @@ def settings_of(args) -> dict:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from m6gen.commands.common import item_features, load_data, load_recommender, resolve_prompt_args
+    from m6gen.commands.common import (
+        item_features,
+        load_data,
+        load_recommender,
+        required_cold_items,
+        resolve_prompt_args,
+    )
     from m6gen.config import check_k_fits_beams
-    from m6gen.data import cold_items
     from m6gen.prompts import user_vars
     from m6gen.ranking.rerank import RerankConfig
 
@@ -200,12 +205,7 @@ def run(args) -> int:
         "test": split.test_history,
         "valid": split.valid_history,
     }[args.history]
-    cold = cold_items(split, len(ds.catalog)) if args.cold_only else None  # before the model loads
-    if cold is not None and not cold.size:
-        raise UsageError(
-            "--cold-only: every catalog item has a training interaction, so none is cold; add the new items to the "
-            "item file, or hold the latest out with --new-items FRAC"
-        )
+    cold = required_cold_items(split, len(ds.catalog)) if args.cold_only else None  # before the model loads
     if todo:  # a finished file needs no model
         rec = load_recommender(args, ds.catalog, preview=(history_of(todo[0]), user_vars(todo[0], ds.profiles)))
         rec.features = item_features(ds, split)
