@@ -60,9 +60,13 @@ class Recommender:
         prior=None,
         prior_weight: float = 1.0,
         retriever=None,
+        readout=None,
+        readout_weight: float = 0.0,
     ):
         """``prior``: optional function from histories to (users, items) log-scores, e.g. ``SASRec.score``,
         searched with weight ``prior_weight`` by :meth:`recommend` (see :meth:`generate`).
+        ``readout``: the run's collaborative readout (:mod:`m6gen.hybrid.readout`), searched as an item
+        prior with weight ``readout_weight`` (0: kept for ``generate(prior="readout")`` only).
         ``retriever``: e.g. a ``SASRec``; each prompt then lists its top ``config.n_candidates``
         items (a model trained with ``m6gen train --candidates``) and the search ranks those."""
         from m6gen.model import build_catalog_trie
@@ -80,6 +84,9 @@ class Recommender:
         self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
         self.features = features
         self.prior, self.prior_weight = prior, prior_weight
+        self.readout, self.readout_weight = readout, readout_weight
+        if readout_weight > 0 and readout is None:
+            raise ValueError("readout_weight > 0 needs a readout (m6gen fit-readout --model <run>)")
         self.retriever = retriever
         from m6gen.hybrid import find
 
@@ -99,6 +106,7 @@ class Recommender:
         sasrec_weight: float = 1.0,
         features: ItemFeatures | None = None,
         candidates: str | Path | None = None,
+        readout_weight: float = 0.0,
     ) -> Recommender:
         """Load a model and make it a recommender over ``catalog``.
 
@@ -110,6 +118,7 @@ class Recommender:
         ``<model>/baselines/sasrec``) whose log-probabilities join the search with ``sasrec_weight``.
         ``candidates``: a saved SASRec folder proposing the candidates a candidate-prompt model ranks
         (default: the retriever the run was trained with, ``m6gen train --candidates``).
+        ``readout_weight``: weight of the run's collaborative readout (``m6gen fit-readout``) in the search.
         """
         from m6gen.model import load_model, load_tokenizer
         from m6gen.prompts import TemplateLibrary
@@ -149,6 +158,11 @@ class Recommender:
             lm = load_model(model, gguf_file, dtype=config.dtype, device=device)
         prior = load_sasrec(sasrec, len(catalog)).score if sasrec is not None else None
         retriever = load_sasrec(prompt.candidates, len(catalog)) if prompt.candidates else None
+        readout = run_readout(model if run is not None else None, lm)
+        if readout_weight > 0 and readout is None:
+            from m6gen.model import ModelError
+
+            raise ModelError(f"readout_weight: {model} has no collaborative readout (m6gen fit-readout --model <run>)")
         return cls(
             lm,
             tokenizer,
@@ -159,6 +173,8 @@ class Recommender:
             prior=prior,
             prior_weight=sasrec_weight,
             retriever=retriever,
+            readout=readout,
+            readout_weight=readout_weight,
         )
 
     def with_template(self, template) -> Recommender:
@@ -173,6 +189,8 @@ class Recommender:
             prior=self.prior,
             prior_weight=self.prior_weight,
             retriever=self.retriever,
+            readout=self.readout,
+            readout_weight=self.readout_weight,
         )
 
     def candidates(self, histories: list[list[int]]) -> list[np.ndarray] | None:
@@ -184,18 +202,24 @@ class Recommender:
         return retrieve(self.retriever, histories, self.config.n_candidates, exclude_seen=self.config.exclude_seen)
 
     def prompts(
-        self, histories: list[list[int]], profiles: list[dict] | None = None, candidates: list[np.ndarray] | None = None
+        self,
+        histories: list[list[int]],
+        profiles: list[dict] | None = None,
+        candidates: list[np.ndarray] | None = None,
+        template=None,
     ) -> list[str]:
-        """Prompt texts; ``candidates`` default to :meth:`candidates`."""
+        """Prompt texts; ``candidates`` default to :meth:`candidates`; ``template``: another one than
+        the recommender's (e.g. the same one showing more items)."""
         self._check_histories(histories)
-        return self._render_prompts(histories, profiles, candidates)
+        return self._render_prompts(histories, profiles, candidates, template)
 
-    def _render_prompts(self, histories, profiles=None, candidates=None) -> list[str]:
+    def _render_prompts(self, histories, profiles=None, candidates=None, template=None) -> list[str]:
         """:meth:`prompts` for histories already checked (:meth:`generate` checks them all once)."""
         profiles = profiles or [{} for _ in histories]
         candidates = candidates if candidates is not None else self.candidates(histories)
+        template = template or self.template
         return [
-            self.template.render_prompt(
+            template.render_prompt(
                 [self.catalog[i] for i in hist],
                 user=prof,
                 tokenizer=self.tokenizer,
@@ -215,6 +239,7 @@ class Recommender:
         prior="own",
         prior_weight: float | None = None,
         desc: str = "generating",
+        readout_weight: float | None = None,
     ) -> list[list[Hypothesis]]:
         """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``: the beams
         :meth:`recommend` reranks.
@@ -224,8 +249,11 @@ class Recommender:
         ``SASRec.score``), blended into the search with ``prior_weight`` (see
         :func:`m6gen.decoding.search.constrained_beam_search`); the beams then come in the search's
         order, ``rank_by`` score + ``prior_weight`` * log-prior. "own" (default): the recommender's
-        own (``from_pretrained(sasrec=...)``), None: none. With a retriever every one of its
-        candidates is scored (the search keeps ``n_candidates`` beams, limited to them).
+        own (``from_pretrained(sasrec=..., readout_weight=...)``), None: none.
+        ``readout_weight``: the weight of the run's collaborative readout in the search (None: the
+        recommender's own with ``prior="own"``, else 0). With a prior too, the search's log-prior is
+        ``prior_weight * prior + readout_weight * readout`` at weight 1. With a retriever every one of
+        its candidates is scored (the search keeps ``n_candidates`` beams, limited to them).
         """
         import torch
         from tqdm.auto import tqdm
@@ -236,7 +264,11 @@ class Recommender:
             if prior != "own":
                 raise ValueError(f"prior={prior!r}: expected 'own', None or a function of histories")
             prior, prior_weight = self.prior, self.prior_weight if prior_weight is None else prior_weight
+            readout_weight = self.readout_weight if readout_weight is None else readout_weight
         prior_weight = 1.0 if prior_weight is None else prior_weight
+        readout_weight = readout_weight or 0.0
+        if readout_weight and self.readout is None:
+            raise ValueError("readout_weight: this model has no collaborative readout (m6gen fit-readout)")
         self._check_histories(histories)
         if not histories:
             return []
@@ -257,6 +289,7 @@ class Recommender:
             for s in range(0, len(histories), cfg.batch_size):
                 batch = order[s : s + cfg.batch_size]
                 hist = [histories[i] for i in batch]
+                log_prior, weight = self._search_prior(prior, prior_weight, readout_weight, hist)
                 with torch.no_grad():
                     beams = constrained_beam_search(
                         self.model,
@@ -267,13 +300,34 @@ class Recommender:
                         allowed=[limit[i] for i in batch] if limit is not None else None,
                         search_by=search_by,
                         pad_token_id=self.tokenizer.pad_token_id,
-                        prior=prior(hist) if prior is not None else None,
-                        prior_weight=prior_weight,
+                        prior=log_prior,
+                        prior_weight=weight,
                     )
                 for i, b in zip(batch, beams):
-                    out[i] = b if prior is not None and cfg.rank_by != "normalized" else rank_hypotheses(b, cfg.rank_by)
+                    searched = log_prior is not None and cfg.rank_by != "normalized"
+                    out[i] = b if searched else rank_hypotheses(b, cfg.rank_by)
                 bar.update(len(batch))
         return out
+
+    def _search_prior(self, prior, prior_weight, readout_weight, histories):
+        """(prior or None, its weight in the search) for one batch: a prior function's log-scores,
+        the readout (a function of the prompt states, which the search reads from its own prefill),
+        or both: ``prior + readout_weight / prior_weight * readout`` at ``prior_weight``, so that the
+        search adds ``prior_weight * prior + readout_weight * readout`` (up to a constant per user: the
+        search renormalizes) and a beam's ``prior`` times :meth:`search_weight` is what it was searched with."""
+        log_prior = prior(histories) if prior is not None else None
+        if not readout_weight:
+            return log_prior, prior_weight
+        if log_prior is None or prior_weight == 0:  # the prior would add nothing
+            return self.readout.log_probs, readout_weight
+        log_prior, ratio = np.asarray(log_prior, dtype=np.float64), readout_weight / prior_weight
+        return lambda states: log_prior + ratio * self.readout.log_probs(states), prior_weight
+
+    def search_weight(self) -> float:
+        """The weight :meth:`recommend`'s beams carry their ``prior`` with (0 without a prior of its own)."""
+        if self.prior is not None and self.prior_weight > 0:
+            return self.prior_weight
+        return self.readout_weight
 
     def _check_histories(self, histories) -> None:
         """Histories hold catalog indices; a raw data id or an index past the catalog is named, not a deep IndexError
@@ -316,7 +370,7 @@ class Recommender:
         results = []
         # with the recommender's own prior
         generated = self.generate(histories, profiles, allowed=allowed, progress=progress)
-        w = self.prior_weight if self.prior is not None else 0.0
+        w = self.search_weight()
         for hist, beams in zip(histories, generated):
             ids = np.array([h.item for h in beams], dtype=np.int64)
             # The reranker calibrates with a softmax over log-scores; feed it the ranking score.
@@ -398,6 +452,17 @@ def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
     if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():
         say(f"note: data {run.data} (the one {model} was trained on; --data to change)")
     return replace(data, **changes)
+
+
+def run_readout(run, model):
+    """A trained run's collaborative readout over its item table (None: not a run, or none fitted)."""
+    from m6gen.hybrid import find
+    from m6gen.hybrid.readout import load_readout
+
+    embedding = find(model)
+    if run is None or embedding is None:
+        return None
+    return load_readout(run, embedding.table)
 
 
 def load_sasrec(folder: str | Path, n_items: int):

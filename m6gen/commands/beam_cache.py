@@ -19,6 +19,7 @@ def generate_cached(
     prior_weight: float = 1.0,
     procs=None,
     allowed=None,
+    readout_weight: float = 0.0,
 ) -> dict[str, list[list[float]]]:
     """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
 
@@ -57,6 +58,7 @@ def generate_cached(
             allowed=None if allowed is None else [allowed] * len(chunk),
             prior=prior,
             prior_weight=prior_weight,
+            readout_weight=readout_weight,
         )
         append(
             target,
@@ -118,9 +120,12 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
     as given), the template's text, the files of ``others`` (the retriever, the data folder) and
     ``extra`` (the data options). Outputs written into a run folder (tables, caches) do not count:
     data suffixes count only in ``others``, so an eval's ``eval_*.csv`` beside the model renews nothing.
-    A prior searched with the beams is named apart, by :func:`prior_fingerprint`.
+    A prior searched with the beams is named apart, by :func:`prior_fingerprint`: so is the run's
+    collaborative readout, which a plain search never reads.
     """
     import hashlib
+
+    from m6gen.hybrid.placeholders import READOUT_FILE
 
     parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
     for src, suffixes in ((model, WEIGHT_SUFFIXES), *((o, WEIGHT_SUFFIXES + DATA_SUFFIXES) for o in others)):
@@ -129,15 +134,16 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
             continue
         files = sorted(path.iterdir()) if path.is_dir() else [path]
         for f in files:
-            if f.is_file() and (f.suffix in suffixes or f.name in CONFIG_NAMES):
+            if f.is_file() and (f.suffix in suffixes or f.name in CONFIG_NAMES) and f.name != READOUT_FILE:
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
 
 
-def prior_fingerprint(sasrec_folder: Path | None = None, code=None) -> str:
+def prior_fingerprint(sasrec_folder: Path | None = None, code=None, files=()) -> str:
     """8 hex digits naming a prior searched with the beams, by content, so a copied SASRec keeps its
-    caches and a retrained one (or a changed content peer, ``code``: its module) does not."""
+    caches and a retrained one (or a changed content peer, ``code``: its module; a refitted readout,
+    ``files``) does not."""
     import hashlib
     import inspect
 
@@ -148,4 +154,6 @@ def prior_fingerprint(sasrec_folder: Path | None = None, code=None) -> str:
                 digest.update(f.name.encode("utf-8") + f.read_bytes())
     if code is not None:
         digest.update(inspect.getsource(code).encode("utf-8"))
+    for f in files:
+        digest.update(Path(f).name.encode("utf-8") + Path(f).read_bytes())
     return digest.hexdigest()[:8]

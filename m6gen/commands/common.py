@@ -117,6 +117,7 @@ def load_recommender(args, catalog, preview: tuple[list[int], dict] | None = Non
         device=args.device,
         sasrec=getattr(args, "sasrec", None),
         sasrec_weight=getattr(args, "sasrec_weight", 1.0),
+        readout_weight=getattr(args, "readout_weight", 0.0),
         candidates=args.candidates,
     )
 

@@ -95,10 +95,12 @@ class EvalArgs:
         "weights w of extra rows whose beams are searched with w * the --decode-prior inside the search, ranked by "
         "the --rank-by score + w * prior (and rows ranked by the other two scores; '' for none)",
     )
-    decode_prior: Literal["SASRec", "Newest", "Content"] = option(
+    decode_prior: Literal["SASRec", "Newest", "Content", "Readout", "SASRec+Readout"] = option(
         "SASRec",
-        "the item prior of the --decode-blend rows: SASRec's log-probabilities, or a content peer's scores as "
-        "logits (Newest: release year + genre match, for new items, which SASRec cannot rank)",
+        "the item prior of the --decode-blend rows: SASRec's log-probabilities, a content peer's scores as "
+        "logits (Newest: release year + genre match, for new items, which SASRec cannot rank), Readout: "
+        "the run's own collaborative readout on the same prompts (m6gen fit-readout; no SASRec needed), or "
+        "SASRec+Readout: both, each at the row's weight",
     )
     choose_on_valid: bool = option(
         False,
@@ -277,8 +279,13 @@ def run(args) -> int:
     if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
         print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
     decode_blend = [float(w) for w in args.decode_blend.split(",") if w.strip()]
-    if decode_blend and args.decode_prior == "SASRec" and sasrec is None:
+    if decode_blend and args.decode_prior.startswith("SASRec") and sasrec is None:
         raise UsageError("--decode-blend with the SASRec prior needs the SASRec baseline (keep SASRec in --baselines)")
+    with_readout = args.decode_prior.endswith("Readout")  # the run's own readout joins the --decode-blend rows
+    if decode_blend and with_readout and rec.readout is None:
+        raise UsageError(
+            f"--decode-prior {args.decode_prior}: {args.model} has no readout (m6gen fit-readout --model <run>)"
+        )
     score_col = {name: col for col, name in SCORE_COLUMNS}[rec.config.rank_by]
     ks = (5, 10, 20)
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")  # what --dtype auto became
@@ -286,16 +293,22 @@ def run(args) -> int:
     if args.new_items:  # other histories: other beams
         data_options += f"|new{args.new_items:g}"
     content = ContentPeers(ds, rec, [m for m in peers if m not in TRAINED_PEERS])
-    decode_prior = None  # the prior inside the search of the --decode-blend rows
-    if decode_blend:
-        decode_prior = sasrec.score if args.decode_prior == "SASRec" else content.prior(args.decode_prior)
+    decode_prior = None  # the prior function inside the search of the --decode-blend rows (besides a readout)
+    if decode_blend and args.decode_prior != "Readout":
+        decode_prior = sasrec.score if args.decode_prior.startswith("SASRec") else content.prior(args.decode_prior)
     trained = trained_run_config(args.model)
     retriever = args.candidates or (trained.candidates if trained is not None else None)  # the run's own, if not given
     fingerprint = cache_fingerprint(
         args.model, rec.template.path, retriever, args.data or default_data_dir(must_exist=False), extra=data_options
     )
     if decode_blend:  # the prior's beams also depend on the prior itself
-        if args.decode_prior == "SASRec":
+        if args.decode_prior.endswith("Readout"):
+            from m6gen.hybrid.placeholders import READOUT_FILE, READOUT_INFO
+
+            folder = out / "baselines" / "sasrec" if args.decode_prior.startswith("SASRec") else None
+            readout_files = [Path(args.model, READOUT_FILE), Path(args.model, READOUT_INFO)]
+            fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=folder, files=readout_files)}"
+        elif args.decode_prior == "SASRec":
             fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=out / 'baselines' / 'sasrec')}"
         else:
             from m6gen.baselines import content as content_code
@@ -322,12 +335,12 @@ def run(args) -> int:
             tag += f"-c{rec.config.n_candidates}"
         if cold is not None:
             tag += "-cold"
-        runs = {"": (out / f"beams_{tag}-{fingerprint}.jsonl", None, 1.0)}
+        runs = {"": (out / f"beams_{tag}-{fingerprint}.jsonl", None, 1.0, 0.0)}
         for row, w in searched_rows.items():
             file_name = f"beams_{tag}-{fingerprint_with_prior}-{args.decode_prior.lower()}{w:g}.jsonl"
-            runs[row] = (out / file_name, decode_prior, w)
+            runs[row] = (out / file_name, decode_prior, w, w if with_readout else 0.0)
         decoded = {}
-        for row, (path, prior, w) in runs.items():
+        for row, (path, prior, w, readout_w) in runs.items():
             cached = generate_cached(
                 rec,
                 users,
@@ -339,6 +352,7 @@ def run(args) -> int:
                 prior_weight=w,
                 procs=procs,
                 allowed=cold,
+                readout_weight=readout_w,
             )
             # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
             decoded[row] = [

@@ -120,6 +120,7 @@ SETTINGS = (
     "n_candidates",
     "sasrec",
     "sasrec_weight",
+    "readout_weight",
     "history",
     "diversity",
     "novelty",
@@ -148,6 +149,7 @@ def settings_of(args) -> dict:
     # as files recorded before these options say (None): the defaults, 0 and False, change nothing
     out["new_items"] = out["new_items"] or None
     out["cold_only"] = out["cold_only"] or None
+    out["readout_weight"] = out["readout_weight"] or None
     return out
 
 

@@ -13,6 +13,7 @@ COMMANDS = {
     "eval": "m6gen.commands.eval",
     "tune-prompts": "m6gen.commands.tune",
     "train": "m6gen.commands.train",
+    "fit-readout": "m6gen.commands.fit_readout",
     "baselines": "m6gen.commands.baselines",
     "serve": "m6gen.commands.serve",
 }

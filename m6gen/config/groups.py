@@ -159,9 +159,14 @@ class PriorArgs:
         None, "a saved SASRec folder whose log-probabilities join the beam search as an item prior"
     )
     sasrec_weight: float = option(1.0, "weight of the SASRec prior (with --sasrec)")
+    readout_weight: float = option(
+        0.0,
+        "weight of the trained run's own collaborative readout (m6gen fit-readout) as an item prior in the "
+        "search; 0: not used",
+    )
 
     def __post_init__(self):
-        at_least(self, 0, "sasrec_weight")
+        at_least(self, 0, "sasrec_weight", "readout_weight")
 
 
 @dataclass

@@ -55,10 +55,14 @@ class Decoder:
     mask: torch.Tensor  # (rows, width) long: 1 on real tokens, 0 on left padding
     next_token: NextToken
     shared: SharedPromptCache | None = None  # the prompt's KV once per user (see shared_cache.py)
+    prompt_states: torch.Tensor | None = None  # (users, width) last hidden state at each prompt's end, if asked
 
     @classmethod
-    def prefill(cls, model, prompt_ids: list[list[int]], pad_token_id: int, share_prompt: bool) -> Decoder:
-        """Each prompt once (left-padded); only the last position's logits are needed."""
+    def prefill(
+        cls, model, prompt_ids: list[list[int]], pad_token_id: int, share_prompt: bool, keep_states: bool = False
+    ) -> Decoder:
+        """Each prompt once (left-padded); only the last position's logits are needed (and with
+        ``keep_states`` its last hidden state, for a prior read from the prompt: no second forward)."""
         import torch
 
         width = max(len(p) for p in prompt_ids)
@@ -70,8 +74,17 @@ class Decoder:
         device = next(model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **({"output_hidden_states": True} if keep_states else {}),  # not every model takes the flag
+        )
         decoder = cls(model, _cache_kwarg(model), _cache_of(out), mask, NextToken(out))
+        if keep_states:
+            decoder.prompt_states = out.hidden_states[-1][:, -1].float()
         if share_prompt:
             from m6gen.decoding.shared_cache import SharedPromptCache
 

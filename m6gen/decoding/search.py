@@ -24,6 +24,7 @@ items the user may get).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -290,7 +291,7 @@ def constrained_beam_search(
     search_by: str = "logprob",
     pad_token_id: int = 0,
     max_new_tokens: int | None = None,
-    prior: np.ndarray | None = None,
+    prior: np.ndarray | Callable | None = None,
     prior_weight: float = 1.0,
     share_prompt: bool | None = None,
     stats: dict | None = None,
@@ -309,6 +310,9 @@ def constrained_beam_search(
         prior: (users, items) log-scores of an item prior (e.g. SASRec log-probabilities); the
             search ranks by ``search_by`` score + ``prior_weight`` * log P_prior(item), applied
             token by token through the trie (see the module docstring). Results are in that order.
+            Or a function from the prompts' last hidden states ((users, width) tensor, read from
+            the search's own prefill) to those log-scores: a readout of the model itself
+            (:mod:`m6gen.hybrid.readout`) at no second forward.
         share_prompt: keep each prompt's KV cache once per user, read by all its beams, instead of a
             copy per beam (see :mod:`m6gen.decoding.shared_cache`); same results, much less copying.
             None (default): wherever the model's architecture supports it.
@@ -327,7 +331,8 @@ def constrained_beam_search(
     if len(prompt_ids) == 0:
         return []
     _check_inputs(prompt_ids, banned, allowed, prior_weight)
-    constraint = _Constraint.build(trie, banned, allowed, prior, prior_weight)
+    from_states = callable(prior)  # a prior read from the prompts: known after the prefill
+    constraint = None if from_states else _Constraint.build(trie, banned, allowed, prior, prior_weight)
     max_steps = trie.max_depth if max_new_tokens is None else min(max_new_tokens, trie.max_depth)
     if share_prompt is None:
         share_prompt = shared_cache.supports(model)
@@ -336,8 +341,10 @@ def constrained_beam_search(
     prompt_length = np.array([len(p) for p in prompt_ids])
     timing = _Timing(prompt_tokens=int(prompt_length.sum()))
     clock = time.perf_counter()
-    decoder = Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt)
+    decoder = Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt, keep_states=from_states)
     timing.model_s += time.perf_counter() - clock
+    if from_states:
+        constraint = _Constraint.build(trie, banned, allowed, prior(decoder.prompt_states), prior_weight)
     timing.prefill_s = timing.model_s
     beams = _Beams.at_root(len(prompt_ids))  # beam r is row r of the decoder
     finished = _Finished(len(prompt_ids), num_beams, _Beams.at_root(0))

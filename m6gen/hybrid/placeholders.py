@@ -13,6 +13,7 @@ _PLACEHOLDER = re.compile(r"<\|(cf|state):(\d+)\|>")
 STATE_SHIFT = 1 << 24
 TABLE_FILE, INFO_FILE = "collaborative.safetensors", "collaborative.json"  # in a run folder
 SEQUENCE_FOLDER = "collaborative_sequence"  # in a run folder: the frozen SASRec behind {{ it.state }}
+READOUT_FILE, READOUT_INFO = "readout.safetensors", "readout.json"  # in a run folder: m6gen.hybrid.readout
 
 
 def has_placeholders(text: str) -> bool:

@@ -124,7 +124,7 @@ class Engine:
         from m6gen.ranking.rerank import RerankConfig, rerank
 
         rec = self.rec
-        weight = rec.prior_weight if rec.prior is not None else 0.0
+        weight = rec.search_weight()
         ids = np.array([h.item for h in beams], dtype=np.int64)
         scores = np.array([h.score(job.rank_by) + weight * h.prior for h in beams], dtype=np.float64)
         config = RerankConfig(k=job.k, diversity=job.diversity, novelty=job.novelty)

@@ -1,0 +1,257 @@
+"""A collaborative readout: the language model's state at the end of a prompt, scored against every
+catalog item's collaborative vector, after E4SRec's item head (Li et al., 2023).
+
+The model reads collaborative tokens in (``{{ it.cf }}``, ``{{ it.state }}``), but writes titles out:
+what it learned of the collaborative signal must then pass through the title tokens' LoRA-tuned
+logits. The readout is a second way out, trained apart from LoRA on the frozen model's prompt states::
+
+    score(item | prompt) = (W · normalize(h_prompt)) · e_item + b_item
+
+``e_item``: the run's frozen item table (zero for an item without a vector), ``W`` and ``b``: fitted by
+full-softmax cross-entropy on the next item of training prefixes. Its log-probabilities join the
+beam search as an item prior (:func:`m6gen.decoding.search.constrained_beam_search`), so outputs are
+still titles under the trie. Saved in the run folder (``readout.safetensors``, ``readout.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from m6gen.hybrid.item_table import CollaborativeError
+from m6gen.hybrid.placeholders import READOUT_FILE, READOUT_INFO
+
+
+class ItemReadout(nn.Module):
+    """Item logits from prompt states: ``(W · (h - mean) / std) · e_item + b_item``."""
+
+    def __init__(self, table: np.ndarray, width: int):
+        super().__init__()
+        self.register_buffer("items", torch.from_numpy(np.asarray(table, dtype=np.float32)))  # (I, d) frozen
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+        self.project = nn.Linear(width, self.items.shape[1])
+        self.bias = nn.Parameter(torch.zeros(len(self.items)))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, width) prompt states -> (B, items) logits."""
+        x = (states.float() - self.mean) / self.std
+        return self.project(x) @ self.items.T + self.bias
+
+    @torch.no_grad()
+    def log_probs(self, states: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(B, items) float64 log-probabilities over the catalog."""
+        states = torch.as_tensor(states).to(self.mean.device)
+        return torch.log_softmax(self(states), dim=-1).double().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ReadoutFit:
+    """How a readout was fitted, and how it did: saved beside it."""
+
+    examples: int  # training (prefix, next item) pairs
+    held_out: int  # of them, held out to choose the epoch
+    epochs: int  # the chosen epoch (1-based)
+    held_out_loss: float  # cross-entropy on the held-out pairs at that epoch
+    first_loss: float  # the same before training: the gain is what the readout learned
+
+
+def prompt_states(
+    model, prompt_ids: list[list[int]], pad_token_id: int, batch_size: int = 16, progress=None
+) -> np.ndarray:
+    """(prompts, width) float32: the model's last hidden state at each prompt's last token, where it
+    writes the first title token. Left-padded batches of similar length, as the search prefills."""
+    return states_at(model, prompt_ids, [[len(p) - 1] for p in prompt_ids], pad_token_id, batch_size, progress)
+
+
+def states_at(
+    model,
+    prompt_ids: list[list[int]],
+    positions: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    progress=None,
+) -> np.ndarray:
+    """(positions in all, width) float32: the last hidden state at the given positions of each
+    prompt, prompt by prompt: one forward reads every prefix of a prompt whose text it extends."""
+    order = np.argsort([len(p) for p in prompt_ids], kind="stable")
+    starts = np.concatenate([[0], np.cumsum([len(q) for q in positions])])
+    device = next(model.parameters()).device
+    out = None
+    for s in range(0, len(order), batch_size):
+        batch = order[s : s + batch_size]
+        width = max(len(prompt_ids[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, width - len(prompt_ids[i]) :] = torch.tensor(prompt_ids[i], dtype=torch.long)
+            mask[r, width - len(prompt_ids[i]) :] = 1
+        with torch.no_grad():
+            hidden = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                output_hidden_states=True,
+                logits_to_keep=1,
+            ).hidden_states[-1]
+        if out is None:
+            out = np.zeros((int(starts[-1]), hidden.shape[-1]), dtype=np.float32)
+        for r, i in enumerate(batch):  # a prompt's position p sits at column p + its left padding
+            cols = torch.tensor(positions[i], dtype=torch.long) + width - len(prompt_ids[i])
+            out[starts[i] : starts[i + 1]] = hidden[r, cols.to(device)].float().cpu().numpy()
+        if progress is not None:
+            progress(len(batch))
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One user's training pairs, read in one forward: the items shown (a history window), and after
+    how many of them each next item came."""
+
+    user: str
+    shown: list[int]  # catalog indices, oldest first
+    cuts: list[int]  # per pair: the number of shown items before its next item (ascending)
+    targets: list[int]  # per pair: the next item
+
+
+def training_windows(train: dict[str, list[int]], per_user: int, known: np.ndarray, max_history: int) -> list[Window]:
+    """Each user's last ``per_user`` training positions whose next item has a collaborative vector
+    (the readout cannot name the others). The first pair shows ``max_history`` items as a prompt would,
+    later ones up to ``per_user - 1`` more, as a packed training block does. Training items only: a
+    user's validation and test items are never shown or a target."""
+    windows = []
+    for user, items in train.items():
+        ts = [t for t in range(max(1, len(items) - per_user), len(items)) if known[items[t]]]
+        if not ts:
+            continue
+        start = max(0, ts[0] - max_history)
+        windows.append(Window(user, list(items[start : ts[-1]]), [t - start for t in ts], [items[t] for t in ts]))
+    return windows
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Training pairs ready to read: prompts, the positions to read in each, and per position (in
+    that order) the next item and whose it is."""
+
+    prompt_ids: list[list[int]]
+    positions: list[list[int]]
+    targets: np.ndarray  # (pairs,) int64
+    users: list[str]
+
+
+def window_pairs(windows: list[Window], encode) -> Pairs:
+    """Prompts for ``windows``: ``encode(histories, user)`` gives the prompt token ids of each of a
+    user's histories. A pair
+    whose prompt is a token prefix of its window's whole prompt is read there (one forward for the
+    window); any other (a template that writes something after the history) gets its own prompt."""
+    prompt_ids, positions, targets, users = [], [], [], []
+    for window in windows:
+        whole, *cut = encode([window.shown] + [window.shown[:c] for c in window.cuts], window.user)
+        inside, alone = [], []
+        for ids, target in zip(cut, window.targets):
+            (inside if whole[: len(ids)] == ids else alone).append((ids, target))
+        if inside:
+            prompt_ids.append(whole)
+            positions.append([len(ids) - 1 for ids, _ in inside])
+        for ids, _ in alone:
+            prompt_ids.append(ids)
+            positions.append([len(ids) - 1])
+        targets += [t for _, t in inside] + [t for _, t in alone]
+        users += [window.user] * len(window.targets)
+    return Pairs(prompt_ids, positions, np.asarray(targets, dtype=np.int64), users)
+
+
+def fit_readout(
+    states: np.ndarray,
+    targets: np.ndarray,
+    groups,
+    table: np.ndarray,
+    epochs: int = 30,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-2,
+    held_out: float = 0.1,
+    seed: int = 0,
+) -> tuple[ItemReadout, ReadoutFit]:
+    """Fit an :class:`ItemReadout` by full-softmax cross-entropy, minibatches of 256, AdamW.
+
+    ``groups``: each pair's user (ids of any kind); a ``held_out`` fraction of users (never split across the two) is
+    kept aside, and the readout of the epoch with their lowest loss is kept.
+    """
+    if len(targets) == 0:
+        raise CollaborativeError("no training prefix whose next item has a collaborative vector: nothing to fit")
+    groups = np.asarray(groups)  # each pair's user
+    rng = np.random.default_rng([seed, 7])
+    names = np.unique(groups)
+    aside = set(rng.permutation(names)[: max(1, int(round(held_out * len(names))))].tolist()) if held_out > 0 else set()
+    test = np.array([g in aside for g in groups])
+    if test.all():
+        test[:] = False
+    torch.manual_seed(seed)
+    readout = ItemReadout(table, states.shape[1])
+    x, y = torch.from_numpy(np.asarray(states, dtype=np.float32)), torch.from_numpy(targets)
+    fit_x, fit_y = x[~torch.from_numpy(test)], y[~torch.from_numpy(test)]
+    readout.mean.copy_(fit_x.mean(0))
+    readout.std.copy_(fit_x.std(0).clamp(min=1e-6) if len(fit_x) > 1 else torch.ones(x.shape[1]))
+    check_x, check_y = (x[torch.from_numpy(test)], y[torch.from_numpy(test)]) if test.any() else (fit_x, fit_y)
+
+    def check_loss() -> float:
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(readout(check_x), check_y))
+
+    optimizer = torch.optim.AdamW(readout.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    first = best = check_loss()
+    best_epoch, best_state = 0, {k: v.clone() for k, v in readout.state_dict().items()}
+    for epoch in range(1, epochs + 1):
+        for batch in torch.randperm(len(fit_y), generator=generator).split(256):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(readout(fit_x[batch]), fit_y[batch]).backward()
+            optimizer.step()
+        loss = check_loss()
+        if loss < best:
+            best, best_epoch, best_state = loss, epoch, {k: v.clone() for k, v in readout.state_dict().items()}
+    readout.load_state_dict(best_state)
+    return readout, ReadoutFit(len(targets), int(test.sum()), best_epoch, best, first)
+
+
+def save_readout(readout: ItemReadout, folder: str | Path, fit: ReadoutFit, table_fingerprint: str) -> None:
+    """Write the readout's weights and how it was fitted into a run folder (each file atomically)."""
+    from safetensors.torch import save_file
+
+    from m6gen.files import write_atomic
+
+    folder = Path(folder)
+    weights = {k: v for k, v in readout.state_dict().items() if k != "items"}  # the table is the run's own
+    tmp = folder / (READOUT_FILE + ".tmp")
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    tmp.replace(folder / READOUT_FILE)
+    info = {"table_fingerprint": table_fingerprint, "width": int(readout.mean.shape[0]), **vars(fit)}
+    write_atomic(folder / READOUT_INFO, json.dumps(info, indent=2))
+
+
+def load_readout(folder: str | Path, table) -> ItemReadout | None:
+    """A run folder's readout over ``table`` (an :class:`~m6gen.hybrid.item_table.ItemTable`), or None."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / READOUT_FILE).is_file():
+        return None
+    if not (folder / READOUT_INFO).is_file():
+        raise CollaborativeError(f"{folder}: {READOUT_FILE} without {READOUT_INFO}")
+    info = json.loads((folder / READOUT_INFO).read_text(encoding="utf-8"))
+    if info.get("table_fingerprint") != table.fingerprint:
+        raise CollaborativeError(
+            f"{folder / READOUT_FILE}: fitted over item table {info.get('table_fingerprint')}, "
+            f"the run's is {table.fingerprint}: fit it again (m6gen fit-readout --model {folder})"
+        )
+    readout = ItemReadout(table.vectors, int(info["width"]))
+    weights = load_file(str(folder / READOUT_FILE))
+    readout.load_state_dict({**weights, "items": readout.items})
+    return readout.eval()

@@ -1,0 +1,250 @@
+"""The collaborative readout (m6gen.hybrid.readout, `m6gen fit-readout`) on tiny data: known training
+pairs, a fit that learns a known mapping, padded batches equal single prompts, an exact save and
+reload, and its log-probabilities joining the search as the run's own prior."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import N_ITEMS, tiny_config, tiny_world  # noqa: F401
+
+from m6gen.hybrid.item_table import CollaborativeError, ItemTable, fingerprint
+from m6gen.hybrid.readout import (
+    ItemReadout,
+    Window,
+    fit_readout,
+    load_readout,
+    prompt_states,
+    save_readout,
+    states_at,
+    training_windows,
+    window_pairs,
+)
+from tests.tiny_lm import make_model, make_tokenizer
+
+
+def test_training_windows_are_the_last_training_positions_with_a_known_next_item():
+    known = np.array([True, True, True, False, True, True, True])
+    train = {"a": [0, 1, 2, 3, 4, 5], "b": [4, 5], "c": [1]}
+    windows = training_windows(train, per_user=3, known=known, max_history=2)
+    # a: positions 3, 4, 5 -> items 3 (no vector: left out), 4, 5; the first pair shows 2 items ([1, 2, 3])
+    # b: [4] -> 5; c: no item before its only one
+    assert [(w.user, w.shown, w.cuts, w.targets) for w in windows] == [
+        ("a", [2, 3, 4], [2, 3], [4, 5]),
+        ("b", [4], [1], [5]),
+    ]
+
+
+def test_window_pairs_read_prefixes_in_one_prompt_and_others_alone():
+    windows = [Window("a", [2, 3, 4], [2, 3], [4, 5])]
+    prefix_template = window_pairs(windows, lambda hs, user: [[9] + [10 + i for i in h] for h in hs])
+    assert prefix_template.prompt_ids == [[9, 12, 13, 14]]
+    assert prefix_template.positions == [[2, 3]]
+    assert prefix_template.targets.tolist() == [4, 5] and prefix_template.users == ["a", "a"]
+    # a template that writes a closing token after the history: no prompt extends another
+    closing = window_pairs(windows, lambda hs, user: [[9] + [10 + i for i in h] + [99] for h in hs])
+    assert closing.prompt_ids == [[9, 12, 13, 14, 99], [9, 12, 13, 99]]  # the last pair's prompt is the whole
+    assert closing.positions == [[4], [3]]
+    assert closing.targets.tolist() == [5, 4]  # in the order the states are read
+
+
+def test_states_read_inside_a_prompt_equal_the_states_of_its_prefixes():
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1).eval()
+    whole, short = [1, 5, 6, 7, 8, 9], [1, 9, 8]
+    inside = states_at(model, [short, whole], [[2], [1, 3, 5]], tok.pad_token_id, batch_size=2)
+    alone = prompt_states(model, [short, whole[:2], whole[:4], whole], tok.pad_token_id, batch_size=1)
+    np.testing.assert_allclose(inside, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fitted_readout_names_the_item_its_states_point_to():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(12, 4)).astype(np.float32)
+    targets = rng.integers(0, 12, size=600)
+    mixing = rng.normal(size=(4, 10)).astype(np.float32)  # the states hide the target's vector in 10 dims
+    states = table[targets] @ mixing + 0.05 * rng.normal(size=(600, 10)).astype(np.float32)
+    users = [f"u{i // 6}" for i in range(600)]
+    readout, fit = fit_readout(states, targets, users, table, epochs=40, lr=1e-2, weight_decay=0.0)
+    assert fit.examples == 600 and fit.held_out == 60  # 10 of 100 users, all six pairs of each
+    assert fit.held_out_loss < 0.5 * fit.first_loss
+    accuracy = (readout.log_probs(states).argmax(1) == targets).mean()
+    assert accuracy > 0.9
+    np.testing.assert_allclose(np.exp(readout.log_probs(states[:3])).sum(1), 1.0, rtol=1e-6)
+
+
+def test_prompt_states_of_a_padded_batch_equal_one_prompt_at_a_time():
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1).eval()
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 9, 8, 7]]
+    together = prompt_states(model, prompts, tok.pad_token_id, batch_size=3)
+    for p, row in zip(prompts, together):
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states[-1][0, -1]
+        torch.testing.assert_close(torch.from_numpy(row), alone, rtol=1e-4, atol=1e-5)
+
+
+def _table(n: int = 5, d: int = 3) -> ItemTable:
+    vectors = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+    return ItemTable(vectors, np.ones(n, dtype=bool), "test", fingerprint(vectors))
+
+
+def test_a_readout_saves_and_reloads_exactly_and_refuses_another_table(tmp_path):
+    from m6gen.hybrid.readout import ReadoutFit
+
+    table = _table()
+    readout = ItemReadout(table.vectors, 6)
+    with torch.no_grad():
+        for p in readout.parameters():
+            p.normal_()
+        readout.mean.normal_()
+    save_readout(readout, tmp_path, ReadoutFit(10, 1, 3, 1.0, 2.0), table.fingerprint)
+    again = load_readout(tmp_path, table)
+    states = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(again.log_probs(states), readout.log_probs(states))
+    assert json.loads((tmp_path / "readout.json").read_text())["epochs"] == 3
+    other = _table(d=3)
+    other = ItemTable(other.vectors + 1, other.known, "other", fingerprint(other.vectors + 1))
+    with pytest.raises(CollaborativeError, match="fit-readout"):
+        load_readout(tmp_path, other)
+    assert load_readout(tmp_path / "nothing", table) is None
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(tiny_dirs, tmp_path_factory):
+    """A tiny run with collaborative tokens (template hybrid), and its readout fitted by the command."""
+    from m6gen.commands.fit_readout import main
+    from m6gen.training.loop import train
+
+    root = tmp_path_factory.mktemp("readout")
+    source = root / "cf.npy"
+    np.save(source, np.random.default_rng(0).normal(size=(N_ITEMS, 8)).astype(np.float32))
+    train(tiny_config(tiny_dirs, root / "run", template="hybrid", cf_source=str(source), epochs=1))
+    from m6gen.commands.beam_cache import cache_fingerprint
+    from m6gen.prompts import TemplateLibrary
+
+    template = TemplateLibrary().get("hybrid").path
+    before = cache_fingerprint(str(root / "run"), template)
+    argv = ["--model", str(root / "run"), "--readout-epochs", "5", "--readout-per-user", "2", "--no-progress"]
+    assert main(argv) == 0
+    return root / "run", before
+
+
+def test_fit_readout_saves_a_readout_that_plain_beam_caches_ignore(hybrid_run, tiny_dirs, capsys):
+    from m6gen.commands.beam_cache import cache_fingerprint
+    from m6gen.prompts import TemplateLibrary
+
+    run, before = hybrid_run
+    info = json.loads((run / "readout.json").read_text())
+    assert info["examples"] == 30 * 2  # 30 users, their last two training items
+    template = TemplateLibrary().get("hybrid").path
+    assert cache_fingerprint(str(run), template) == before  # a plain search never reads the readout
+
+
+def test_the_readout_prior_joins_the_search_as_the_runs_own(hybrid_run, tiny_dirs):
+    from m6gen.recommender import Recommender
+
+    run, _ = hybrid_run
+    catalog = tiny_world(tiny_dirs, "hybrid")[1].catalog
+    rec = Recommender.from_pretrained(run, catalog, device="cpu")
+    assert rec.readout is not None and rec.readout_weight == 0
+    histories = [[1, 2, 3], [7, 8]]
+    plain = rec.generate(histories, prior=None)
+    asked = rec.generate(histories, prior=None, readout_weight=2.0)
+    own = Recommender.from_pretrained(run, catalog, device="cpu", readout_weight=2.0)
+    assert own.search_weight() == 2.0
+    searched = own.generate(histories)
+    for a, b in zip(asked, searched):
+        assert [h.item for h in a] == [h.item for h in b]
+        np.testing.assert_allclose([h.prior for h in a], [h.prior for h in b])
+    assert all(h.prior == 0 for beams in plain for h in beams)
+    # read from the search's own prefill, as from a forward of its own
+    from m6gen.model import encode_prompts
+
+    states = prompt_states(rec.model, encode_prompts(rec.tokenizer, rec.prompts(histories)), rec.tokenizer.pad_token_id)
+    by_hand = rec.generate(  # a batch comes in prompt-length order
+        histories, prior=lambda hs: rec.readout.log_probs(states[[histories.index(h) for h in hs]]), prior_weight=2.0
+    )
+    for a, b in zip(asked, by_hand):
+        assert [h.item for h in a] == [h.item for h in b]
+        np.testing.assert_allclose([h.prior for h in a], [h.prior for h in b], rtol=1e-5, atol=1e-6)
+    assert any(h.prior != 0 for beams in searched for h in beams)
+    # with another prior too: prior_weight * prior + readout_weight * readout
+    other = np.log(np.random.default_rng(3).dirichlet(np.ones(N_ITEMS), size=2))
+
+    def other_prior(hs):
+        return other[[histories.index(h) for h in hs]]
+
+    both = rec.generate(histories, prior=other_prior, prior_weight=2.0, readout_weight=1.0)
+    rows = lambda hs: [histories.index(h) for h in hs]  # noqa: E731
+    summed = rec.generate(
+        histories, prior=lambda hs: other[rows(hs)] + 0.5 * rec.readout.log_probs(states[rows(hs)]), prior_weight=2.0
+    )
+    for a, b in zip(both, summed):
+        assert [h.item for h in a] == [h.item for h in b]
+        np.testing.assert_allclose([h.prior for h in a], [h.prior for h in b], rtol=1e-5, atol=1e-6)
+    assert [h.item for h in both[0]] != [
+        h.item for h in rec.generate(histories, prior=other_prior, prior_weight=2.0)[0]
+    ]
+    # a readout sure of one item puts it first, whatever the language model says
+    with torch.no_grad():
+        own.readout.project.weight.zero_()
+        own.readout.bias.fill_(-30.0)
+        own.readout.bias[11] = 30.0
+    assert [beams[0].item for beams in own.generate(histories)] == [11, 11]
+    top = own.recommend(histories)
+    assert [r.items[0].item_id for r in top] == [11, 11]
+
+
+def test_readout_errors_are_one_line(hybrid_run, tiny_dirs, tmp_path, capsys):
+    from m6gen.commands.fit_readout import main
+    from m6gen.recommender import Recommender
+    from m6gen.training.loop import train
+
+    model_dir, _ = tiny_dirs
+    assert main(["--model", str(model_dir), "--no-progress"]) == 2  # not a run
+    assert "trained m6gen run folder" in capsys.readouterr().err
+    train(tiny_config(tiny_dirs, tmp_path / "plain", epochs=1))
+    assert main(["--model", str(tmp_path / "plain"), "--no-progress"]) == 2
+    assert "no collaborative tokens" in capsys.readouterr().err
+    catalog = tiny_world(tiny_dirs, "titles")[1].catalog
+    from m6gen.model import ModelError
+
+    with pytest.raises(ModelError, match="no collaborative readout"):
+        Recommender.from_pretrained(tmp_path / "plain", catalog, device="cpu", readout_weight=1.0)
+    from m6gen.commands.eval import main as eval_main
+
+    argv = ["--model", str(tmp_path / "plain"), "--out", str(tmp_path / "e"), "--no-progress", "--beams", "4"]
+    assert eval_main([*argv, "--decode-prior", "Readout", "--decode-blend", "1", "--baselines", ""]) == 2
+    assert "has no readout" in capsys.readouterr().err
+
+
+def test_eval_searches_with_the_readout_and_chooses_among_its_rows_on_validation(hybrid_run, tmp_path):
+    from m6gen.commands.eval import main
+
+    run, _ = hybrid_run
+    argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--baselines", ""]
+    assert main([*argv, "--decode-prior", "Readout", "--decode-blend", "1,3", "--choose-on-valid"]) == 0
+    rows = json.loads((tmp_path / "eval_test.json").read_text())
+    assert {"m6gen + Readout in decoding (w 1)", "m6gen + Readout in decoding (w 3)"} <= set(rows)
+    assert any(r.startswith("m6gen, chosen on valid: ") for r in rows)  # the readout rows were candidates
+    caches = sorted(p.name for p in tmp_path.glob("beams_test-*readout*.jsonl"))
+    assert len(caches) == 2  # one per weight, named apart from the plain beams
+    beams = [json.loads(x)["beams"] for x in (tmp_path / caches[0]).read_text().splitlines()]
+    assert any(b[4] != 0 for user in beams for b in user)  # the prior column is the readout's
+
+
+def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tmp_path):
+    from m6gen.commands.eval import main
+
+    run, _ = hybrid_run
+    argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--sasrec-epochs", "2"]
+    argv += ["--baselines", "SASRec", "--blend", "", "--weights", "", "--decode-prior", "SASRec+Readout"]
+    assert main([*argv, "--decode-blend", "2"]) == 0
+    assert "m6gen + SASRec+Readout in decoding (w 2)" in json.loads((tmp_path / "eval_test.json").read_text())
+    both = next(tmp_path.glob("beams_test-*sasrec+readout2.jsonl"))
+    assert main([*argv, "--decode-prior", "SASRec", "--decode-blend", "2"]) == 0
+    alone = next(tmp_path.glob("beams_test-*-sasrec2.jsonl"))
+    assert both.read_text() != alone.read_text()  # the readout changed the search
