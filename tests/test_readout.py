@@ -110,6 +110,9 @@ def test_a_readout_saves_and_reloads_exactly_and_refuses_another_table(tmp_path)
     with pytest.raises(CollaborativeError, match="fit-readout"):
         load_readout(tmp_path, other)
     assert load_readout(tmp_path / "nothing", table) is None
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"another adapter")  # the run trained on since
+    with pytest.raises(CollaborativeError, match="another adapter"):
+        load_readout(tmp_path, table)
 
 
 @pytest.fixture(scope="module")

@@ -148,9 +148,9 @@ class Pairs:
 
 def window_pairs(windows: list[Window], encode) -> Pairs:
     """Prompts for ``windows``: ``encode(histories, user)`` gives the prompt token ids of each of a
-    user's histories. A pair
-    whose prompt is a token prefix of its window's whole prompt is read there (one forward for the
-    window); any other (a template that writes something after the history) gets its own prompt."""
+    user's histories. A pair whose prompt is a token prefix of its window's whole prompt is read there
+    (one forward for the window); any other (a template that writes something after the history) gets
+    its own prompt."""
     prompt_ids, positions, targets, users = [], [], [], []
     for window in windows:
         whole, *cut = encode([window.shown] + [window.shown[:c] for c in window.cuts], window.user)
@@ -181,25 +181,19 @@ def fit_readout(
 ) -> tuple[ItemReadout, ReadoutFit]:
     """Fit an :class:`ItemReadout` by full-softmax cross-entropy, minibatches of 256, AdamW.
 
-    ``groups``: each pair's user (ids of any kind); a ``held_out`` fraction of users (never split across the two) is
-    kept aside, and the readout of the epoch with their lowest loss is kept.
+    ``groups``: each pair's user (ids of any kind); a ``held_out`` fraction of users (never split
+    across the two) is kept aside, and the readout of the epoch with their lowest loss is kept.
     """
     if len(targets) == 0:
         raise CollaborativeError("no training prefix whose next item has a collaborative vector: nothing to fit")
-    groups = np.asarray(groups)  # each pair's user
-    rng = np.random.default_rng([seed, 7])
-    names = np.unique(groups)
-    aside = set(rng.permutation(names)[: max(1, int(round(held_out * len(names))))].tolist()) if held_out > 0 else set()
-    test = np.array([g in aside for g in groups])
-    if test.all():
-        test[:] = False
+    aside = torch.from_numpy(_held_out_pairs(np.asarray(groups), held_out, seed))
     torch.manual_seed(seed)
     readout = ItemReadout(table, states.shape[1])
     x, y = torch.from_numpy(np.asarray(states, dtype=np.float32)), torch.from_numpy(targets)
-    fit_x, fit_y = x[~torch.from_numpy(test)], y[~torch.from_numpy(test)]
+    fit_x, fit_y = x[~aside], y[~aside]
     readout.mean.copy_(fit_x.mean(0))
     readout.std.copy_(fit_x.std(0).clamp(min=1e-6) if len(fit_x) > 1 else torch.ones(x.shape[1]))
-    check_x, check_y = (x[torch.from_numpy(test)], y[torch.from_numpy(test)]) if test.any() else (fit_x, fit_y)
+    check_x, check_y = (x[aside], y[aside]) if aside.any() else (fit_x, fit_y)
 
     def check_loss() -> float:
         with torch.no_grad():
@@ -218,7 +212,17 @@ def fit_readout(
         if loss < best:
             best, best_epoch, best_state = loss, epoch, {k: v.clone() for k, v in readout.state_dict().items()}
     readout.load_state_dict(best_state)
-    return readout, ReadoutFit(len(targets), int(test.sum()), best_epoch, best, first)
+    return readout, ReadoutFit(len(targets), int(aside.sum()), best_epoch, best, first)
+
+
+def _held_out_pairs(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(pairs,) bool: the pairs of a ``fraction`` of the users (at least one; none if that is all of them)."""
+    names = np.unique(groups)
+    if fraction <= 0 or len(names) < 2:
+        return np.zeros(len(groups), dtype=bool)
+    count = max(1, int(round(fraction * len(names))))
+    aside = np.random.default_rng([seed, 7]).permutation(names)[:count]
+    return np.isin(groups, aside)
 
 
 def save_readout(readout: ItemReadout, folder: str | Path, fit: ReadoutFit, table_fingerprint: str) -> None:
@@ -232,8 +236,22 @@ def save_readout(readout: ItemReadout, folder: str | Path, fit: ReadoutFit, tabl
     tmp = folder / (READOUT_FILE + ".tmp")
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
     tmp.replace(folder / READOUT_FILE)
-    info = {"table_fingerprint": table_fingerprint, "width": int(readout.mean.shape[0]), **vars(fit)}
+    info = {
+        "table_fingerprint": table_fingerprint,
+        "adapter_fingerprint": adapter_fingerprint(folder),  # the states it read come from this adapter
+        "width": int(readout.mean.shape[0]),
+        **vars(fit),
+    }
     write_atomic(folder / READOUT_INFO, json.dumps(info, indent=2))
+
+
+def adapter_fingerprint(folder: Path) -> str | None:
+    """sha1 of a run folder's adapter weights (12 hex digits; None without them): a retrained or
+    resumed run has other prompt states, and its readout must be fitted again."""
+    import hashlib
+
+    path = Path(folder) / "adapter_model.safetensors"
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
 
 
 def load_readout(folder: str | Path, table) -> ItemReadout | None:
@@ -250,6 +268,12 @@ def load_readout(folder: str | Path, table) -> ItemReadout | None:
         raise CollaborativeError(
             f"{folder / READOUT_FILE}: fitted over item table {info.get('table_fingerprint')}, "
             f"the run's is {table.fingerprint}: fit it again (m6gen fit-readout --model {folder})"
+        )
+    fitted_on = info.get("adapter_fingerprint", "unrecorded")  # readouts of the first version did not record it
+    if fitted_on != "unrecorded" and fitted_on != adapter_fingerprint(folder):
+        raise CollaborativeError(
+            f"{folder / READOUT_FILE}: fitted on another adapter than the run's (retrained or resumed since): "
+            f"fit it again (m6gen fit-readout --model {folder})"
         )
     readout = ItemReadout(table.vectors, int(info["width"]))
     weights = load_file(str(folder / READOUT_FILE))
