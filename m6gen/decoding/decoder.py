@@ -45,6 +45,23 @@ class NextToken:
         return self.logits[rows, tokens] - self.log_normalizer[rows]
 
 
+def left_padded(
+    prompt_ids: list[list[int]], pad_token_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, position_ids), each (prompts, longest): prompts left-padded so that they all end at
+    the last column, positions counted from each prompt's first real token."""
+    import torch
+
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for u, p in enumerate(prompt_ids):
+        ids[u, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[u, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @dataclass
 class Decoder:
     """The model side: the KV cache (a row per live beam, or shared per user), the next token's log-probabilities."""
@@ -63,17 +80,7 @@ class Decoder:
     ) -> Decoder:
         """Each prompt once (left-padded); only the last position's logits are needed (and with
         ``keep_states`` its last hidden state, for a prior read from the prompt: no second forward)."""
-        import torch
-
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for u, p in enumerate(prompt_ids):
-            ids[u, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[u, width - len(p) :] = 1
-        device = next(model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (rows, width)
+        ids, mask, position_ids = left_padded(prompt_ids, pad_token_id, next(model.parameters()).device)
         out = model(
             input_ids=ids,
             attention_mask=mask,

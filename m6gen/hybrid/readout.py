@@ -32,7 +32,8 @@ class ItemReadout(nn.Module):
 
     def __init__(self, table: np.ndarray, width: int):
         super().__init__()
-        self.register_buffer("items", torch.from_numpy(np.asarray(table, dtype=np.float32)))  # (I, d) frozen
+        # (I, d) frozen; the run's own table, so not in the readout's saved state
+        self.register_buffer("items", torch.from_numpy(np.asarray(table, dtype=np.float32)), persistent=False)
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("std", torch.ones(width))
         self.project = nn.Linear(width, self.items.shape[1])
@@ -79,23 +80,21 @@ def states_at(
 ) -> np.ndarray:
     """(positions in all, width) float32: the last hidden state at the given positions of each
     prompt, prompt by prompt: one forward reads every prefix of a prompt whose text it extends."""
+    from m6gen.decoding.decoder import left_padded
+
     order = np.argsort([len(p) for p in prompt_ids], kind="stable")
     starts = np.concatenate([[0], np.cumsum([len(q) for q in positions])])
     device = next(model.parameters()).device
     out = None
     for s in range(0, len(order), batch_size):
         batch = order[s : s + batch_size]
-        width = max(len(prompt_ids[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            ids[r, width - len(prompt_ids[i]) :] = torch.tensor(prompt_ids[i], dtype=torch.long)
-            mask[r, width - len(prompt_ids[i]) :] = 1
+        ids, mask, position_ids = left_padded([prompt_ids[i] for i in batch], pad_token_id, device)
+        width = ids.shape[1]
         with torch.no_grad():
             hidden = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
                 output_hidden_states=True,
                 logits_to_keep=1,
             ).hidden_states[-1]
@@ -232,9 +231,8 @@ def save_readout(readout: ItemReadout, folder: str | Path, fit: ReadoutFit, tabl
     from m6gen.files import write_atomic
 
     folder = Path(folder)
-    weights = {k: v for k, v in readout.state_dict().items() if k != "items"}  # the table is the run's own
     tmp = folder / (READOUT_FILE + ".tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in readout.state_dict().items()}, str(tmp))
     tmp.replace(folder / READOUT_FILE)
     info = {
         "table_fingerprint": table_fingerprint,
@@ -276,6 +274,5 @@ def load_readout(folder: str | Path, table) -> ItemReadout | None:
             f"fit it again (m6gen fit-readout --model {folder})"
         )
     readout = ItemReadout(table.vectors, int(info["width"]))
-    weights = load_file(str(folder / READOUT_FILE))
-    readout.load_state_dict({**weights, "items": readout.items})
+    readout.load_state_dict(load_file(str(folder / READOUT_FILE)))
     return readout.eval()
