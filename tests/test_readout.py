@@ -16,6 +16,7 @@ from m6gen.hybrid.readout import (
     ItemReadout,
     Window,
     fit_readout,
+    layer_states_at,
     load_readout,
     prompt_states,
     save_readout,
@@ -58,6 +59,16 @@ def test_states_read_inside_a_prompt_equal_the_states_of_its_prefixes():
     inside = states_at(model, [short, whole], [[2], [1, 3, 5]], tok.pad_token_id, batch_size=2)
     alone = prompt_states(model, [short, whole[:2], whole[:4], whole], tok.pad_token_id, batch_size=1)
     np.testing.assert_allclose(inside, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_states_read_the_input_embeddings_and_the_last_layer_in_one_pass():
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1).eval()
+    prompts, positions = [[1, 9, 8], [1, 5, 6, 7, 8]], [[2], [1, 4]]
+    layers = layer_states_at(model, prompts, positions, tok.pad_token_id, batch_size=2, layers=(0, -1))
+    embeddings = model.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_allclose(layers[0], embeddings[[8, 5, 8]], rtol=1e-6)  # layer 0: the tokens' own rows
+    np.testing.assert_array_equal(layers[-1], states_at(model, prompts, positions, tok.pad_token_id, batch_size=2))
 
 
 def test_a_fitted_readout_names_the_item_its_states_point_to():

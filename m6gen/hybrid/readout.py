@@ -80,12 +80,26 @@ def states_at(
 ) -> np.ndarray:
     """(positions in all, width) float32: the last hidden state at the given positions of each
     prompt, prompt by prompt: one forward reads every prefix of a prompt whose text it extends."""
+    return layer_states_at(model, prompt_ids, positions, pad_token_id, batch_size, progress)[-1]
+
+
+def layer_states_at(
+    model,
+    prompt_ids: list[list[int]],
+    positions: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    progress=None,
+    layers: tuple[int, ...] = (-1,),
+) -> dict[int, np.ndarray]:
+    """:func:`states_at` for several ``layers`` of one forward (0: the input embeddings, -1: the last
+    layer's output), each (positions in all, width) float32."""
     from m6gen.decoding.decoder import left_padded
 
     order = np.argsort([len(p) for p in prompt_ids], kind="stable")
     starts = np.concatenate([[0], np.cumsum([len(q) for q in positions])])
     device = next(model.parameters()).device
-    out = None
+    out: dict[int, np.ndarray] = {}
     for s in range(0, len(order), batch_size):
         batch = order[s : s + batch_size]
         ids, mask, position_ids = left_padded([prompt_ids[i] for i in batch], pad_token_id, device)
@@ -97,15 +111,15 @@ def states_at(
                 position_ids=position_ids,
                 output_hidden_states=True,
                 logits_to_keep=1,
-            ).hidden_states[-1]
-        if out is None:
-            out = np.zeros((int(starts[-1]), hidden.shape[-1]), dtype=np.float32)
-        for r, i in enumerate(batch):  # a prompt's position p sits at column p + its left padding
-            cols = torch.tensor(positions[i], dtype=torch.long) + width - len(prompt_ids[i])
-            out[starts[i] : starts[i + 1]] = hidden[r, cols.to(device)].float().cpu().numpy()
+            ).hidden_states
+        for layer in layers:
+            found = out.setdefault(layer, np.zeros((int(starts[-1]), hidden[layer].shape[-1]), dtype=np.float32))
+            for r, i in enumerate(batch):  # a prompt's position p sits at column p + its left padding
+                cols = torch.tensor(positions[i], dtype=torch.long) + width - len(prompt_ids[i])
+                found[starts[i] : starts[i + 1]] = hidden[layer][r, cols.to(device)].float().cpu().numpy()
         if progress is not None:
             progress(len(batch))
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+    return out if out else {layer: np.zeros((0, 0), dtype=np.float32) for layer in layers}
 
 
 @dataclass(frozen=True)
