@@ -113,10 +113,11 @@ def layer_states_at(
                 logits_to_keep=1,
             ).hidden_states
         for layer in layers:
-            found = out.setdefault(layer, np.zeros((int(starts[-1]), hidden[layer].shape[-1]), dtype=np.float32))
-            for r, i in enumerate(batch):  # a prompt's position p sits at column p + its left padding
-                cols = torch.tensor(positions[i], dtype=torch.long) + width - len(prompt_ids[i])
-                found[starts[i] : starts[i + 1]] = hidden[layer][r, cols.to(device)].float().cpu().numpy()
+            out.setdefault(layer, np.zeros((int(starts[-1]), hidden[layer].shape[-1]), dtype=np.float32))
+        for r, i in enumerate(batch):  # a prompt's position p sits at column p + its left padding
+            cols = (torch.tensor(positions[i], dtype=torch.long) + width - len(prompt_ids[i])).to(device)
+            for layer in layers:
+                out[layer][starts[i] : starts[i + 1]] = hidden[layer][r, cols].float().cpu().numpy()
         if progress is not None:
             progress(len(batch))
     return out if out else {layer: np.zeros((0, 0), dtype=np.float32) for layer in layers}
