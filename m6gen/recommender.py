@@ -455,14 +455,16 @@ def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
 
 
 def run_readout(run, model):
-    """A trained run's collaborative readout over its item table (None: not a run, or none fitted)."""
+    """A trained run's collaborative readout over its item table: the one ``m6gen fit-readout`` fitted,
+    else the one trained with LoRA (``--readout-loss``); None: not a run, or it has none."""
     from m6gen.hybrid import find
     from m6gen.hybrid.readout import load_readout
 
     embedding = find(model)
     if run is None or embedding is None:
         return None
-    return load_readout(run, embedding.table)
+    fitted = load_readout(run, embedding.table)
+    return fitted if fitted is not None else embedding.readout
 
 
 def load_sasrec(folder: str | Path, n_items: int):

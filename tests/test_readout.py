@@ -262,3 +262,134 @@ def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tmp_path
     assert main([*argv, "--decode-prior", "SASRec", "--decode-blend", "2"]) == 0
     alone = next(tmp_path.glob("beams_test-*-sasrec2.jsonl"))
     assert both.read_text() != alone.read_text()  # the readout changed the search
+
+
+def test_collate_marks_the_state_just_before_each_packed_title():
+    from m6gen.training.examples import Example, collate
+
+    # a packed block: prompt [1, 2], then item 4's title [7, 8, 0] and its token 90, then item 6's title [9, 0]
+    block = Example("u", 2, (4, 6), [1, 2], [7, 8, 0, 90, 9, 0], title_starts=(0, 4))
+    single = Example("v", 1, (3,), [1, 5, 5], [6, 0])
+    batch = collate([[single, block]], pad_id=0)
+    at = batch["readout_at"]
+    assert at.tolist() == [[0, 2], [0, 6], [0, 10]]  # each last prompt token, and the token before a later title
+    assert batch["readout_items"].tolist() == [3, 4, 6]
+    assert [int(batch["labels"][r, c + 1]) for r, c in at.tolist()] == [6, 7, 9]  # the state writes the title next
+
+
+@pytest.fixture(scope="module")
+def readout_trained_with_lora(tiny_dirs, tmp_path_factory):
+    """A tiny hybrid run whose readout is trained with LoRA (--readout-loss), history packing on."""
+    from m6gen.training.loop import train
+
+    root = tmp_path_factory.mktemp("joint")
+    source = root / "cf.npy"
+    np.save(source, np.random.default_rng(0).normal(size=(N_ITEMS, 8)).astype(np.float32))
+    config = tiny_config(
+        tiny_dirs,
+        root / "run",
+        template="hybrid",
+        cf_source=str(source),
+        readout_loss=1.0,
+        history_packing="on",
+        history_block=3,
+        cf_dropout=0.0,
+        epochs=3,
+        lr=1e-2,
+        cf_lr_scale=3.0,
+    )
+    train(config)
+    return root / "run", config
+
+
+def test_the_readout_loss_is_the_cross_entropy_of_the_states_its_prompts_end_with(readout_trained_with_lora):
+    """The readout's share of the loss, from packed blocks, equals the readout scored on the last state of
+    each target's own prompt (read apart), so packing teaches it what a prompt would show."""
+    from m6gen.hybrid import find
+    from m6gen.runs import load_trained
+    from m6gen.training.examples import Example, collate, loss_module
+
+    run, _ = readout_trained_with_lora
+    model, tok, _ = load_trained(run)
+    model.eval()
+
+    readout = find(model).readout
+    assert readout is not None and not bool((readout.std == 1).all())  # calibrated, then trained
+    prompt, items = [tok.bos_token_id or 1, 11, 12], (4, 6, 2)
+    offset = find(model).offset
+    titles = [[20 + i, 30 + i, tok.eos_token_id] for i in items]
+    after = [[offset + i] for i in items]  # each target but the last is followed by its collaborative token
+    targets = titles[0] + after[0] + titles[1] + after[1] + titles[2]
+    block = Example("u", 3, items, prompt, targets, title_starts=(0, 4, 8))
+    batch = collate([[block]], tok.pad_token_id, soft_from=offset)
+    inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids", "readout_at", "readout_items")}
+    with torch.no_grad():
+        with_readout, _ = loss_module(model, readout_weight=2.0)(**inputs)
+        without, _ = loss_module(model, readout_weight=0.0)(**inputs)
+    prefixes = [prompt, prompt + titles[0] + after[0], prompt + titles[0] + after[0] + titles[1] + after[1]]
+    states = prompt_states(model, prefixes, tok.pad_token_id, batch_size=1)
+    by_hand = -readout.log_probs(states)[np.arange(3), list(items)].sum()
+    assert float(with_readout - without) == pytest.approx(2.0 * by_hand, rel=1e-4)
+
+
+def test_a_readout_trained_with_lora_is_saved_with_the_adapter_and_searched(readout_trained_with_lora, tiny_dirs):
+    from safetensors.torch import load_file
+
+    from m6gen.recommender import Recommender
+
+    run, _ = readout_trained_with_lora
+    assert json.loads((run / "collaborative.json").read_text())["readout"] is True
+    assert not (run / "readout.safetensors").exists()  # nothing fitted: the adapter holds it
+    saved = load_file(str(run / "adapter_model.safetensors"))
+    weights = [k for k in saved if "cf_readout" in k and k.endswith("project.weight")]
+    assert len(weights) == 1
+    catalog = tiny_world(tiny_dirs, "hybrid")[1].catalog
+    rec = Recommender.from_pretrained(run, catalog, device="cpu", readout_weight=2.0)
+    torch.testing.assert_close(rec.readout.project.weight, saved[weights[0]])
+    histories = [[1, 2, 3], [7, 8]]
+    assert any(h.prior != 0 for beams in rec.generate(histories) for h in beams)
+    with torch.no_grad():  # the search reads this readout: one sure of an item puts it first
+        rec.readout.project.weight.zero_()
+        rec.readout.bias.fill_(-30.0)
+        rec.readout.bias[11] = 30.0
+    assert [beams[0].item for beams in rec.generate(histories)] == [11, 11]
+
+
+def test_the_readout_trained_with_lora_learns_its_training_items(readout_trained_with_lora, tiny_dirs):
+    """Against the same run's readout before training (calibrated, untrained: uniform up to the
+    bias), the trained one gives the next training items a higher likelihood."""
+    import dataclasses
+
+    from m6gen.runs import load_trained
+    from m6gen.training.examples import collate, loss_module
+    from m6gen.training.loop import prepare_run
+
+    run, config = readout_trained_with_lora
+    fresh = prepare_run(dataclasses.replace(config, output_dir=str(run.parent / "fresh"), max_steps=1))
+    trained, _, _ = load_trained(run)
+    examples = fresh.epochs[0][0][:16]
+    batch = collate([[ex] for ex in examples], fresh.tokenizer.pad_token_id, fresh.soft_from)
+    inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids", "readout_at", "readout_items")}
+
+    def readout_loss(model) -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss_module(model, readout_weight=1.0)(**inputs)[0] - loss_module(model)(**inputs)[0])
+
+    assert readout_loss(trained) < readout_loss(fresh.model) - 0.1 * len(batch["readout_items"])
+
+
+def test_a_readout_loss_needs_collaborative_vectors(tiny_dirs, tmp_path):
+    from m6gen.config import TrainError
+
+    with pytest.raises(TrainError, match="readout_loss: .*--cf-source"):
+        tiny_config(tiny_dirs, tmp_path / "r", readout_loss=1.0)
+
+
+def test_eval_searches_with_a_readout_trained_with_lora(readout_trained_with_lora, tmp_path):
+    from m6gen.commands.eval import main
+
+    run, _ = readout_trained_with_lora
+    argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--baselines", ""]
+    assert main([*argv, "--decode-prior", "Readout", "--decode-blend", "2", "--weights", ""]) == 0
+    assert "m6gen + Readout in decoding (w 2)" in json.loads((tmp_path / "eval_test.json").read_text())

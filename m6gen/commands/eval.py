@@ -284,7 +284,8 @@ def run(args) -> int:
     with_readout = args.decode_prior.endswith("Readout")  # the run's own readout joins the --decode-blend rows
     if decode_blend and with_readout and rec.readout is None:
         raise UsageError(
-            f"--decode-prior {args.decode_prior}: {args.model} has no readout (m6gen fit-readout --model <run>)"
+            f"--decode-prior {args.decode_prior}: {args.model} has no readout "
+            "(m6gen fit-readout --model <run>, or train with --readout-loss)"
         )
     score_col = {name: col for col, name in SCORE_COLUMNS}[rec.config.rank_by]
     ks = (5, 10, 20)
@@ -306,7 +307,8 @@ def run(args) -> int:
             from m6gen.hybrid.placeholders import READOUT_FILE, READOUT_INFO
 
             folder = out / "baselines" / "sasrec" if args.decode_prior.startswith("SASRec") else None
-            readout_files = [Path(args.model, READOUT_FILE), Path(args.model, READOUT_INFO)]
+            # a fitted readout's files; one trained with LoRA is in the adapter, which the fingerprint covers
+            readout_files = [p for p in (Path(args.model, READOUT_FILE), Path(args.model, READOUT_INFO)) if p.is_file()]
             fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=folder, files=readout_files)}"
         elif args.decode_prior == "SASRec":
             fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=out / 'baselines' / 'sasrec')}"

@@ -73,12 +73,23 @@ class HybridArgs:
     )
     cf_lr_scale: float = option(
         1.0,
-        "the projector's learning rate as a multiple of --lr (it starts from scratch, while LoRA adapts a "
-        "trained model)",
+        "the projectors' (and a --readout-loss readout's) learning rate as a multiple of --lr (they start from "
+        "scratch, while LoRA adapts a trained model)",
+    )
+
+    readout_loss: float = option(
+        0.0,
+        "train a collaborative readout with LoRA (E4SRec-style: the state before each next item's title scored "
+        "against every item's vector): the weight of its cross-entropy per next item, added to the title tokens' "
+        "summed loss. It learns at the projectors' rate and is saved with the adapter; --decode-prior Readout "
+        "searches with it (0: none; needs --cf-source)",
     )
 
     def __post_init__(self):
         at_least(self, 1, "cf_hidden")
+        at_least(self, 0, "readout_loss")
+        if self.readout_loss and not self.cf_source:
+            raise TrainError("readout_loss: the readout scores items by their collaborative vectors: give --cf-source")
         at_least(self, 0, "cf_align_steps")
         if not self.cf_lr_scale > 0:
             raise TrainError(f"cf_lr_scale: expected a number > 0, got {self.cf_lr_scale}")

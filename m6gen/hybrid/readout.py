@@ -3,14 +3,20 @@ catalog item's collaborative vector, after E4SRec's item head (Li et al., 2023).
 
 The model reads collaborative tokens in (``{{ it.cf }}``, ``{{ it.state }}``), but writes titles out:
 what it learned of the collaborative signal must then pass through the title tokens' LoRA-tuned
-logits. The readout is a second way out, trained apart from LoRA on the frozen model's prompt states::
+logits. The readout is a second way out::
 
     score(item | prompt) = (W · normalize(h_prompt)) · e_item + b_item
 
-``e_item``: the run's frozen item table (zero for an item without a vector), ``W`` and ``b``: fitted by
-full-softmax cross-entropy on the next item of training prefixes. Its log-probabilities join the
-beam search as an item prior (:func:`m6gen.decoding.search.constrained_beam_search`), so outputs are
-still titles under the trie. Saved in the run folder (``readout.safetensors``, ``readout.json``).
+``e_item``: the run's frozen item table (zero for an item without a vector), ``W`` and ``b``: trained by
+full-softmax cross-entropy on the next item of training prefixes, in one of two ways:
+
+- after training, on the frozen model's prompt states (``m6gen fit-readout``), saved in the run folder
+  (``readout.safetensors``, ``readout.json``);
+- with LoRA (``m6gen train --readout-loss``), so that every packed next item teaches it and the states
+  are shaped for it (E4SRec's setup), saved with the adapter as ``cf_readout``.
+
+A run with both uses the fitted file. Its log-probabilities join the beam search as an item prior
+(:func:`m6gen.decoding.search.constrained_beam_search`), so outputs are still titles under the trie.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ class ItemReadout(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """(B, width) prompt states -> (B, items) logits."""
-        x = (states.float() - self.mean) / self.std
-        return self.project(x) @ self.items.T + self.bias
+        x = ((states.float() - self.mean.float()) / self.std.float()).to(self.project.weight.dtype)
+        return self.project(x).float() @ self.items.float().T + self.bias.float()
 
     @torch.no_grad()
     def log_probs(self, states: np.ndarray | torch.Tensor) -> np.ndarray:

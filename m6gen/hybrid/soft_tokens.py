@@ -36,6 +36,7 @@ from m6gen.hybrid.placeholders import (
 
 PROJECTOR = "cf_projector"  # the module name peft's modules_to_save matches
 STATE_PROJECTOR = "cf_state_projector"  # the user-state tokens' projector, when the run has them
+READOUT = "cf_readout"  # a collaborative readout trained with LoRA (--readout-loss), when the run has one
 
 
 def _projector(dim: int, hidden: int, width: int, like: torch.Tensor) -> nn.Sequential:
@@ -75,6 +76,22 @@ class CollaborativeEmbedding(nn.Module):
     @property
     def has_states(self) -> bool:
         return self.sequence is not None
+
+    def add_readout(self) -> None:
+        """Give the model an item readout trained with LoRA (``--readout-loss``), over this table; peft
+        trains and saves it with the adapter, as the projectors."""
+        from m6gen.hybrid.readout import ItemReadout
+
+        self.cf_readout = ItemReadout(self.table.vectors, self.text.weight.shape[1]).to(self.text.weight.device)
+
+    @property
+    def readout(self):
+        """The readout trained with LoRA (:class:`~m6gen.hybrid.readout.ItemReadout`; peft's trained copy
+        once the adapter is on), or None."""
+        module = getattr(self, READOUT, None)
+        if module is not None and hasattr(module, "modules_to_save"):  # peft's ModulesToSaveWrapper
+            module = module.modules_to_save[module.active_adapters[0]]
+        return module
 
     @torch.no_grad()
     def _match_token_scale(self, projector: nn.Sequential, inputs: torch.Tensor) -> None:
@@ -172,6 +189,7 @@ class CollaborativeEmbedding(nn.Module):
             "offset": self.offset,
             "known_items": int(self.table.known.sum()),
             "states": self.has_states,
+            "readout": hasattr(self, READOUT),
         }
 
     def save(self, folder: str | Path) -> None:
@@ -232,4 +250,7 @@ def attach_saved(model, folder: str | Path, tokenizer) -> CollaborativeEmbedding
         if not (folder / SEQUENCE_FOLDER / "sasrec.pt").is_file():
             raise CollaborativeError(f"{folder}: {INFO_FILE} names user-state tokens but {SEQUENCE_FOLDER}/ is missing")
         sequence = SASRec.load(folder / SEQUENCE_FOLDER)
-    return attach(model, table, info["offset"], info["hidden"], sequence)
+    embedding = attach(model, table, info["offset"], info["hidden"], sequence)
+    if info.get("readout"):
+        embedding.add_readout()  # its weights come with the adapter
+    return embedding

@@ -33,6 +33,8 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
     embedding = attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden, sequence=sequence)
     if cfg.cf_align_steps:
         align(cfg, embedding, tokenizer, template, catalog, split, say)
+    if cfg.readout_loss:
+        embedding.add_readout()
     return embedding
 
 

@@ -70,6 +70,7 @@ class Example:
     items: tuple[int, ...]  # catalog indices of the targets, in order
     prompt_ids: list[int]
     target_ids: list[int]  # each target's title ids + EOS, concatenated
+    title_starts: tuple[int, ...] = (0,)  # where each target's title begins in target_ids
 
     @property
     def item(self) -> int:
@@ -301,8 +302,9 @@ def build_block_examples(
     examples, dropped = [], 0
     for (u, a, b), p in zip(blocks, encode_prompts(tokenizer, prompts)):
         items = tuple(train[u][a:b])
-        targets = [t for j, i in enumerate(items) for t in target_ids[i] + (after(i) if j < len(items) - 1 else [])]
-        ex = Example(u, a, items, p, targets)
+        per_item = [target_ids[i] + (after(i) if j < len(items) - 1 else []) for j, i in enumerate(items)]
+        starts = tuple(int(x) for x in np.cumsum([0] + [len(t) for t in per_item[:-1]]))
+        ex = Example(u, a, items, p, [t for ids in per_item for t in ids], starts)
         if max_len is not None and len(ex) > max_len:
             dropped += 1
             continue
@@ -354,7 +356,9 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
 
     Returns ``input_ids``, ``labels`` (target ids where the loss applies, -100 elsewhere; the
     model predicts ``labels[:, j]`` at position ``j - 1``), ``position_ids`` (restarting at 0
-    for each example and for the padding), and ``n_tokens``/``n_targets`` (non-pad and target
+    for each example and for the padding), ``readout_at`` ((N, 2) row and column of the position
+    just before each target's title, where a prompt for that target would end) with
+    ``readout_items`` ((N,) those targets), and ``n_tokens``/``n_targets`` (non-pad and target
     token counts). Ids from ``soft_from`` on (collaborative tokens inside a packed block) are
     inputs only: their label is -100.
     """
@@ -365,11 +369,14 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, L)
     pos = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
     n_tokens = 0
+    readout_at, readout_items = [], []
     for b, row in enumerate(rows):
         at = 0
         for ex in row:
             seq = ex.prompt_ids + ex.target_ids
             n = len(seq)
+            readout_at += [(b, at + len(ex.prompt_ids) + start - 1) for start in ex.title_starts]
+            readout_items += ex.items
             ids[b, at : at + n] = torch.tensor(seq)
             target = torch.tensor(ex.target_ids)
             if soft_from is not None:
@@ -383,13 +390,19 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
         "input_ids": ids,
         "labels": labels,
         "position_ids": pos,
+        "readout_at": torch.tensor(readout_at, dtype=torch.long).reshape(-1, 2),
+        "readout_items": torch.tensor(readout_items, dtype=torch.long),
         "n_tokens": n_tokens,
         "n_targets": int((labels != IGNORE).sum()),
     }
 
 
-def loss_module(model, fast_head: bool = True):
+def loss_module(model, fast_head: bool = True, readout_weight: float = 0.0):
     """A ``torch.nn.Module`` wrapping ``model`` whose forward returns (sum of target-token losses, count).
+
+    ``readout_weight``: with a model that has a collaborative readout (``--readout-loss``), its
+    cross-entropy on each target item, read at the position before the item's title, is added to
+    the sum with this weight.
 
     ``fast_head``: run the decoder body, then the output layer only at positions that predict a
     target token (a few percent of a packed batch), instead of full-vocabulary logits everywhere.
@@ -404,17 +417,19 @@ def loss_module(model, fast_head: bool = True):
     from m6gen.hybrid.soft_tokens import find
 
     class TargetLoss(torch.nn.Module):
-        def __init__(self, model, fast_head: bool):
+        def __init__(self, model, fast_head: bool, readout_weight: float):
             super().__init__()
             self.model = model
             self.fast_head = fast_head
+            self.readout_weight = readout_weight
 
-        def forward(self, input_ids, labels, position_ids, attention_mask=None):
+        def forward(self, input_ids, labels, position_ids, attention_mask=None, readout_at=None, readout_items=None):
             lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             target = labels[:, 1:]  # (B, L-1): the token each position predicts
             keep = target != IGNORE  # (B, L-1)
             kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
             collaborative = find(lm)
+            readout = collaborative.readout if collaborative is not None and self.readout_weight else None
             # user-state tokens read the history of their own packed example only
             examples = collaborative.segments(position_ids) if collaborative is not None else nullcontext()
             with examples:
@@ -422,11 +437,45 @@ def loss_module(model, fast_head: bool = True):
                     hidden = lm.base_model(**kw).last_hidden_state  # (B, L, H)
                     logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # (T, V)
                 else:
-                    logits = lm(**kw).logits[:, :-1][keep]  # (T, V)
+                    out = lm(**kw, output_hidden_states=readout is not None)
+                    logits = out.logits[:, :-1][keep]  # (T, V)
+                    hidden = out.hidden_states[-1] if readout is not None else None  # the last layer, normed
             loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+            if readout is not None and readout_at is not None and len(readout_at):
+                item_logits = readout(hidden[readout_at[:, 0], readout_at[:, 1]])  # (N, items)
+                item_loss = torch.nn.functional.cross_entropy(item_logits, readout_items, reduction="sum")
+                loss = loss + self.readout_weight * item_loss
             return loss, keep.sum()
 
-    return TargetLoss(model, fast_head)
+    return TargetLoss(model, fast_head, readout_weight)
+
+
+def calibrate_readout(module, examples: list[Example], pad_id: int, soft_from: int | None = None) -> int:
+    """Standardize a fresh collaborative readout's input by the states it reads on ``examples`` (the
+    same on every process); returns how many states were read (0: no readout, or it is not fresh)."""
+    import torch
+
+    from m6gen.hybrid.soft_tokens import find
+
+    lm = module.model.get_base_model() if hasattr(module.model, "get_base_model") else module.model
+    collaborative = find(lm)
+    readout = collaborative.readout if collaborative is not None else None
+    if readout is None or bool(readout.mean.any()) or not bool((readout.std == 1).all()):
+        return 0  # none, or trained already (--init-adapter, a checkpoint)
+    batch = collate([[ex] for ex in examples], pad_id, soft_from)
+    device = readout.mean.device
+    was_training = module.training
+    module.eval()
+    with torch.no_grad(), collaborative.segments(batch["position_ids"].to(device)):
+        hidden = lm.base_model(
+            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+        ).last_hidden_state
+    module.train(was_training)
+    at = batch["readout_at"].to(device)
+    states = hidden[at[:, 0], at[:, 1]].float()
+    readout.mean.copy_(states.mean(0))
+    readout.std.copy_(states.std(0).clamp(min=1e-6) if len(states) > 1 else torch.ones_like(readout.std))
+    return len(states)
 
 
 def check_loss_paths(
@@ -445,7 +494,13 @@ def check_loss_paths(
         try:
             with torch.no_grad():
                 b = collate(rows, pad_id, soft_from)
-                loss, n = module(b["input_ids"], b["labels"], b["position_ids"])
+                loss, n = module(
+                    b["input_ids"],
+                    b["labels"],
+                    b["position_ids"],
+                    readout_at=b["readout_at"],
+                    readout_items=b["readout_items"],
+                )
         finally:
             module.fast_head = old
         return float(loss)

@@ -212,7 +212,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         from m6gen.recommender import load_sasrec
 
         retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
-    module = td.loss_module(peft_model)
+    module = td.loss_module(peft_model, readout_weight=cfg.readout_loss)
     world = acc.num_processes
     sources = ExampleSources(template, tokenizer, dataset, split, target_ids, collaborative, retriever)
     plan = plan_epochs(cfg, sources, module, world)
@@ -221,6 +221,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         note = "packing off" if plan.fast_head else "full logits"
         acc.print(f"note: this model's loss differs with the shortcut; {note}")
     soft_from = collaborative.offset if collaborative is not None else None
+    if td.calibrate_readout(module, plan.epochs[0][0][:32], tokenizer.pad_token_id, soft_from):
+        acc.print(f"readout trained with LoRA, weight {cfg.readout_loss:g} per next item")
     total_steps = n_steps if cfg.max_steps is None else min(n_steps, cfg.max_steps)
     n_users = len(split.users)
     pick = np.random.default_rng(cfg.seed).choice(n_users, min(cfg.eval_users, n_users), replace=False)
@@ -334,7 +336,8 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float
     for m, rows in enumerate(batches):
         batch = collate(rows, run.tokenizer.pad_token_id, run.soft_from)
         with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
-            loss_sum, _ = module(*(batch[key].to(acc.device) for key in ("input_ids", "labels", "position_ids")))
+            inputs = ("input_ids", "labels", "position_ids", "readout_at", "readout_items")
+            loss_sum, _ = module(**{key: batch[key].to(acc.device) for key in inputs})
             # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,
             # hence the factor world): packing, batching and accumulation leave the loss unchanged.
             acc.backward(loss_sum * (world / n_targets))
@@ -467,12 +470,13 @@ def train(
 
 
 def parameter_groups(model, cfg: TrainConfig) -> list[dict]:
-    """The trainable parameters for the optimizer: LoRA's at ``--lr``, the collaborative projectors' at
-    ``--lr`` x ``--cf-lr-scale`` (their own group only when the scale differs, so runs without it are unchanged)."""
-    from m6gen.hybrid.soft_tokens import PROJECTOR, STATE_PROJECTOR
+    """The trainable parameters for the optimizer: LoRA's at ``--lr``, the collaborative projectors' and
+    readout's at ``--lr`` x ``--cf-lr-scale`` (their own group only when the scale differs, so runs
+    without it are unchanged)."""
+    from m6gen.hybrid.soft_tokens import PROJECTOR, READOUT, STATE_PROJECTOR
 
     def is_projector(name: str) -> bool:
-        return f".{PROJECTOR}." in f".{name}." or f".{STATE_PROJECTOR}." in f".{name}."
+        return any(f".{module}." in f".{name}." for module in (PROJECTOR, STATE_PROJECTOR, READOUT))
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     projector = [p for n, p in trainable if is_projector(n)]

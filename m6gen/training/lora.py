@@ -67,14 +67,15 @@ def resolve_target_modules(model, requested: list[str] | None) -> list[str]:
 
 def attach_lora(cfg: TrainConfig, base, collaborative=None):
     """The peft model: LoRA on ``cfg.target_modules`` (and ``--init-adapter``'s weights); the projectors of
-    ``collaborative``'s tokens (a ``CollaborativeEmbedding``) train and are saved with the adapter."""
+    ``collaborative``'s tokens (a ``CollaborativeEmbedding``) and its readout train and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from m6gen.hybrid.soft_tokens import PROJECTOR, STATE_PROJECTOR
+    from m6gen.hybrid.soft_tokens import PROJECTOR, READOUT, STATE_PROJECTOR
 
     projectors = None
     if collaborative is not None:
         projectors = [PROJECTOR, STATE_PROJECTOR] if collaborative.has_states else [PROJECTOR]
+        projectors += [READOUT] if collaborative.readout is not None else []
 
     lora = LoraConfig(
         r=cfg.lora_r,
