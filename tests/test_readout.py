@@ -393,3 +393,22 @@ def test_eval_searches_with_a_readout_trained_with_lora(readout_trained_with_lor
     argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--baselines", ""]
     assert main([*argv, "--decode-prior", "Readout", "--decode-blend", "2", "--weights", ""]) == 0
     assert "m6gen + Readout in decoding (w 2)" in json.loads((tmp_path / "eval_test.json").read_text())
+
+
+def test_the_training_log_keeps_the_title_loss_apart_from_the_readouts(tiny_dirs, tmp_path):
+    """LoRA's B starts at zero, so the first step's title loss is the same with and without a readout:
+    the logged ``loss`` must not include the readout's, which gets a column of its own."""
+    import csv
+
+    from m6gen.training.loop import train
+
+    source = tmp_path / "cf.npy"
+    np.save(source, np.random.default_rng(0).normal(size=(N_ITEMS, 8)).astype(np.float32))
+    logs = {}
+    for weight in (0.0, 2.0):
+        out = tmp_path / f"w{weight}"
+        train(tiny_config(tiny_dirs, out, template="hybrid", cf_source=str(source), readout_loss=weight, max_steps=1))
+        logs[weight] = list(csv.DictReader((out / "train_log.csv").open()))[0]
+    assert "readout_loss" not in logs[0.0]
+    assert float(logs[2.0]["loss"]) == pytest.approx(float(logs[0.0]["loss"]), rel=1e-5)
+    assert 0.5 * np.log(N_ITEMS) < float(logs[2.0]["readout_loss"]) < 3 * np.log(N_ITEMS)

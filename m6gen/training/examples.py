@@ -402,7 +402,8 @@ def loss_module(model, fast_head: bool = True, readout_weight: float = 0.0):
 
     ``readout_weight``: with a model that has a collaborative readout (``--readout-loss``), its
     cross-entropy on each target item, read at the position before the item's title, is added to
-    the sum with this weight.
+    the sum with this weight; after each forward, ``item_loss`` and ``items_read`` hold that
+    cross-entropy's sum (unweighted, detached) and its count, for the training log.
 
     ``fast_head``: run the decoder body, then the output layer only at positions that predict a
     target token (a few percent of a packed batch), instead of full-vocabulary logits everywhere.
@@ -422,6 +423,7 @@ def loss_module(model, fast_head: bool = True, readout_weight: float = 0.0):
             self.model = model
             self.fast_head = fast_head
             self.readout_weight = readout_weight
+            self.item_loss, self.items_read = 0.0, 0
 
         def forward(self, input_ids, labels, position_ids, attention_mask=None, readout_at=None, readout_items=None):
             lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -441,10 +443,12 @@ def loss_module(model, fast_head: bool = True, readout_weight: float = 0.0):
                     logits = out.logits[:, :-1][keep]  # (T, V)
                     hidden = out.hidden_states[-1] if readout is not None else None  # the last layer, normed
             loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+            self.item_loss, self.items_read = 0.0, 0
             if readout is not None and readout_at is not None and len(readout_at):
                 item_logits = readout(hidden[readout_at[:, 0], readout_at[:, 1]])  # (N, items)
                 item_loss = torch.nn.functional.cross_entropy(item_logits, readout_items, reduction="sum")
                 loss = loss + self.readout_weight * item_loss
+                self.item_loss, self.items_read = float(item_loss.detach()), len(readout_items)
             return loss, keep.sum()
 
     return TargetLoss(model, fast_head, readout_weight)

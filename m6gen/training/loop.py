@@ -318,8 +318,17 @@ def run_validation(run: Run) -> dict[str, float]:
     }
 
 
-def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float, int]:
-    """One optimizer step (0-based ``step``) over its micro-batches; returns (mean target-token loss, tokens)."""
+@dataclass(frozen=True)
+class StepLoss:
+    """What one optimizer step logs."""
+
+    loss: float  # mean cross-entropy per target (title) token
+    tokens: int  # non-pad tokens read, all processes
+    readout_loss: float | None = None  # mean cross-entropy per next item under the readout (--readout-loss)
+
+
+def train_step(run: Run, module, optimizer, scheduler, step: int) -> StepLoss:
+    """One optimizer step (0-based ``step``) over its micro-batches."""
     import contextlib
 
     import torch
@@ -332,7 +341,9 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float
     n_targets = sum(t < soft_from for b in batches for row in b for ex in row for t in ex.target_ids)
     n_targets = torch.tensor(float(n_targets), device=acc.device)
     n_targets = float(acc.reduce(n_targets, "sum")) if world > 1 else float(n_targets)
-    stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (loss sum, tokens) of this process
+    # (loss sum, tokens, readout loss sum, next items it read) of this process
+    stats = torch.zeros(4, dtype=torch.float64, device=acc.device)
+    inner = acc.unwrap_model(module)  # the loss module, whose readout share the wrapper does not pass on
     for m, rows in enumerate(batches):
         batch = collate(rows, run.tokenizer.pad_token_id, run.soft_from)
         with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
@@ -341,8 +352,10 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float
             # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,
             # hence the factor world): packing, batching and accumulation leave the loss unchanged.
             acc.backward(loss_sum * (world / n_targets))
-        stats[0] += float(loss_sum.detach())
+        stats[0] += float(loss_sum.detach()) - inner.readout_weight * inner.item_loss
         stats[1] += batch["n_tokens"]
+        stats[2] += inner.item_loss
+        stats[3] += inner.items_read
     if run.cfg.max_grad_norm > 0:
         acc.clip_grad_norm_(module.parameters(), run.cfg.max_grad_norm)
     optimizer.step()
@@ -350,7 +363,8 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> tuple[float
     optimizer.zero_grad(set_to_none=True)
     if world > 1:
         stats = acc.reduce(stats, "sum")
-    return float(stats[0]) / n_targets, int(stats[1])
+    readout_loss = float(stats[2] / stats[3]) if stats[3] else None
+    return StepLoss(float(stats[0]) / n_targets, int(stats[1]), readout_loss)
 
 
 def train(
@@ -397,7 +411,8 @@ def train(
         acc.print(f"resuming {out} at step {state['step']} of {run.total_steps}")
     keep = state["step"] if run.mode == "resume" else None
     if acc.is_main_process:
-        train_log = CsvLog(out / "train_log.csv", ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s"], keep)
+        columns = ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s"]
+        train_log = CsvLog(out / "train_log.csv", columns + (["readout_loss"] if cfg.readout_loss else []), keep)
         valid_log = CsvLog(out / "valid_log.csv", ["step", f"HR@{k}", f"NDCG@{k}", "seconds"], keep)
 
     def evaluate_and_save(step: int) -> None:
@@ -434,7 +449,8 @@ def train(
         while state["step"] < run.total_steps and not state["stopped_early"]:
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
-            loss, tokens = train_step(run, module, optimizer, scheduler, state["step"])
+            logged = train_step(run, module, optimizer, scheduler, state["step"])
+            loss, tokens = logged.loss, logged.tokens
             seconds = time.perf_counter() - t0
             state["step"] += 1
             step = state["step"]
@@ -449,11 +465,13 @@ def train(
                         "lr": lr,
                         "tokens_per_s": tokens / seconds,
                         "elapsed_s": state["train_seconds"],
+                        **({"readout_loss": logged.readout_loss} if cfg.readout_loss else {}),
                     }
                 )
             last_eval = {f"ndcg@{k}": f"{state['evals'][-1][f'NDCG@{k}']:.4f}"} if state["evals"] else {}
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / seconds:.0f}", **last_eval)
+            readout = {"readout": f"{logged.readout_loss:.2f}"} if logged.readout_loss is not None else {}
+            bar.set_postfix(loss=f"{loss:.3f}", **readout, tok_s=f"{tokens / seconds:.0f}", **last_eval)
             if step_callback is not None:
                 step_callback(step, loss)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == run.total_steps:
