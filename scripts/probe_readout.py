@@ -7,7 +7,8 @@ For ``--users`` random users whose validation item has a collaborative vector, o
 reads its last ``--per-user`` training pairs (as ``fit-readout`` does) and, at the end of its training
 items, its validation prompt: about 1 s per user on 2 CPU cores. A readout is then fitted on the
 training pairs at each of ``--layers`` (0: the input embeddings; the run's readout reads the last),
-and on the last layer with half the users' pairs; each ranks the validation items over the whole
+on the last layer with half the users' pairs, and with each of ``--distill``'s shares of the loss
+distilled from the run's SASRec; each ranks the validation items over the whole
 catalog, train items excluded, beside the run's SASRec on the same users.
 """
 
@@ -22,6 +23,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=400, help="users probed (random, seeded)")
     p.add_argument("--per-user", type=int, default=10, help="training pairs per user, as fit-readout's")
     p.add_argument("--layers", default="0,6,12,18,24,27,30", help="hidden-state layers to fit a readout on")
+    p.add_argument(
+        "--distill",
+        default="",
+        help="shares of the loss distilled from the run's SASRec (fit-readout's --readout-distill), each fitted "
+        "on the last of --layers, e.g. 0.5,1",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     return p
@@ -87,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             scores[r, split.train[u]] = -np.inf
         return float(per_user_scores(list(np.argsort(-scores, axis=1)[:, :10]), targets, 10)["NDCG"].mean())
 
-    def row(name: str, layer: int, keep: np.ndarray) -> str:
+    def row(name: str, layer: int, keep: np.ndarray, distill: float = 0.0) -> str:
         fit_rows = ~is_valid & keep
-        readout, fit = fit_readout(states[layer][fit_rows], pairs.targets[fit_rows], owner[fit_rows], table.vectors)
+        readout, fit = fit_readout(
+            states[layer][fit_rows],
+            pairs.targets[fit_rows],
+            owner[fit_rows],
+            table.vectors,
+            teacher=teacher[fit_rows] if distill else None,
+            distill=distill,
+        )
         score = ndcg(readout.log_probs(states[layer][is_valid]))
         return f"| {name} | {int(fit_rows.sum())} | {fit.first_loss:.2f} -> {fit.held_out_loss:.2f} | {score:.4f} |"
 
@@ -105,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print(row(f"layer {layer}", layer, everyone), flush=True)
     half = np.isin(owner, users[: len(users) // 2])
     print(row(f"layer {layers[-1]}, half the users' pairs", layers[-1], half))
+    if args.distill:  # the run's SASRec (its state tokens' model) on each pair's whole training history
+        teacher = rec.collaborative.sequence.score(pairs.histories)
+        for share in (float(x) for x in args.distill.split(",")):
+            print(row(f"layer {layers[-1]}, {share:g} distilled from SASRec", layers[-1], everyone, share), flush=True)
     return 0
 
 

@@ -37,6 +37,8 @@ def test_training_windows_are_the_last_training_positions_with_a_known_next_item
         ("a", [2, 3, 4], [2, 3], [4, 5]),
         ("b", [4], [1], [5]),
     ]
+    # a teacher reads each pair's whole training history, not only the items the prompt shows
+    assert [windows[0].history(c) for c in windows[0].cuts] == [[0, 1, 2, 3], [0, 1, 2, 3, 4]]
 
 
 def test_window_pairs_read_prefixes_in_one_prompt_and_others_alone():
@@ -50,6 +52,31 @@ def test_window_pairs_read_prefixes_in_one_prompt_and_others_alone():
     assert closing.prompt_ids == [[9, 12, 13, 14, 99], [9, 12, 13, 99]]  # the last pair's prompt is the whole
     assert closing.positions == [[4], [3]]
     assert closing.targets.tolist() == [5, 4]  # in the order the states are read
+    assert closing.histories == [[2, 3, 4], [2, 3]]  # each pair's history, in the same order
+
+
+def test_a_distilled_readout_learns_more_from_the_teachers_distributions_than_from_its_draws():
+    # the true next items are drawn from the teacher, whose logits are a linear readout of the states:
+    # 180 draws say less than the 180 distributions they were drawn from
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(12, 4)).astype(np.float32)
+    states = rng.normal(size=(180, 10)).astype(np.float32)
+    teacher = (states @ rng.normal(size=(10, 4)).astype(np.float32)) @ table.T
+    chances = np.exp(teacher) / np.exp(teacher).sum(1, keepdims=True)
+    drawn = np.array([rng.choice(12, p=row) for row in chances])
+    users = [f"u{i // 6}" for i in range(180)]
+
+    def fitted(distill: float):
+        readout, fit = fit_readout(
+            states, drawn, users, table, epochs=150, lr=3e-2, weight_decay=0.0, teacher=teacher, distill=distill
+        )
+        return float((readout.log_probs(states).argmax(1) == teacher.argmax(1)).mean()), fit
+
+    (distilled, by_teacher), (alone, by_draws) = fitted(1.0), fitted(0.0)
+    assert distilled > 0.9 and alone < 0.85
+    assert by_teacher.held_out_loss < by_draws.held_out_loss - 0.1  # on the held-out users' true items
+    with pytest.raises(ValueError, match="teacher"):
+        fit_readout(states, drawn, users, table, distill=0.5)
 
 
 def test_states_read_inside_a_prompt_equal_the_states_of_its_prefixes():
@@ -212,6 +239,32 @@ def test_the_readout_prior_joins_the_search_as_the_runs_own(hybrid_run, tiny_dir
     assert [r.items[0].item_id for r in top] == [11, 11]
 
 
+def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
+    """--readout-distill reads the SASRec the run's tokens came from; a run with no SASRec behind its
+    tokens gets a one-line error naming the option."""
+    from m6gen.baselines.sasrec import SASRec, SASRecConfig
+    from m6gen.commands.fit_readout import _teacher, main
+    from m6gen.recommender import Recommender
+    from m6gen.training.loop import train
+
+    torch.manual_seed(0)
+    SASRec(N_ITEMS, SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)).save(tmp_path / "sasrec")
+    train(tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(tmp_path / "sasrec"), epochs=1))
+    catalog = tiny_world(tiny_dirs, "hybrid")[1].catalog
+    teacher = _teacher(Recommender.from_pretrained(tmp_path / "run", catalog, device="cpu"), "run", N_ITEMS)
+    saved = SASRec.load(tmp_path / "sasrec")
+    np.testing.assert_array_equal(teacher.score([[1, 2, 3]]), saved.score([[1, 2, 3]]))
+    argv = ["--model", str(tmp_path / "run"), "--readout-epochs", "3", "--no-progress"]
+    from safetensors.torch import load_file
+
+    assert main([*argv, "--readout-distill", "1"]) == 0
+    distilled = load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"]
+    assert main(argv) == 0  # the same pairs, the true next items only: another fit
+    assert not torch.equal(load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"], distilled)
+    assert main([*argv, "--readout-distill", "1.5"]) == 2
+    assert "readout_distill" in capsys.readouterr().err
+
+
 def test_readout_errors_are_one_line(hybrid_run, tiny_dirs, tmp_path, capsys):
     from m6gen.commands.fit_readout import main
     from m6gen.recommender import Recommender
@@ -233,6 +286,9 @@ def test_readout_errors_are_one_line(hybrid_run, tiny_dirs, tmp_path, capsys):
     argv = ["--model", str(tmp_path / "plain"), "--out", str(tmp_path / "e"), "--no-progress", "--beams", "4"]
     assert eval_main([*argv, "--decode-prior", "Readout", "--decode-blend", "1", "--baselines", ""]) == 2
     assert "has no readout" in capsys.readouterr().err
+    run, _ = hybrid_run  # tokens from a .npy file: no SASRec to distil from
+    assert main(["--model", str(run), "--readout-distill", "0.5", "--no-progress"]) == 2
+    assert "--readout-distill" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_eval_searches_with_the_readout_and_chooses_among_its_rows_on_validation(hybrid_run, tmp_path):

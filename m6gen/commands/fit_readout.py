@@ -3,6 +3,7 @@ its frozen prompt states and saved in the run folder.
 
 m6gen fit-readout --model runs/hybrid-state-400                 # about 15 min on 2 CPU cores
 m6gen fit-readout --model runs/my-run --readout-per-user 5 --readout-epochs 50
+m6gen fit-readout --model runs/hybrid-state-400 --readout-distill 0.5   # half the loss from the run's SASRec
 m6gen eval --model runs/my-run --decode-prior Readout --decode-blend 1,3 --choose-on-valid
 m6gen recommend --model runs/my-run --readout-weight 3
 """
@@ -31,16 +32,24 @@ class ReadoutArgs:
     readout_held_out: float = option(
         0.1, "fraction of users whose pairs choose the epoch (never validation or test items)"
     )
+    readout_distill: float = option(
+        0.0,
+        "share of the loss (0..1) that matches the run's SASRec's next-item distribution on the same training "
+        "history (knowledge distillation; the SASRec behind its state tokens, or its --cf-source folder); "
+        "the rest is the true next item's cross-entropy",
+    )
     readout_batch_size: int = option(16, "prompts per forward pass")
     readout_seed: int = option(0, "seed of the held-out users and the minibatches")
 
     def __post_init__(self):
         at_least(self, 1, "readout_per_user", "readout_epochs", "readout_batch_size")
         at_least(self, 0, "readout_lr", "readout_weight_decay", "readout_held_out")
-        if self.readout_held_out >= 1:
-            from m6gen.config import ConfigError
+        from m6gen.config import ConfigError
 
+        if self.readout_held_out >= 1:
             raise ConfigError(f"readout_held_out: a fraction below 1, got {self.readout_held_out}")
+        if not 0 <= self.readout_distill <= 1:
+            raise ConfigError(f"readout_distill: a share between 0 and 1, got {self.readout_distill}")
 
 
 GROUPS = [DataArgs, ModelArgs, DeviceArgs, ReadoutArgs, RuntimeArgs]
@@ -86,6 +95,9 @@ def run(args) -> int:
             args.readout_batch_size,
             bar.update,
         )
+    teacher = None
+    if args.readout_distill:
+        teacher = _teacher(rec, args.model, len(ds.catalog)).score(pairs.histories)
     readout, fit = fit_readout(
         states,
         pairs.targets,
@@ -96,6 +108,8 @@ def run(args) -> int:
         weight_decay=args.readout_weight_decay,
         held_out=args.readout_held_out,
         seed=args.readout_seed,
+        teacher=teacher,
+        distill=args.readout_distill,
     )
     save_readout(readout, args.model, fit, table.fingerprint)
     print(
@@ -104,6 +118,24 @@ def run(args) -> int:
         f"({time.perf_counter() - t0:.0f} s)"
     )
     return 0
+
+
+def _teacher(rec, model: str, n_items: int):
+    """The SASRec to distil from: the one behind the run's state tokens, else its --cf-source folder."""
+    from pathlib import Path
+
+    from m6gen.commands.common import UsageError
+    from m6gen.recommender import load_sasrec
+
+    if rec.collaborative.has_states:
+        return rec.collaborative.sequence
+    source = Path(rec.collaborative.table.source)
+    if not (source / "sasrec.json").is_file():
+        raise UsageError(
+            f"--readout-distill: --model {model} has no SASRec to distil from (no state tokens, and its "
+            f"collaborative source {source} is not a saved SASRec folder)"
+        )
+    return load_sasrec(source, n_items)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ A run with both uses the fitted file. Its log-probabilities join the beam search
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,11 @@ class Window:
     shown: list[int]  # catalog indices, oldest first
     cuts: list[int]  # per pair: the number of shown items before its next item (ascending)
     targets: list[int]  # per pair: the next item
+    earlier: list[int] = field(default_factory=list)  # the user's training items before ``shown``
+
+    def history(self, cut: int) -> list[int]:
+        """The user's whole training history before the pair with ``cut`` shown items."""
+        return self.earlier + self.shown[:cut]
 
 
 def training_windows(train: dict[str, list[int]], per_user: int, known: np.ndarray, max_history: int) -> list[Window]:
@@ -151,7 +156,11 @@ def training_windows(train: dict[str, list[int]], per_user: int, known: np.ndarr
         if not ts:
             continue
         start = max(0, ts[0] - max_history)
-        windows.append(Window(user, list(items[start : ts[-1]]), [t - start for t in ts], [items[t] for t in ts]))
+        windows.append(
+            Window(
+                user, list(items[start : ts[-1]]), [t - start for t in ts], [items[t] for t in ts], list(items[:start])
+            )
+        )
     return windows
 
 
@@ -164,6 +173,7 @@ class Pairs:
     positions: list[list[int]]
     targets: np.ndarray  # (pairs,) int64
     users: list[str]
+    histories: list[list[int]]  # per pair: the user's whole training history before its next item
 
 
 def window_pairs(windows: list[Window], encode) -> Pairs:
@@ -171,21 +181,22 @@ def window_pairs(windows: list[Window], encode) -> Pairs:
     user's histories. A pair whose prompt is a token prefix of its window's whole prompt is read there
     (one forward for the window); any other (a template that writes something after the history) gets
     its own prompt."""
-    prompt_ids, positions, targets, users = [], [], [], []
+    prompt_ids, positions, targets, users, histories = [], [], [], [], []
     for window in windows:
         whole, *cut = encode([window.shown] + [window.shown[:c] for c in window.cuts], window.user)
         inside, alone = [], []
-        for ids, target in zip(cut, window.targets):
-            (inside if whole[: len(ids)] == ids else alone).append((ids, target))
+        for ids, target, c in zip(cut, window.targets, window.cuts):
+            (inside if whole[: len(ids)] == ids else alone).append((ids, target, window.history(c)))
         if inside:
             prompt_ids.append(whole)
-            positions.append([len(ids) - 1 for ids, _ in inside])
-        for ids, _ in alone:
+            positions.append([len(ids) - 1 for ids, _, _ in inside])
+        for ids, _, _ in alone:
             prompt_ids.append(ids)
             positions.append([len(ids) - 1])
-        targets += [t for _, t in inside] + [t for _, t in alone]
+        targets += [t for _, t, _ in inside + alone]
+        histories += [h for _, _, h in inside + alone]
         users += [window.user] * len(window.targets)
-    return Pairs(prompt_ids, positions, np.asarray(targets, dtype=np.int64), users)
+    return Pairs(prompt_ids, positions, np.asarray(targets, dtype=np.int64), users, histories)
 
 
 def fit_readout(
@@ -198,35 +209,53 @@ def fit_readout(
     weight_decay: float = 1e-2,
     held_out: float = 0.1,
     seed: int = 0,
+    teacher: np.ndarray | None = None,
+    distill: float = 0.0,
 ) -> tuple[ItemReadout, ReadoutFit]:
     """Fit an :class:`ItemReadout` by full-softmax cross-entropy, minibatches of 256, AdamW.
 
     ``groups``: each pair's user (ids of any kind); a ``held_out`` fraction of users (never split
-    across the two) is kept aside, and the readout of the epoch with their lowest loss is kept.
+    across the two) is kept aside, and the readout of the epoch with their lowest loss on the true
+    next items is kept.
+
+    ``teacher``: (pairs, items) logits of a collaborative model on each pair's history, e.g. the
+    run's SASRec. ``distill`` of the loss is then the cross-entropy to its softmax (knowledge
+    distillation: a whole distribution per pair, where the true next item gives one index; the
+    readout's fit is what limits it, see docs/results.md), the rest the true next item's.
     """
     if len(targets) == 0:
         raise CollaborativeError("no training prefix whose next item has a collaborative vector: nothing to fit")
+    if distill and (teacher is None or len(teacher) != len(targets)):
+        raise ValueError("distill > 0 needs teacher logits, one row per pair")
     aside = torch.from_numpy(_held_out_pairs(np.asarray(groups), held_out, seed))
     torch.manual_seed(seed)
     readout = ItemReadout(table, states.shape[1])
     x, y = torch.from_numpy(np.asarray(states, dtype=np.float32)), torch.from_numpy(targets)
-    fit_x, fit_y = x[~aside], y[~aside]
-    readout.mean.copy_(fit_x.mean(0))
-    readout.std.copy_(fit_x.std(0).clamp(min=1e-6) if len(fit_x) > 1 else torch.ones(x.shape[1]))
-    check_x, check_y = (x[aside], y[aside]) if aside.any() else (fit_x, fit_y)
+    soft = torch.softmax(torch.as_tensor(teacher, dtype=torch.float32), -1) if distill else None
+    readout.mean.copy_(x[~aside].mean(0))
+    readout.std.copy_(x[~aside].std(0).clamp(min=1e-6) if (~aside).sum() > 1 else torch.ones(x.shape[1]))
+    fit_rows = torch.nonzero(~aside).flatten()
+    check_rows = torch.nonzero(aside).flatten() if aside.any() else fit_rows
 
-    def check_loss() -> float:
+    def loss_on(rows: torch.Tensor) -> torch.Tensor:
+        logits = readout(x[rows])
+        loss = nn.functional.cross_entropy(logits, y[rows])
+        if soft is None:
+            return loss
+        return (1 - distill) * loss + distill * nn.functional.cross_entropy(logits, soft[rows])
+
+    def check_loss() -> float:  # the true next items' loss, whatever is fitted: what the search needs
         with torch.no_grad():
-            return float(nn.functional.cross_entropy(readout(check_x), check_y))
+            return float(nn.functional.cross_entropy(readout(x[check_rows]), y[check_rows]))
 
     optimizer = torch.optim.AdamW(readout.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     first = best = check_loss()
     best_epoch, best_state = 0, {k: v.clone() for k, v in readout.state_dict().items()}
     for epoch in range(1, epochs + 1):
-        for batch in torch.randperm(len(fit_y), generator=generator).split(256):
+        for batch in torch.randperm(len(fit_rows), generator=generator).split(256):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(readout(fit_x[batch]), fit_y[batch]).backward()
+            loss_on(fit_rows[batch]).backward()
             optimizer.step()
         loss = check_loss()
         if loss < best:
