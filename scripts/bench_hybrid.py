@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     from m6gen.recommender import RecommendConfig, Recommender
     from m6gen.training import examples as td
     from m6gen.training.lora import LLAMA_LIKE
+    from m6gen.training.loss import loss_module
 
     args = make_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
             steps = td.sample_steps(split.train, per_user=2)
             exs, _ = td.build_examples(steps, split.train, ds.catalog, template, tok, target_ids, soft=soft)
         batches = td.plan_batches([len(x) for x in exs], pack_len=512, batch_size=2)
-        module = td.loss_module(model)
+        module = loss_module(model)
         module.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         tokens = items = 0

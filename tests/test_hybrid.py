@@ -191,11 +191,10 @@ def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs, templa
     from m6gen.training.examples import (
         SoftTokens,
         build_block_examples,
-        check_loss_paths,
         is_token_incremental,
-        loss_module,
         sample_blocks,
     )
+    from m6gen.training.loss import check_loss_paths, loss_module
 
     tok, ds, split, template, target_ids = tiny_world(tiny_dirs, template, max_history=4)
     model = make_model(len(tok), seed=4)

@@ -363,7 +363,8 @@ def test_the_readout_loss_is_the_cross_entropy_of_the_states_its_prompts_end_wit
     each target's own prompt (read apart), so packing teaches it what a prompt would show."""
     from m6gen.hybrid import find
     from m6gen.runs import load_trained
-    from m6gen.training.examples import Example, collate, loss_module
+    from m6gen.training.examples import Example, collate
+    from m6gen.training.loss import loss_module
 
     run, _ = readout_trained_with_lora
     model, tok, _ = load_trained(run)
@@ -417,8 +418,9 @@ def test_the_readout_trained_with_lora_learns_its_training_items(readout_trained
     import dataclasses
 
     from m6gen.runs import load_trained
-    from m6gen.training.examples import collate, loss_module
+    from m6gen.training.examples import collate
     from m6gen.training.loop import prepare_run
+    from m6gen.training.loss import loss_module
 
     run, config = readout_trained_with_lora
     fresh = prepare_run(dataclasses.replace(config, output_dir=str(run.parent / "fresh"), max_steps=1))
@@ -433,6 +435,18 @@ def test_the_readout_trained_with_lora_learns_its_training_items(readout_trained
             return float(loss_module(model, readout_weight=1.0)(**inputs)[0] - loss_module(model)(**inputs)[0])
 
     assert readout_loss(trained) < readout_loss(fresh.model) - 0.1 * len(batch["readout_items"])
+
+
+def test_init_adapter_from_a_run_with_a_trained_readout_names_the_option(readout_trained_with_lora, tmp_path):
+    import dataclasses
+
+    from m6gen.config import TrainError
+    from m6gen.training.loop import train
+
+    run, config = readout_trained_with_lora
+    plain = dataclasses.replace(config, output_dir=str(tmp_path / "next"), readout_loss=0.0, init_adapter=str(run))
+    with pytest.raises(TrainError, match="holds a collaborative readout .* give --readout-loss here too"):
+        train(plain)
 
 
 def test_a_readout_loss_needs_collaborative_vectors(tiny_dirs, tmp_path):

@@ -18,15 +18,14 @@ from m6gen.training.examples import (
     Example,
     build_block_examples,
     build_examples,
-    check_loss_paths,
     collate,
-    loss_module,
     pack,
     plan_batches,
     sample_blocks,
     sample_steps,
 )
 from m6gen.training.loop import train
+from m6gen.training.loss import check_loss_paths, loss_module
 from tests.tiny_lm import make_model, make_tokenizer
 
 

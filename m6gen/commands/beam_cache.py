@@ -143,7 +143,7 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
 def prior_fingerprint(sasrec_folder: Path | None = None, code=None, files=()) -> str:
     """8 hex digits naming a prior searched with the beams, by content, so a copied SASRec keeps its
     caches and a retrained one (or a changed content peer, ``code``: its module; a refitted readout,
-    ``files``) does not."""
+    ``files``: those that exist) does not."""
     import hashlib
     import inspect
 
@@ -154,6 +154,7 @@ def prior_fingerprint(sasrec_folder: Path | None = None, code=None, files=()) ->
                 digest.update(f.name.encode("utf-8") + f.read_bytes())
     if code is not None:
         digest.update(inspect.getsource(code).encode("utf-8"))
-    for f in files:
-        digest.update(Path(f).name.encode("utf-8") + Path(f).read_bytes())
+    for f in map(Path, files):
+        if f.is_file():
+            digest.update(f.name.encode("utf-8") + f.read_bytes())
     return digest.hexdigest()[:8]

@@ -308,7 +308,7 @@ def run(args) -> int:
 
             folder = out / "baselines" / "sasrec" if args.decode_prior.startswith("SASRec") else None
             # a fitted readout's files; one trained with LoRA is in the adapter, which the fingerprint covers
-            readout_files = [p for p in (Path(args.model, READOUT_FILE), Path(args.model, READOUT_INFO)) if p.is_file()]
+            readout_files = [Path(args.model, READOUT_FILE), Path(args.model, READOUT_INFO)]
             fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=folder, files=readout_files)}"
         elif args.decode_prior == "SASRec":
             fingerprint_with_prior = f"{fingerprint}.{prior_fingerprint(sasrec_folder=out / 'baselines' / 'sasrec')}"

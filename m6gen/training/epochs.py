@@ -13,6 +13,7 @@ from typing import Any
 
 from m6gen.config import TrainConfig, TrainError
 from m6gen.training import examples as td
+from m6gen.training.loss import check_loss_paths
 
 
 @dataclass
@@ -135,7 +136,7 @@ def plan_epochs(cfg: TrainConfig, src: ExampleSources, module, world: int) -> Ep
         )
     # Check the two shortcuts on real examples before trusting them.
     soft_from = src.collaborative.offset if src.collaborative is not None else None
-    fast_ok, packed_ok = td.check_loss_paths(
+    fast_ok, packed_ok = check_loss_paths(
         module, sorted(examples[0][0], key=len)[:4], src.tokenizer.pad_token_id, soft_from=soft_from
     )
     packing = cfg.packing and packed_ok

@@ -1,5 +1,5 @@
-"""Training examples: next-item steps from the train split, tokenized like the decoder, packed, collated,
-and their loss.
+"""Training examples: next-item steps from the train split, tokenized like the decoder, packed and
+collated (their loss is :mod:`m6gen.training.loss`).
 
 One example is (prompt ids, target ids): the prompt renders a user's train items t_1..t_{i-1}
 with the chosen template, the target is t_i's target text + EOS. Prompt and target are tokenized
@@ -18,8 +18,7 @@ many steps. :func:`is_token_incremental` checks a template on real histories bef
 Packing: several examples share one row of at most ``pack_len`` tokens; position ids restart at
 0 for each example, which makes Hugging Face models (attention mask left as None) block attention
 between examples, and their labels are -100 outside targets, so the loss equals the unpacked one.
-``check_loss_paths`` verifies that on the model actually trained, as it verifies the target-only
-output layer of ``loss_module``; a model failing either is trained without that shortcut.
+:func:`m6gen.training.loss.check_loss_paths` verifies that on the model actually trained.
 """
 
 from __future__ import annotations
@@ -395,125 +394,3 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
         "n_tokens": n_tokens,
         "n_targets": int((labels != IGNORE).sum()),
     }
-
-
-def loss_module(model, fast_head: bool = True, readout_weight: float = 0.0):
-    """A ``torch.nn.Module`` wrapping ``model`` whose forward returns (sum of target-token losses, count).
-
-    ``readout_weight``: with a model that has a collaborative readout (``--readout-loss``), its
-    cross-entropy on each target item, read at the position before the item's title, is added to
-    the sum with this weight; after each forward, ``item_loss`` and ``items_read`` hold that
-    cross-entropy's sum (unweighted, detached) and its count, for the training log.
-
-    ``fast_head``: run the decoder body, then the output layer only at positions that predict a
-    target token (a few percent of a packed batch), instead of full-vocabulary logits everywhere.
-    Models that change logits after the output layer (soft-capping, scaling) need
-    ``fast_head=False``; :func:`check_loss_paths` detects that on the real model.
-    The module is what ``Accelerator.prepare`` wraps, so DDP/FSDP see every forward.
-    """
-    from contextlib import nullcontext
-
-    import torch
-
-    from m6gen.hybrid.soft_tokens import find
-
-    class TargetLoss(torch.nn.Module):
-        def __init__(self, model, fast_head: bool, readout_weight: float):
-            super().__init__()
-            self.model = model
-            self.fast_head = fast_head
-            self.readout_weight = readout_weight
-            self.item_loss, self.items_read = 0.0, 0
-
-        def forward(self, input_ids, labels, position_ids, attention_mask=None, readout_at=None, readout_items=None):
-            lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            target = labels[:, 1:]  # (B, L-1): the token each position predicts
-            keep = target != IGNORE  # (B, L-1)
-            kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-            collaborative = find(lm)
-            readout = collaborative.readout if collaborative is not None and self.readout_weight else None
-            # user-state tokens read the history of their own packed example only
-            examples = collaborative.segments(position_ids) if collaborative is not None else nullcontext()
-            with examples:
-                if self.fast_head:
-                    hidden = lm.base_model(**kw).last_hidden_state  # (B, L, H)
-                    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # (T, V)
-                else:
-                    out = lm(**kw, output_hidden_states=readout is not None)
-                    logits = out.logits[:, :-1][keep]  # (T, V)
-                    hidden = out.hidden_states[-1] if readout is not None else None  # the last layer, normed
-            loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
-            self.item_loss, self.items_read = 0.0, 0
-            if readout is not None and readout_at is not None and len(readout_at):
-                item_logits = readout(hidden[readout_at[:, 0], readout_at[:, 1]])  # (N, items)
-                item_loss = torch.nn.functional.cross_entropy(item_logits, readout_items, reduction="sum")
-                loss = loss + self.readout_weight * item_loss
-                self.item_loss, self.items_read = float(item_loss.detach()), len(readout_items)
-            return loss, keep.sum()
-
-    return TargetLoss(model, fast_head, readout_weight)
-
-
-def calibrate_readout(module, examples: list[Example], pad_id: int, soft_from: int | None = None) -> int:
-    """Standardize a fresh collaborative readout's input by the states it reads on ``examples`` (the
-    same on every process); returns how many states were read (0: no readout, or it is not fresh)."""
-    import torch
-
-    from m6gen.hybrid.soft_tokens import find
-
-    lm = module.model.get_base_model() if hasattr(module.model, "get_base_model") else module.model
-    collaborative = find(lm)
-    readout = collaborative.readout if collaborative is not None else None
-    if readout is None or bool(readout.mean.any()) or not bool((readout.std == 1).all()):
-        return 0  # none, or trained already (--init-adapter, a checkpoint)
-    batch = collate([[ex] for ex in examples], pad_id, soft_from)
-    device = readout.mean.device
-    was_training = module.training
-    module.eval()
-    with torch.no_grad(), collaborative.segments(batch["position_ids"].to(device)):
-        hidden = lm.base_model(
-            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
-        ).last_hidden_state
-    module.train(was_training)
-    at = batch["readout_at"].to(device)
-    states = hidden[at[:, 0], at[:, 1]].float()
-    readout.mean.copy_(states.mean(0))
-    readout.std.copy_(states.std(0).clamp(min=1e-6) if len(states) > 1 else torch.ones_like(readout.std))
-    return len(states)
-
-
-def check_loss_paths(
-    module, examples, pad_id: int, tol: float = 1e-4, soft_from: int | None = None
-) -> tuple[bool, bool]:
-    """(fast head agrees with full logits, packed rows agree with one example per row) on ``examples``.
-
-    The reference is the model's own full-logit forward, one example per row. A model whose
-    attention ignores position-id packing, or that post-processes logits, fails here and is
-    trained without the shortcut instead of with a silently wrong loss.
-    """
-    import torch
-
-    def total(rows, fast: bool) -> float:
-        old, module.fast_head = module.fast_head, fast
-        try:
-            with torch.no_grad():
-                b = collate(rows, pad_id, soft_from)
-                loss, n = module(
-                    b["input_ids"],
-                    b["labels"],
-                    b["position_ids"],
-                    readout_at=b["readout_at"],
-                    readout_items=b["readout_items"],
-                )
-        finally:
-            module.fast_head = old
-        return float(loss)
-
-    was_training = module.training
-    module.eval()
-    ref = sum(total([[ex]], False) for ex in examples)
-    fast = sum(total([[ex]], True) for ex in examples)
-    packed = total([list(examples)], False)
-    module.train(was_training)
-    close = lambda a: abs(a - ref) <= tol * max(1.0, abs(ref))  # noqa: E731
-    return close(fast), close(packed)

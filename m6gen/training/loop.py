@@ -184,7 +184,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         load_tokenizer,
     )
     from m6gen.prompts import TemplateLibrary
-    from m6gen.training import examples as td
+    from m6gen.training.loss import calibrate_readout, loss_module
 
     cfg = resolve_paths(cfg)
     template = TemplateLibrary(cfg.templates, max_history=cfg.max_history).load_template(cfg.template)
@@ -212,7 +212,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         from m6gen.recommender import load_sasrec
 
         retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
-    module = td.loss_module(peft_model, readout_weight=cfg.readout_loss)
+    module = loss_module(peft_model, readout_weight=cfg.readout_loss)
     world = acc.num_processes
     sources = ExampleSources(template, tokenizer, dataset, split, target_ids, collaborative, retriever)
     plan = plan_epochs(cfg, sources, module, world)
@@ -221,7 +221,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         note = "packing off" if plan.fast_head else "full logits"
         acc.print(f"note: this model's loss differs with the shortcut; {note}")
     soft_from = collaborative.offset if collaborative is not None else None
-    if td.calibrate_readout(module, plan.epochs[0][0][:32], tokenizer.pad_token_id, soft_from):
+    if calibrate_readout(module, plan.epochs[0][0][:32], tokenizer.pad_token_id, soft_from):
         acc.print(f"readout trained with LoRA, weight {cfg.readout_loss:g} per next item")
     total_steps = n_steps if cfg.max_steps is None else min(n_steps, cfg.max_steps)
     n_users = len(split.users)
@@ -343,7 +343,7 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> StepLoss:
     n_targets = float(acc.reduce(n_targets, "sum")) if world > 1 else float(n_targets)
     # (loss sum, tokens, readout loss sum, next items it read) of this process
     stats = torch.zeros(4, dtype=torch.float64, device=acc.device)
-    inner = acc.unwrap_model(module)  # the loss module, whose readout share the wrapper does not pass on
+    inner = acc.unwrap_model(module)  # the loss module: its LossParts, which the wrapper does not pass on
     for m, rows in enumerate(batches):
         batch = collate(rows, run.tokenizer.pad_token_id, run.soft_from)
         with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
@@ -352,10 +352,10 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> StepLoss:
             # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,
             # hence the factor world): packing, batching and accumulation leave the loss unchanged.
             acc.backward(loss_sum * (world / n_targets))
-        stats[0] += float(loss_sum.detach()) - inner.readout_weight * inner.item_loss
-        stats[1] += batch["n_tokens"]
-        stats[2] += inner.item_loss
-        stats[3] += inner.items_read
+        parts = inner.last
+        stats += torch.tensor(
+            [parts.title, batch["n_tokens"], parts.item, parts.items], dtype=stats.dtype, device=acc.device
+        )
     if run.cfg.max_grad_norm > 0:
         acc.clip_grad_norm_(module.parameters(), run.cfg.max_grad_norm)
     optimizer.step()

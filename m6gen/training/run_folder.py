@@ -296,6 +296,11 @@ def load_init_adapter(peft_model, folder: str, cfg: TrainConfig) -> None:
         )
     result = set_peft_model_state_dict(peft_model, load_peft_weights(folder, device="cpu"))
     missing = [k for k in result.missing_keys if "lora_" in k]
+    if any("cf_readout" in k for k in result.unexpected_keys):  # a fresh readout is fine the other way round
+        raise TrainError(
+            f"--init-adapter {folder}: its adapter holds a collaborative readout trained with --readout-loss; "
+            "give --readout-loss here too, or start from a run without it"
+        )
     if missing or result.unexpected_keys:
         raise TrainError(
             f"--init-adapter {folder}: its weights do not fit this model ({(missing or result.unexpected_keys)[0]} ...)"
