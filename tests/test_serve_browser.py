@@ -74,10 +74,15 @@ def test_pick_titles_recommend_rerank_explain_and_open_mode(browser, page_url):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, WAIT)
+    from selenium.common.exceptions import StaleElementReferenceException
 
-    def results() -> list[str]:
-        return [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .title")]
+    # the list re-renders while a wait polls it: an element found a moment ago may be gone
+    wait = WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,))
+
+    def results() -> list[str]:  # read in one script call, so never half from an old list
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#results .title')].map(e => e.innerText.trim())"
+        )
 
     browser.get(page_url)
     wait.until(ec.text_to_be_present_in_element((By.ID, "info"), "12 items"))
