@@ -180,6 +180,7 @@ def test_fit_readout_saves_a_readout_that_plain_beam_caches_ignore(hybrid_run, t
     run, before = hybrid_run
     info = json.loads((run / "readout.json").read_text())
     assert info["examples"] == 30 * 2  # 30 users, their last two training items
+    assert info["distill"] == 0  # tokens from a .npy file: no SASRec to distil from, none by default
     template = TemplateLibrary().get("hybrid").path
     assert cache_fingerprint(str(run), template) == before  # a plain search never reads the readout
 
@@ -240,8 +241,8 @@ def test_the_readout_prior_joins_the_search_as_the_runs_own(hybrid_run, tiny_dir
 
 
 def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
-    """--readout-distill reads the SASRec the run's tokens came from; a run with no SASRec behind its
-    tokens gets a one-line error naming the option."""
+    """--readout-distill reads the SASRec the run's tokens came from, by default 0.9 of the loss where
+    there is one; a run with no SASRec behind its tokens gets a one-line error naming the option."""
     from m6gen.baselines.sasrec import SASRec, SASRecConfig
     from m6gen.commands.fit_readout import _teacher, main
     from m6gen.recommender import Recommender
@@ -251,16 +252,19 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
     SASRec(N_ITEMS, SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)).save(tmp_path / "sasrec")
     train(tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(tmp_path / "sasrec"), epochs=1))
     catalog = tiny_world(tiny_dirs, "hybrid")[1].catalog
-    teacher = _teacher(Recommender.from_pretrained(tmp_path / "run", catalog, device="cpu"), "run", N_ITEMS)
+    teacher = _teacher(Recommender.from_pretrained(tmp_path / "run", catalog, device="cpu"), N_ITEMS)
     saved = SASRec.load(tmp_path / "sasrec")
     np.testing.assert_array_equal(teacher.score([[1, 2, 3]]), saved.score([[1, 2, 3]]))
     argv = ["--model", str(tmp_path / "run"), "--readout-epochs", "3", "--no-progress"]
     from safetensors.torch import load_file
 
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "run" / "readout.json").read_text())["distill"] == 0.9  # the default here
     assert main([*argv, "--readout-distill", "1"]) == 0
     distilled = load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"]
-    assert main(argv) == 0  # the same pairs, the true next items only: another fit
+    assert main([*argv, "--readout-distill", "0"]) == 0  # the same pairs, the true next items only: another fit
     assert not torch.equal(load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"], distilled)
+    assert json.loads((tmp_path / "run" / "readout.json").read_text())["distill"] == 0
     assert main([*argv, "--readout-distill", "1.5"]) == 2
     assert "readout_distill" in capsys.readouterr().err
 

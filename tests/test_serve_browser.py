@@ -69,12 +69,11 @@ def shot(driver, name: str) -> Path:
 
 
 def test_pick_titles_recommend_rerank_explain_and_open_mode(browser, page_url):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from selenium.common.exceptions import StaleElementReferenceException
 
     # the list re-renders while a wait polls it: an element found a moment ago may be gone
     wait = WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,))

@@ -66,6 +66,7 @@ class ReadoutFit:
     epochs: int  # the chosen epoch (1-based)
     held_out_loss: float  # cross-entropy on the held-out pairs at that epoch
     first_loss: float  # the same before training: the gain is what the readout learned
+    distill: float = 0.0  # the share of the loss matched to a teacher's distributions
 
 
 def prompt_states(
@@ -261,7 +262,7 @@ def fit_readout(
         if loss < best:
             best, best_epoch, best_state = loss, epoch, {k: v.clone() for k, v in readout.state_dict().items()}
     readout.load_state_dict(best_state)
-    return readout, ReadoutFit(len(targets), int(aside.sum()), best_epoch, best, first)
+    return readout, ReadoutFit(len(targets), int(aside.sum()), best_epoch, best, first, float(distill))
 
 
 def _held_out_pairs(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
