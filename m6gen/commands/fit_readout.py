@@ -3,7 +3,7 @@ its frozen prompt states and saved in the run folder.
 
 m6gen fit-readout --model runs/hybrid-state-400                 # about 5 min on 2 CPU cores
 m6gen fit-readout --model runs/my-run --readout-per-user 5 --readout-epochs 50
-m6gen fit-readout --model runs/hybrid-state-400 --readout-distill 0     # true next items only (default: 0.9 from SASRec)
+m6gen fit-readout --model runs/hybrid-state-400 --readout-distill 0   # true next items only (default: 0.9)
 m6gen eval --model runs/my-run --decode-prior Readout --decode-blend 1,3 --choose-on-valid
 m6gen recommend --model runs/my-run --readout-weight 3
 """
