@@ -78,7 +78,7 @@ def load_model(model: str | None = None, gguf_file: str | None = None, dtype: st
     name, gguf = resolve_model(model, gguf_file)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
-    kwargs = {"gguf_file": gguf} if gguf else {}
+    kwargs = {"gguf_file": gguf, **dequantized_gguf()} if gguf else {}
     try:
         lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
     except OSError as err:
@@ -87,6 +87,17 @@ def load_model(model: str | None = None, gguf_file: str | None = None, dtype: st
         clear_gguf_quantizer(lm)
     lm.eval()
     return lm.to(target)
+
+
+def dequantized_gguf() -> dict:
+    """``from_pretrained`` options that unpack GGUF weights into plain tensors on load, as LoRA, peft and
+    :func:`clear_gguf_quantizer` need. Newer transformers keep them packed when the ``kernels`` package
+    is installed, and warn about the dtype whenever it is not float32 even when they unpack them."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # versions without GgufConfig always unpack GGUF weights
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def clear_gguf_quantizer(lm) -> None:

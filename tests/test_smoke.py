@@ -64,6 +64,22 @@ def test_sequence_template_is_token_incremental_on_the_real_tokenizer(real):
         assert is_token_incremental(tpl, tok, ds.catalog, target_ids, split.train, users=20) is expected, name
 
 
+def test_the_default_gguf_loads_as_plain_tensors_without_a_dtype_warning(real, caplog):
+    """GGUF weights are unpacked on load (LoRA needs plain tensors), whatever transformers would do by
+    default, and a bf16 load does not tell the user to pass float32."""
+    import logging
+
+    import torch
+
+    from m6gen.model import load_model
+
+    with caplog.at_level(logging.WARNING):
+        lm = load_model(dtype="bfloat16")
+    assert not [r for r in caplog.records if "GGUF" in r.getMessage()]
+    assert all(type(p) is torch.nn.Parameter and p.dtype == torch.bfloat16 for p in lm.parameters())
+    assert type(lm.get_output_embeddings()) is torch.nn.Linear
+
+
 def test_default_model_recommends_catalog_items(real):
     from m6gen.model import load_model
     from m6gen.prompts import TemplateLibrary
