@@ -28,7 +28,9 @@ class ReadoutArgs:
         "training pairs per user: its last N training items, each after the history before it (read in one "
         "forward of the user's last --max-history + N - 1 training items where the template allows)",
     )
-    readout_epochs: int = option(30, "passes over the pairs; the epoch with the lowest held-out loss is kept")
+    readout_epochs: int = option(
+        30, "passes over the pairs; the epoch with the lowest held-out loss on the true next items is kept"
+    )
     readout_lr: float = option(3e-3, "AdamW learning rate")
     readout_weight_decay: float = option(1e-2, "AdamW weight decay")
     readout_held_out: float = option(
