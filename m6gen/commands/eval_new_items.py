@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m6gen.commands.eval import VERSUS_LEVEL, VERSUS_METRICS, VERSUS_RESAMPLES
+from m6gen.commands.eval_report import VERSUS_LEVEL, VERSUS_METRICS, VERSUS_RESAMPLES
 
 PRIOR_FLOOR = 20.0  # a content prior's logits reach at most this far below each user's best
 
