@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print(row(f"layer {layer}", layer, everyone), flush=True)
     half = np.isin(owner, users[: len(users) // 2])
     print(row(f"layer {layers[-1]}, half the users' pairs", layers[-1], half))
-    if args.distill:  # the run's SASRec (its state tokens' model) on each pair's whole training history
-        teacher = rec.collaborative.sequence.score(pairs.histories)
+    if args.distill:  # the run's SASRec, as fit-readout's, on each pair's whole training history
+        from m6gen.commands.fit_readout import distillation_teacher
+
+        teacher = distillation_teacher(rec, len(ds.catalog)).score(pairs.histories)
         for share in (float(x) for x in args.distill.split(",")):
             print(row(f"layer {layers[-1]}, {share:g} distilled from SASRec", layers[-1], everyone, share), flush=True)
     return 0

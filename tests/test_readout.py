@@ -244,7 +244,7 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
     """--readout-distill reads the SASRec the run's tokens came from, by default 0.9 of the loss where
     there is one; a run with no SASRec behind its tokens gets a one-line error naming the option."""
     from m6gen.baselines.sasrec import SASRec, SASRecConfig
-    from m6gen.commands.fit_readout import _teacher, main
+    from m6gen.commands.fit_readout import distillation_teacher, main
     from m6gen.recommender import Recommender
     from m6gen.training.loop import train
 
@@ -252,7 +252,7 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
     SASRec(N_ITEMS, SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)).save(tmp_path / "sasrec")
     train(tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(tmp_path / "sasrec"), epochs=1))
     catalog = tiny_world(tiny_dirs, "hybrid")[1].catalog
-    teacher = _teacher(Recommender.from_pretrained(tmp_path / "run", catalog, device="cpu"), N_ITEMS)
+    teacher = distillation_teacher(Recommender.from_pretrained(tmp_path / "run", catalog, device="cpu"), N_ITEMS)
     saved = SASRec.load(tmp_path / "sasrec")
     np.testing.assert_array_equal(teacher.score([[1, 2, 3]]), saved.score([[1, 2, 3]]))
     argv = ["--model", str(tmp_path / "run"), "--readout-epochs", "3", "--no-progress"]

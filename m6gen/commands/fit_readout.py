@@ -82,7 +82,7 @@ def run(args) -> int:
     if rec.collaborative is None:
         raise UsageError(f"--model {args.model}: the run has no collaborative tokens (trained without --cf-source)")
     table = rec.collaborative.table
-    sasrec = _teacher(rec, len(ds.catalog))
+    sasrec = distillation_teacher(rec, len(ds.catalog)) if args.readout_distill != 0 else None
     distill = args.readout_distill
     if distill is None:  # the default: distil where there is a SASRec
         distill = AUTO_DISTILL if sasrec is not None else 0.0
@@ -133,7 +133,7 @@ def run(args) -> int:
     return 0
 
 
-def _teacher(rec, n_items: int):
+def distillation_teacher(rec, n_items: int):
     """The SASRec to distil from: the one behind the run's state tokens, else its --cf-source folder
     when that is a saved SASRec; None without one."""
     from pathlib import Path

@@ -233,10 +233,11 @@ def fit_readout(
     readout = ItemReadout(table, states.shape[1])
     x, y = torch.from_numpy(np.asarray(states, dtype=np.float32)), torch.from_numpy(targets)
     soft = torch.softmax(torch.as_tensor(teacher, dtype=torch.float32), -1) if distill else None
-    readout.mean.copy_(x[~aside].mean(0))
-    readout.std.copy_(x[~aside].std(0).clamp(min=1e-6) if (~aside).sum() > 1 else torch.ones(x.shape[1]))
     fit_rows = torch.nonzero(~aside).flatten()
     check_rows = torch.nonzero(aside).flatten() if aside.any() else fit_rows
+    fit_x = x[fit_rows]
+    readout.mean.copy_(fit_x.mean(0))
+    readout.std.copy_(fit_x.std(0).clamp(min=1e-6) if len(fit_x) > 1 else torch.ones(x.shape[1]))
 
     def loss_on(rows: torch.Tensor) -> torch.Tensor:
         logits = readout(x[rows])
