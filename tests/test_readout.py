@@ -14,8 +14,10 @@ from helpers import N_ITEMS, tiny_config, tiny_world  # noqa: F401
 from m6gen.hybrid.item_table import CollaborativeError, ItemTable, fingerprint
 from m6gen.hybrid.readout import (
     ItemReadout,
+    ReadoutEnsemble,
     Window,
     fit_readout,
+    fit_readouts,
     layer_states_at,
     load_readout,
     prompt_states,
@@ -79,6 +81,26 @@ def test_a_distilled_readout_learns_more_from_the_teachers_distributions_than_fr
         fit_readout(states, drawn, users, table, distill=0.5)
 
 
+def test_an_mlp_readout_follows_a_teacher_no_linear_map_can():
+    # the teacher's state is a nonlinear function of the prompt state (signs flipped by a product of
+    # two coordinates): one linear map cannot recover it, a hidden layer can
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(12, 4)).astype(np.float32)
+    states = rng.normal(size=(600, 6)).astype(np.float32)
+    teacher = 3 * (np.abs(states[:, :4]) * np.sign(states[:, 4:5] * states[:, 5:6])) @ table.T
+    users = [f"u{i // 6}" for i in range(600)]
+
+    def agreement(hidden: int) -> float:
+        readout, fit = fit_readout(
+            states, teacher.argmax(1), users, table, epochs=150, lr=1e-2, weight_decay=0.0,
+            teacher=teacher, distill=1.0, hidden=hidden,
+        )  # fmt: skip
+        assert fit.hidden == hidden and readout.hidden == hidden
+        return float((readout.log_probs(states).argmax(1) == teacher.argmax(1)).mean())
+
+    assert agreement(0) < 0.6 and agreement(64) > 0.75
+
+
 def test_states_read_inside_a_prompt_equal_the_states_of_its_prefixes():
     tok = make_tokenizer()
     model = make_model(len(tok), seed=1).eval()
@@ -113,6 +135,26 @@ def test_a_fitted_readout_names_the_item_its_states_point_to():
     np.testing.assert_allclose(np.exp(readout.log_probs(states[:3])).sum(1), 1.0, rtol=1e-6)
 
 
+def test_an_ensemble_is_the_normalized_mean_of_readouts_fitted_with_their_own_seeds():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(12, 4)).astype(np.float32)
+    targets = rng.integers(0, 12, size=120)
+    states = (table[targets] @ rng.normal(size=(4, 10)) + rng.normal(size=(120, 10))).astype(np.float32)
+    users = [f"u{i // 6}" for i in range(120)]
+    ensemble, fits = fit_readouts(states, targets, users, table, members=3, seed=4, epochs=5, hidden=8)
+    assert isinstance(ensemble, ReadoutEnsemble) and len(fits) == 3
+    alone, _ = fit_readout(states, targets, users, table, seed=5, epochs=5, hidden=8)  # the second member
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(ensemble.members[1].state_dict()[name], value)
+    members = np.stack([m.log_probs(states) for m in ensemble.members])
+    assert not np.allclose(members[0], members[1])  # other seeds: other held-out users and minibatches
+    mean = members.mean(0)
+    np.testing.assert_allclose(ensemble.log_probs(states), mean - np.log(np.exp(mean).sum(1, keepdims=True)))
+    np.testing.assert_allclose(np.exp(ensemble.log_probs(states)).sum(1), 1.0, rtol=1e-9)
+    single, [fit] = fit_readouts(states, targets, users, table, members=1, epochs=5)
+    assert isinstance(single, ItemReadout) and fit.epochs <= 5
+
+
 def test_prompt_states_of_a_padded_batch_equal_one_prompt_at_a_time():
     tok = make_tokenizer()
     model = make_model(len(tok), seed=1).eval()
@@ -129,17 +171,21 @@ def _table(n: int = 5, d: int = 3) -> ItemTable:
     return ItemTable(vectors, np.ones(n, dtype=bool), "test", fingerprint(vectors))
 
 
-def test_a_readout_saves_and_reloads_exactly_and_refuses_another_table(tmp_path):
+@pytest.mark.parametrize("hidden, members", [(0, 1), (5, 1), (5, 3)])
+def test_a_readout_saves_and_reloads_exactly_and_refuses_another_table(tmp_path, hidden, members):
     from m6gen.hybrid.readout import ReadoutFit
 
     table = _table()
-    readout = ItemReadout(table.vectors, 6)
+    readouts = [ItemReadout(table.vectors, 6, hidden) for _ in range(members)]
+    readout = readouts[0] if members == 1 else ReadoutEnsemble(readouts)
     with torch.no_grad():
         for p in readout.parameters():
             p.normal_()
-        readout.mean.normal_()
-    save_readout(readout, tmp_path, ReadoutFit(10, 1, 3, 1.0, 2.0), table.fingerprint)
+        for one in readouts:
+            one.mean.normal_()
+    save_readout(readout, tmp_path, [ReadoutFit(10, 1, 3, 1.0, 2.0, hidden=hidden)] * members, table.fingerprint)
     again = load_readout(tmp_path, table)
+    assert type(again) is type(readout) and again.members[0].hidden == hidden if members > 1 else again.hidden == hidden
     states = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
     np.testing.assert_array_equal(again.log_probs(states), readout.log_probs(states))
     assert json.loads((tmp_path / "readout.json").read_text())["epochs"] == 3
@@ -151,6 +197,16 @@ def test_a_readout_saves_and_reloads_exactly_and_refuses_another_table(tmp_path)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"another adapter")  # the run trained on since
     with pytest.raises(CollaborativeError, match="another adapter"):
         load_readout(tmp_path, table)
+
+
+def _sure_of(readout, item: int) -> None:
+    """Make every readout in ``readout`` (one, or an ensemble's members) certain of ``item``."""
+    with torch.no_grad():
+        for member in (m for m in readout.modules() if isinstance(m, ItemReadout)):
+            for weights in member.project.parameters():
+                weights.zero_()
+            member.bias.fill_(-30.0)
+            member.bias[item] = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +237,8 @@ def test_fit_readout_saves_a_readout_that_plain_beam_caches_ignore(hybrid_run, t
     info = json.loads((run / "readout.json").read_text())
     assert info["examples"] == 30 * 2  # 30 users, their last two training items
     assert info["distill"] == 0  # tokens from a .npy file: no SASRec to distil from, none by default
+    assert info["hidden"] == 1024 and info["members"] == 5  # by default five MLP readouts
+    assert [fit["examples"] for fit in info["fits"]] == [60] * 5
     template = TemplateLibrary().get("hybrid").path
     assert cache_fingerprint(str(run), template) == before  # a plain search never reads the readout
 
@@ -231,10 +289,8 @@ def test_the_readout_prior_joins_the_search_as_the_runs_own(hybrid_run, tiny_dir
         h.item for h in rec.generate(histories, prior=other_prior, prior_weight=2.0)[0]
     ]
     # a readout sure of one item puts it first, whatever the language model says
-    with torch.no_grad():
-        own.readout.project.weight.zero_()
-        own.readout.bias.fill_(-30.0)
-        own.readout.bias[11] = 30.0
+    assert isinstance(own.readout, ReadoutEnsemble) and len(own.readout.members) == 5  # fit-readout's default
+    _sure_of(own.readout, 11)
     assert [beams[0].item for beams in own.generate(histories)] == [11, 11]
     top = own.recommend(histories)
     assert [r.items[0].item_id for r in top] == [11, 11]
@@ -260,9 +316,10 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
 
     assert main(argv) == 0
     assert json.loads((tmp_path / "run" / "readout.json").read_text())["distill"] == 0.9  # the default here
-    assert main([*argv, "--readout-distill", "1"]) == 0
+    linear = ["--readout-hidden", "0", "--readout-members", "1"]  # one linear map
+    assert main([*argv, "--readout-distill", "1", *linear]) == 0
     distilled = load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"]
-    assert main([*argv, "--readout-distill", "0"]) == 0  # the same pairs, the true next items only: another fit
+    assert main([*argv, "--readout-distill", "0", *linear]) == 0  # the same pairs, the true next items only
     assert not torch.equal(load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"], distilled)
     assert json.loads((tmp_path / "run" / "readout.json").read_text())["distill"] == 0
     assert main([*argv, "--readout-distill", "1.5"]) == 2
