@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from m6gen.commands.common import load_data
     from m6gen.config import DataArgs
-    from m6gen.hybrid.readout import ReadoutEnsemble, fit_readouts, layer_states_at, training_windows, window_pairs
+    from m6gen.hybrid.readout import fit_readouts, layer_states_at, training_windows, window_pairs
     from m6gen.model import encode_prompts
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import per_user_scores
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if members > 1:
-            score = ndcg(ReadoutEnsemble(singles).log_probs(states[layer][is_valid]))
+            score = ndcg(readout.log_probs(states[layer][is_valid]))
             print(f"| {name}, the {members} together | {int(fit_rows.sum())} | | {score:.4f} |", flush=True)
 
     if (Path(table.source) / "sasrec.json").is_file():  # the run's tokens came from a saved SASRec
