@@ -367,6 +367,75 @@ def test_eval_searches_with_the_readout_and_chooses_among_its_rows_on_validation
     assert any(b[4] != 0 for user in beams for b in user)  # the prior column is the readout's
 
 
+def test_the_readout_alone_reads_the_state_the_search_starts_from(hybrid_run, tiny_dirs):
+    """Recommender.readout_log_probs: the readout on each prompt's last state, the same state the
+    search's prefill hands its prior (one batch, padded alike)."""
+    from m6gen.decoding.decoder import Decoder
+    from m6gen.model import encode_prompts
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    run, _ = hybrid_run
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(batch_size=16), device="cpu")
+    users = split.users[:7]
+    histories = [split.test_history(u) for u in users]
+    got = rec.readout_log_probs(histories)
+    assert got.shape == (7, len(ds.catalog))
+    prompt_ids = encode_prompts(rec.tokenizer, rec.prompts(histories))
+    with torch.no_grad():
+        decoder = Decoder.prefill(rec.model, prompt_ids, rec.tokenizer.pad_token_id, False, keep_states=True)
+    np.testing.assert_allclose(got, rec.readout.log_probs(decoder.prompt_states), atol=1e-5)
+    assert np.allclose(np.exp(got).sum(axis=1), 1)
+
+
+def test_eval_tables_the_readout_alone_but_never_chooses_it(hybrid_run, tiny_dirs, tmp_path, monkeypatch):
+    """The readout's own whole-catalog ranking is a row of its own, scored like the others, and
+    --choose-on-valid leaves it out even where it is best on validation (m6gen's list is its search's)."""
+    from m6gen.commands import eval as eval_command
+    from m6gen.ranking.metrics import per_user_scores
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    run, _ = hybrid_run
+    argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--baselines", ""]
+    argv += ["--blend", "", "--weights", "", "--decode-prior", "Readout", "--decode-blend", "1"]
+    # the readout made perfect: each user's next item gets all the probability (validation, then test)
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    targets = iter([[split.valid[u] for u in split.users], [split.test[u] for u in split.users]])
+
+    def oracle(self, histories, profiles=None, progress=None):
+        scores = np.full((len(histories), len(ds.catalog)), -50.0)
+        scores[np.arange(len(histories)), next(targets)] = 0.0
+        return scores
+
+    monkeypatch.setattr(Recommender, "readout_log_probs", oracle)
+    assert eval_command.main([*argv, "--choose-on-valid"]) == 0
+    rows = json.loads((tmp_path / "eval_test.json").read_text())
+    assert rows[eval_command.READOUT_ROW]["NDCG@10"] == pytest.approx(1.0)
+    assert rows["m6gen + Readout in decoding (w 1, rank by prior)"]["NDCG@10"] < 1.0
+    chosen = next(r for r in rows if r.startswith("m6gen, chosen on valid: "))
+    assert rows[chosen]["NDCG@10"] < 1.0  # the perfect readout row was not a candidate
+    monkeypatch.undo()
+    # unpatched: the row is the readout's top items, its history left out
+    assert eval_command.main(argv) == 0
+    rows = json.loads((tmp_path / "eval_test.json").read_text())
+    rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(), device="cpu")
+    histories = [split.test_history(u) for u in split.users]
+    scores = rec.readout_log_probs(histories)
+    for u, h in enumerate(histories):
+        scores[u, h] = -np.inf
+    lists = [np.argsort(-s, kind="stable")[:20] for s in scores]
+    want = per_user_scores(lists, np.array([split.test[u] for u in split.users]), 10)["NDCG"].mean()
+    assert rows[eval_command.READOUT_ROW]["NDCG@10"] == pytest.approx(want)
+    # "rank by prior": the searched beams in the order of the prior they were searched with, titles aside
+    cache = next(tmp_path.glob("beams_test-*readout1.jsonl")).read_text().splitlines()
+    beams = {line["user_id"]: np.array(line["beams"]) for line in map(json.loads, cache)}
+    by_prior = [beams[u][np.argsort(-beams[u][:, 4], kind="stable"), 0].astype(int) for u in split.users]
+    want = per_user_scores(by_prior, np.array([split.test[u] for u in split.users]), 10)["NDCG"].mean()
+    assert rows["m6gen + Readout in decoding (w 1, rank by prior)"]["NDCG@10"] == pytest.approx(want)
+    by_title = [beams[u][np.argsort(-beams[u][:, 1], kind="stable"), 0].astype(int) for u in split.users]
+    assert per_user_scores(by_title, np.array([split.test[u] for u in split.users]), 10)["NDCG"].mean() != want
+
+
 def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tmp_path):
     from m6gen.commands.eval import main
 

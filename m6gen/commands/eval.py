@@ -46,6 +46,10 @@ TRAINED_PEERS = ("Pop", "SASRec")  # trained and tabled by m6gen.baselines.run; 
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
 DEFAULT_BLEND = "0.5,1,2"
 SCORE_COLUMNS = ((1, "logprob"), (2, "normalized"), (3, "catalog"))  # a beam's scores, by column of its array
+PRIOR_COLUMN = 4  # the prior the beam was searched with (0 for the plain beams)
+# The readout's own whole-catalog ranking (no search, no title): shown beside the search, never chosen
+# by --choose-on-valid, since m6gen's list is what its search generates.
+READOUT_ROW = "m6gen readout alone (whole catalog, no titles)"
 
 
 @dataclass
@@ -80,7 +84,7 @@ class EvalArgs:
     decode_blend: str = option(
         "",
         "weights w of extra rows whose beams are searched with w * the --decode-prior inside the search, ranked by "
-        "the --rank-by score + w * prior (and rows ranked by the other two scores; '' for none)",
+        "the --rank-by score + w * prior (and rows ranked by the other two scores and by the prior alone; '' for none)",
     )
     decode_prior: Literal["SASRec", "Newest", "Content", "Readout", "SASRec+Readout"] = option(
         "SASRec",
@@ -404,11 +408,28 @@ def run(args) -> int:
             for col, by in SCORE_COLUMNS:  # and by the other two scores, so --choose-on-valid also picks --rank-by
                 name = row if col == score_col else f"{row[:-1]}, rank by {by})"
                 ranked[name] = [
-                    b[np.argsort(-(b[:, col] + w * b[:, 4]), kind="stable"), 0].astype(np.int64) for b in beams
+                    b[np.argsort(-(b[:, col] + w * b[:, PRIOR_COLUMN]), kind="stable"), 0].astype(np.int64)
+                    for b in beams
                 ]
+            # and by the prior alone: the titles choose which items the beams hold, the prior their order
+            ranked[f"{row[:-1]}, rank by prior)"] = [
+                b[np.argsort(-b[:, PRIOR_COLUMN], kind="stable"), 0].astype(np.int64) for b in beams
+            ]
         for row, lists in ranked.items():
             score(row, lists)
+        if rec.readout is not None:
+            score(READOUT_ROW, readout_ranking(users, histories, exclude, max(ks)))
         return rows, per_user, hits
+
+    def readout_ranking(users: list[str], histories: list[list[int]], exclude, k: int) -> list[np.ndarray]:
+        """The run's readout ranking the whole catalog from each user's prompt (one forward, no search)."""
+        from tqdm.auto import tqdm
+
+        from m6gen.baselines.content import rank
+
+        profiles = [user_vars(u, ds.profiles) for u in users]
+        with tqdm(total=len(users), desc="readout", unit="user", disable=not args.progress, leave=False) as bar:
+            return rank(rec.readout_log_probs(histories, profiles, bar.update), exclude, k)
 
     if not procs.is_main:  # decode this process's share of every split; the main process scores and reports
         for name in (["valid"] if args.choose_on_valid else []) + [args.split]:
@@ -420,7 +441,8 @@ def run(args) -> int:
         report(out, label["valid"], len(eval_users("valid")), ranked_what, valid_rows, valid_per_user)
         if split.new_items:
             report_new_items(out, label["valid"], new_targets("valid"), valid_per_user, valid_hits)
-        chosen = max((r for r in valid_rows if r.startswith("m6gen")), key=lambda r: valid_rows[r]["NDCG@10"])
+        candidates = [r for r in valid_rows if r.startswith("m6gen") and r != READOUT_ROW]
+        chosen = max(candidates, key=lambda r: valid_rows[r]["NDCG@10"])
     rows, per_user, hits = evaluate_split(args.split)
     if args.choose_on_valid:
         # The one m6gen setting picked on validation, reported on test: the honest headline row.
