@@ -392,6 +392,7 @@ def test_eval_tables_the_readout_alone_but_never_chooses_it(hybrid_run, tiny_dir
     """The readout's own whole-catalog ranking is a row of its own, scored like the others, and
     --choose-on-valid leaves it out even where it is best on validation (m6gen's list is its search's)."""
     from m6gen.commands import eval as eval_command
+    from m6gen.commands.eval_rows import READOUT_ROW
     from m6gen.ranking.metrics import per_user_scores
     from m6gen.recommender import RecommendConfig, Recommender
 
@@ -410,7 +411,7 @@ def test_eval_tables_the_readout_alone_but_never_chooses_it(hybrid_run, tiny_dir
     monkeypatch.setattr(Recommender, "readout_log_probs", oracle)
     assert eval_command.main([*argv, "--choose-on-valid"]) == 0
     rows = json.loads((tmp_path / "eval_test.json").read_text())
-    assert rows[eval_command.READOUT_ROW]["NDCG@10"] == pytest.approx(1.0)
+    assert rows[READOUT_ROW]["NDCG@10"] == pytest.approx(1.0)
     assert rows["m6gen + Readout in decoding (w 1, rank by prior)"]["NDCG@10"] < 1.0
     chosen = next(r for r in rows if r.startswith("m6gen, chosen on valid: "))
     assert rows[chosen]["NDCG@10"] < 1.0  # the perfect readout row was not a candidate
@@ -425,7 +426,7 @@ def test_eval_tables_the_readout_alone_but_never_chooses_it(hybrid_run, tiny_dir
         scores[u, h] = -np.inf
     lists = [np.argsort(-s, kind="stable")[:20] for s in scores]
     want = per_user_scores(lists, np.array([split.test[u] for u in split.users]), 10)["NDCG"].mean()
-    assert rows[eval_command.READOUT_ROW]["NDCG@10"] == pytest.approx(want)
+    assert rows[READOUT_ROW]["NDCG@10"] == pytest.approx(want)
     # "rank by prior": the searched beams in the order of the prior they were searched with, titles aside
     cache = next(tmp_path.glob("beams_test-*readout1.jsonl")).read_text().splitlines()
     beams = {line["user_id"]: np.array(line["beams"]) for line in map(json.loads, cache)}
