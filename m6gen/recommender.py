@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m6gen.config import DataArgs, PromptArgs
+from m6gen.config import PromptArgs
 from m6gen.data.catalog import Catalog
 from m6gen.decoding.search import RANKINGS, Hypothesis, constrained_beam_search, rank_hypotheses
 from m6gen.ranking.rerank import ItemFeatures, RerankConfig, RerankResult, rerank
@@ -120,9 +120,10 @@ class Recommender:
         (default: the retriever the run was trained with, ``m6gen train --candidates``).
         ``readout_weight``: weight of the run's collaborative readout (``m6gen fit-readout``) in the search.
         """
+        from m6gen.baselines.sasrec import load_sasrec
         from m6gen.model import load_model, load_tokenizer
         from m6gen.prompts import TemplateLibrary
-        from m6gen.runs import load_trained, trained_run_config
+        from m6gen.runs import load_trained, resolve_prompt, run_readout, trained_run_config
 
         run = trained_run_config(model)
         if run is not None:
@@ -395,101 +396,3 @@ class Recommender:
             lm = {h.item: h.logprob for h in sorted(beams, key=lambda h: h.logprob)}  # best beam per item wins
             results.append(replace(result, items=[replace(r, logprob=lm[r.item_id]) for r in result.items]))
         return results
-
-
-def run_templates(model, run) -> tuple[str | None, str]:
-    """(folder searched first, template name or path) that give a run its own template.
-
-    The copy the run saved (``<run>/prompts/``), so later edits of the original change nothing;
-    runs saved before there was one read the template where they were trained from (None: the
-    shipped folder), and a folder that is gone is an error naming the run.
-    """
-    from m6gen.prompts import SUFFIX
-    from m6gen.runs import SAVED_TEMPLATES
-
-    name = Path(run.template).name.removesuffix(SUFFIX)
-    saved = Path(model) / SAVED_TEMPLATES
-    if (saved / f"{name}{SUFFIX}").is_file():
-        return str(saved), name
-    if run.templates and not Path(run.templates).is_dir():
-        from m6gen.model import ModelError
-
-        raise ModelError(
-            f"{model} was trained with templates from {run.templates}, which is not there: "
-            f"pass --templates DIR (a folder holding {run.template}.jinja)"
-        )
-    return run.templates, run.template
-
-
-def resolve_prompt(model, prompt: PromptArgs) -> PromptArgs:
-    """``prompt`` with what was left unset taken from the trained run ``model`` (else the defaults).
-
-    The one place where a run folder's template (its own saved copy), history length, retriever and
-    number of candidates are resolved; every command and ``from_pretrained`` go through it.
-    """
-    from m6gen.runs import trained_run_config
-
-    run = trained_run_config(model)
-    template = prompt.template or (run.template if run else "titles")
-    templates = prompt.templates
-    if run is not None and templates is None and template in (run.template, Path(run.template).stem):
-        templates, template = run_templates(model, run)  # the run's own copy of its template
-    return replace(
-        prompt,
-        templates=templates,
-        template=template,
-        max_history=prompt.max_history or (run.max_history if run else 20),
-        n_candidates=prompt.n_candidates or (run.n_candidates if run else 20),
-        candidates=prompt.candidates or (run.candidates if run else None),
-    )
-
-
-def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
-    """``data`` with, when no folder is given and ``model`` is a trained run, the run's own data
-    folder and the data options left at their defaults (``say`` tells the user). A run's new-item
-    fraction holds whatever the folder, unless ``--new-items`` is given: its model never saw those items."""
-    from m6gen.data import default_data_dir
-    from m6gen.runs import trained_run_config
-
-    run = trained_run_config(model)
-    if run is not None and data.new_items is None and getattr(run, "new_items", None):
-        data = replace(data, new_items=run.new_items)
-    if run is None or not run.data or data.data is not None:
-        return data
-    if not Path(run.data).is_dir():  # e.g. trained on another machine
-        say(f"note: {model} was trained on data at {run.data}, which is not here; using the default data (pass --data)")
-        return data
-    defaults = DataArgs()
-    changes = {"data": run.data}
-    for name in ("format", "title_field", "dedupe", "unknown_items", "new_items"):
-        if getattr(data, name) == getattr(defaults, name):
-            changes[name] = getattr(run, name)
-    if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():
-        say(f"note: data {run.data} (the one {model} was trained on; --data to change)")
-    return replace(data, **changes)
-
-
-def run_readout(run, model):
-    """A trained run's collaborative readout over its item table: the one ``m6gen fit-readout`` fitted,
-    else the one trained with LoRA (``--readout-loss``); None: not a run, or it has none."""
-    from m6gen.hybrid import find
-    from m6gen.hybrid.readout import load_readout
-
-    embedding = find(model)
-    if run is None or embedding is None:
-        return None
-    fitted = load_readout(run, embedding.table)
-    return fitted if fitted is not None else embedding.readout
-
-
-def load_sasrec(folder: str | Path, n_items: int):
-    """A saved SASRec for a catalog of ``n_items``; a one-line :class:`ModelError` when it is not one."""
-    from m6gen.baselines.sasrec import SASRec
-    from m6gen.model import ModelError
-
-    if not (Path(folder) / "sasrec.json").is_file():
-        raise ModelError(f"sasrec {folder}: no saved SASRec there (sasrec.json missing)")
-    sasrec = SASRec.load(folder)
-    if sasrec.n_items != n_items:
-        raise ModelError(f"sasrec {folder}: trained on {sasrec.n_items} items, the catalog has {n_items}")
-    return sasrec

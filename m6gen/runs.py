@@ -1,4 +1,5 @@
-"""A trained run folder, read back: its saved options, and the model it holds.
+"""A trained run folder, read back: its saved options, what it sets for later commands (template,
+history length, data, readout), and the model it holds.
 
 Training writes the folder (``m6gen.training``); the recommender, the commands and training itself
 (``--resume``, ``--init-adapter``) read it through here.
@@ -9,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from m6gen.config import TrainConfig, TrainError
+from m6gen.config import DataArgs, PromptArgs, TrainConfig, TrainError
 
 CONFIG_FILE = "m6gen_config.json"
 SAVED_TEMPLATES = "prompts"  # a run's copy of its template (and the _partials beside it), what loading reads
@@ -97,3 +99,84 @@ def load_trained(output_dir: str | Path, dtype: str = "float32", merge: bool = F
         model = PeftModel.from_pretrained(base, str(output_dir))
     model.eval()
     return (model.merge_and_unload() if merge else model), tokenizer, cfg
+
+
+def run_templates(model, run) -> tuple[str | None, str]:
+    """(folder searched first, template name or path) that give a run its own template.
+
+    The copy the run saved (``<run>/prompts/``), so later edits of the original change nothing;
+    runs saved before there was one read the template where they were trained from (None: the
+    shipped folder), and a folder that is gone is an error naming the run.
+    """
+    from m6gen.prompts import SUFFIX
+
+    name = Path(run.template).name.removesuffix(SUFFIX)
+    saved = Path(model) / SAVED_TEMPLATES
+    if (saved / f"{name}{SUFFIX}").is_file():
+        return str(saved), name
+    if run.templates and not Path(run.templates).is_dir():
+        from m6gen.model import ModelError
+
+        raise ModelError(
+            f"{model} was trained with templates from {run.templates}, which is not there: "
+            f"pass --templates DIR (a folder holding {run.template}.jinja)"
+        )
+    return run.templates, run.template
+
+
+def resolve_prompt(model, prompt: PromptArgs) -> PromptArgs:
+    """``prompt`` with what was left unset taken from the trained run ``model`` (else the defaults).
+
+    The one place where a run folder's template (its own saved copy), history length, retriever and
+    number of candidates are resolved; every command and ``from_pretrained`` go through it.
+    """
+    run = trained_run_config(model)
+    template = prompt.template or (run.template if run else "titles")
+    templates = prompt.templates
+    if run is not None and templates is None and template in (run.template, Path(run.template).stem):
+        templates, template = run_templates(model, run)  # the run's own copy of its template
+    return replace(
+        prompt,
+        templates=templates,
+        template=template,
+        max_history=prompt.max_history or (run.max_history if run else 20),
+        n_candidates=prompt.n_candidates or (run.n_candidates if run else 20),
+        candidates=prompt.candidates or (run.candidates if run else None),
+    )
+
+
+def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
+    """``data`` with, when no folder is given and ``model`` is a trained run, the run's own data
+    folder and the data options left at their defaults (``say`` tells the user). A run's new-item
+    fraction holds whatever the folder, unless ``--new-items`` is given: its model never saw those items."""
+    from m6gen.data import default_data_dir
+
+    run = trained_run_config(model)
+    if run is not None and data.new_items is None and getattr(run, "new_items", None):
+        data = replace(data, new_items=run.new_items)
+    if run is None or not run.data or data.data is not None:
+        return data
+    if not Path(run.data).is_dir():  # e.g. trained on another machine
+        say(f"note: {model} was trained on data at {run.data}, which is not here; using the default data (pass --data)")
+        return data
+    defaults = DataArgs()
+    changes = {"data": run.data}
+    for name in ("format", "title_field", "dedupe", "unknown_items", "new_items"):
+        if getattr(data, name) == getattr(defaults, name):
+            changes[name] = getattr(run, name)
+    if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():
+        say(f"note: data {run.data} (the one {model} was trained on; --data to change)")
+    return replace(data, **changes)
+
+
+def run_readout(run, model):
+    """A trained run's collaborative readout over its item table: the one ``m6gen fit-readout`` fitted,
+    else the one trained with LoRA (``--readout-loss``); None: not a run, or it has none."""
+    from m6gen.hybrid import find
+    from m6gen.hybrid.readout import load_readout
+
+    embedding = find(model)
+    if run is None or embedding is None:
+        return None
+    fitted = load_readout(run, embedding.table)
+    return fitted if fitted is not None else embedding.readout

@@ -61,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench_decode import cpu_model
     from tqdm.auto import tqdm
 
+    from m6gen.baselines.sasrec import load_sasrec
     from m6gen.commands.common import load_data
     from m6gen.config import DataArgs
     from m6gen.hybrid.readout import fit_readouts, layer_states_at, training_windows, window_pairs
     from m6gen.model import encode_prompts
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import per_user_scores
-    from m6gen.recommender import RecommendConfig, Recommender, load_sasrec
+    from m6gen.recommender import RecommendConfig, Recommender
 
     args = make_parser().parse_args(argv)
     torch.set_num_threads(args.threads)

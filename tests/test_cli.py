@@ -223,7 +223,7 @@ def test_a_trained_run_brings_its_own_data(world, tmp_path):
     import json
 
     from m6gen.config import DataArgs
-    from m6gen.recommender import resolve_data
+    from m6gen.runs import resolve_data
 
     data, _ = world
     run = tmp_path / "run"

@@ -639,7 +639,7 @@ def test_config_file_then_flags(tmp_path):
 
 
 def test_one_default_history_length_everywhere():
-    from m6gen.recommender import resolve_prompt
+    from m6gen.runs import resolve_prompt
 
     assert TrainConfig().max_history == resolve_prompt(None, PromptArgs()).max_history == 20
 

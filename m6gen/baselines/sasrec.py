@@ -390,3 +390,15 @@ def _resume(folder: Path, rec: SASRec, opt, config: SASRecConfig):
     torch.set_rng_state(saved["torch_rng"])
     rec.log, rec.best_epoch = saved["log"], saved["best_epoch"]
     return _FitState(**saved["state"]), saved["best"], rng
+
+
+def load_sasrec(folder: str | Path, n_items: int):
+    """A saved SASRec for a catalog of ``n_items``; a one-line :class:`ModelError` when it is not one."""
+    from m6gen.model import ModelError
+
+    if not (Path(folder) / "sasrec.json").is_file():
+        raise ModelError(f"sasrec {folder}: no saved SASRec there (sasrec.json missing)")
+    sasrec = SASRec.load(folder)
+    if sasrec.n_items != n_items:
+        raise ModelError(f"sasrec {folder}: trained on {sasrec.n_items} items, the catalog has {n_items}")
+    return sasrec

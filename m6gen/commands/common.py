@@ -69,7 +69,7 @@ def load_data(args):
     """(dataset, split) for the data options; a trained run's own data when no --data is given."""
     from m6gen.config import DataArgs
     from m6gen.data import build_histories, leave_one_out, load_dataset_noted, new_item_split
-    from m6gen.recommender import resolve_data
+    from m6gen.runs import resolve_data
 
     data = resolve_data(getattr(args, "model", None), args.groups[DataArgs], say=say)
     vars(args).update(vars(data))
@@ -81,7 +81,7 @@ def load_data(args):
 def resolve_prompt_args(args) -> None:
     """Fill the prompt options left unset from the trained run (``args.model``), else the defaults."""
     from m6gen.config import PromptArgs
-    from m6gen.recommender import resolve_prompt
+    from m6gen.runs import resolve_prompt
 
     prompt = resolve_prompt(getattr(args, "model", None), args.groups[PromptArgs])
     args.groups[PromptArgs] = prompt

@@ -158,7 +158,7 @@ def distillation_teacher(rec, n_items: int):
     when that is a saved SASRec; None without one."""
     from pathlib import Path
 
-    from m6gen.recommender import load_sasrec
+    from m6gen.baselines.sasrec import load_sasrec
 
     if rec.collaborative.has_states:
         return rec.collaborative.sequence

@@ -40,7 +40,7 @@ def run(args) -> int:
         tokenizer = load_tokenizer(args.model, args.gguf_file)
     retriever = None
     if args.candidates:  # what a candidate template lists: the retriever's items for this history
-        from m6gen.recommender import load_sasrec
+        from m6gen.baselines.sasrec import load_sasrec
 
         retriever = load_sasrec(args.candidates, len(ds.catalog))
     templates = [lib.load_template(name) for name in ([only] if only else lib.names())]

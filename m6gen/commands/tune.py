@@ -82,11 +82,12 @@ def score_template(
 
 
 def run(args) -> int:
+    from m6gen.baselines.sasrec import load_sasrec
     from m6gen.commands.common import load_data
     from m6gen.model import load_model, load_tokenizer
     from m6gen.prompts import TemplateLibrary, user_vars
     from m6gen.ranking.metrics import format_table
-    from m6gen.recommender import RecommendConfig, Recommender, load_sasrec
+    from m6gen.recommender import RecommendConfig, Recommender
 
     lib = TemplateLibrary(args.templates)
     if args.max_history is not None:

@@ -209,7 +209,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     target_ids = encode_targets(tokenizer, target_texts)  # the trie's sequences, shared by every example
     retriever = None
     if cfg.candidates:
-        from m6gen.recommender import load_sasrec
+        from m6gen.baselines.sasrec import load_sasrec
 
         retriever = load_sasrec(cfg.candidates, len(dataset.catalog))
     module = loss_module(peft_model, readout_weight=cfg.readout_loss)
