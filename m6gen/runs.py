@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ def resolve_prompt(model, prompt: PromptArgs) -> PromptArgs:
     templates = prompt.templates
     if run is not None and templates is None and template in (run.template, Path(run.template).stem):
         templates, template = run_templates(model, run)  # the run's own copy of its template
-    return replace(
+    return dataclasses.replace(
         prompt,
         templates=templates,
         template=template,
@@ -153,7 +152,7 @@ def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
 
     run = trained_run_config(model)
     if run is not None and data.new_items is None and getattr(run, "new_items", None):
-        data = replace(data, new_items=run.new_items)
+        data = dataclasses.replace(data, new_items=run.new_items)
     if run is None or not run.data or data.data is not None:
         return data
     if not Path(run.data).is_dir():  # e.g. trained on another machine
@@ -166,17 +165,18 @@ def resolve_data(model, data: DataArgs, say=print) -> DataArgs:
             changes[name] = getattr(run, name)
     if Path(run.data).resolve() != default_data_dir(must_exist=False).resolve():
         say(f"note: data {run.data} (the one {model} was trained on; --data to change)")
-    return replace(data, **changes)
+    return dataclasses.replace(data, **changes)
 
 
-def run_readout(run, model):
-    """A trained run's collaborative readout over its item table: the one ``m6gen fit-readout`` fitted,
-    else the one trained with LoRA (``--readout-loss``); None: not a run, or it has none."""
+def run_readout(run_folder, lm):
+    """The collaborative readout of the run in ``run_folder`` over ``lm``'s item table: the one
+    ``m6gen fit-readout`` fitted, else the one trained with LoRA (``--readout-loss``); None: not a
+    run, or it has none."""
     from m6gen.hybrid import find
     from m6gen.hybrid.readout import load_readout
 
-    embedding = find(model)
-    if run is None or embedding is None:
+    embedding = find(lm)
+    if run_folder is None or embedding is None:
         return None
-    fitted = load_readout(run, embedding.table)
+    fitted = load_readout(run_folder, embedding.table)
     return fitted if fitted is not None else embedding.readout
