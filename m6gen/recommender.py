@@ -310,20 +310,29 @@ class Recommender:
                 bar.update(len(batch))
         return out
 
-    def readout_log_probs(self, histories: list[list[int]], profiles: list[dict] | None = None, progress=None):
+    def readout_log_probs(
+        self, histories: list[list[int]], profiles: list[dict] | None = None, progress=None, states=None
+    ) -> np.ndarray:
         """(users, items) float64: the run's collaborative readout on each user's prompt, read at the
         state where the search starts: the readout's own ranking of the whole catalog, with no search
-        and no title. ``progress``: called with each batch's size."""
+        and no title. ``progress``: called with each batch's size; ``states``: those prompt states
+        (:meth:`prompt_states`), already computed."""
+        if self.readout is None:
+            raise ValueError("readout_log_probs: this model has no collaborative readout (m6gen fit-readout)")
+        if states is None:
+            states = self.prompt_states(histories, profiles, progress)
+        return np.asarray(self.readout.log_probs(states), dtype=np.float64)
+
+    def prompt_states(self, histories: list[list[int]], profiles: list[dict] | None = None, progress=None):
+        """(users, width) float32: the model's last hidden state at the end of each user's prompt, where
+        the search writes the first title token (left-padded batches, as the search prefills)."""
         from m6gen.hybrid.readout import prompt_states
         from m6gen.model import encode_prompts
 
-        if self.readout is None:
-            raise ValueError("readout_log_probs: this model has no collaborative readout (m6gen fit-readout)")
         self._check_histories(histories)
         prompt_ids = encode_prompts(self.tokenizer, self._render_prompts(histories, profiles))
         self._check_context(prompt_ids)
-        states = prompt_states(self.model, prompt_ids, self.tokenizer.pad_token_id, self.config.batch_size, progress)
-        return np.asarray(self.readout.log_probs(states), dtype=np.float64)
+        return prompt_states(self.model, prompt_ids, self.tokenizer.pad_token_id, self.config.batch_size, progress)
 
     def _search_prior(self, prior, prior_weight, readout_weight, histories):
         """(prior or None, its weight in the search) for one batch: a prior function's log-scores,

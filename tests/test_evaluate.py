@@ -337,14 +337,14 @@ def test_two_processes_share_the_decoding_and_give_the_tables_of_one(world, tmp_
 
 def test_merging_beam_shards_after_a_kill_loses_and_repeats_nothing(tmp_path):
     """A kill can leave a cut last line in the cache, or a shard already appended but not deleted."""
-    from m6gen.commands.beam_cache import merge_beam_shards
+    from m6gen.commands.beam_cache import merge_shards
 
     line = lambda u: json.dumps({"user_id": u, "beams": [[1, -1.0, -1.0, -1.0, 0.0]]}) + "\n"  # noqa: E731
     cache = tmp_path / "beams_valid-t[1]-x.jsonl"  # a template name with glob characters
     cache.write_text(line("u0") + line("u1")[:10])  # killed while appending u1
     (tmp_path / f"{cache.name}.shard0of2").write_text(line("u1") + line("u2"))
     (tmp_path / f"{cache.name}.shard1of2").write_text(line("u0") + line("u3") + line("u4")[:7])
-    merge_beam_shards(cache)
+    merge_shards(cache)
     users = [json.loads(x)["user_id"] for x in cache.read_text().splitlines()]
     assert sorted(users) == ["u0", "u1", "u2", "u3"]  # u0 once, u1 whole, u4's cut line left to decode again
     assert not list(tmp_path.glob("*.shard*"))

@@ -403,7 +403,7 @@ def test_eval_tables_the_readout_alone_but_never_chooses_it(hybrid_run, tiny_dir
     _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
     targets = iter([[split.valid[u] for u in split.users], [split.test[u] for u in split.users]])
 
-    def oracle(self, histories, profiles=None, progress=None):
+    def oracle(self, histories, profiles=None, progress=None, states=None):
         scores = np.full((len(histories), len(ds.catalog)), -50.0)
         scores[np.arange(len(histories)), next(targets)] = 0.0
         return scores
@@ -435,6 +435,38 @@ def test_eval_tables_the_readout_alone_but_never_chooses_it(hybrid_run, tiny_dir
     assert rows["m6gen + Readout in decoding (w 1, rank by prior)"]["NDCG@10"] == pytest.approx(want)
     by_title = [beams[u][np.argsort(-beams[u][:, 1], kind="stable"), 0].astype(int) for u in split.users]
     assert per_user_scores(by_title, np.array([split.test[u] for u in split.users]), 10)["NDCG"].mean() != want
+
+
+def test_eval_reads_the_readout_rows_states_once_and_caches_them(hybrid_run, tiny_dirs, tmp_path, monkeypatch):
+    """The readout-alone row's prompt states are computed with the beams, stored exactly in a cache named
+    like the plain beams', and a second eval (a refitted readout, say) reads them instead of the model."""
+    import base64
+
+    from m6gen.commands.eval import main
+    from m6gen.commands.eval_rows import READOUT_ROW
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    run, _ = hybrid_run
+    argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--baselines", ""]
+    argv += ["--blend", "", "--weights", "", "--decode-prior", "Readout", "--decode-blend", "1", "--split", "valid"]
+    argv += ["--dtype", "float32"]  # bf16 states would differ with the batches' padding
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "eval_valid.json").read_text())[READOUT_ROW]
+    (cache,) = tmp_path.glob("states_valid-*.jsonl")
+    lines = [json.loads(x) for x in cache.read_text().splitlines()]
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    assert [x["user_id"] for x in lines] == split.users  # one line per user, in order
+    rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(dtype="float32"), device="cpu")
+    want = rec.prompt_states([split.valid_history(u) for u in split.users])
+    got = np.stack([np.frombuffer(base64.b64decode(x["state"]), dtype="<f4") for x in lines])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    def no_forward(self, *args, **kwargs):
+        raise AssertionError("the cached prompt states were computed again")
+
+    monkeypatch.setattr(Recommender, "prompt_states", no_forward)
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "eval_valid.json").read_text())[READOUT_ROW] == first
 
 
 def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tmp_path):

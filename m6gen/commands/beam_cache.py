@@ -1,11 +1,15 @@
-"""The beams ``m6gen eval`` generates, cached on disk: one JSONL file per model, template, data
-options and decoding, appended as users finish (a killed run resumes), shared among processes under
-``torchrun`` (one shard each, merged by the main process), named by a fingerprint of what made them."""
+"""What ``m6gen eval`` computes per user, cached on disk: the beams (one JSONL file per model, template,
+data options and decoding) and the prompt states the run's readout reads. Each file is appended as
+users finish (a killed run resumes), shared among processes under ``torchrun`` (one shard each,
+merged by the main process), and named by a fingerprint of what made it."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def generate_cached(
@@ -28,60 +32,80 @@ def generate_cached(
     ``torchrun`` (``procs``: :class:`~m6gen.commands.common.Processes`) each process generates every
     ``count``-th missing user into its own shard of ``path``, which the main process then appends.
     """
+    from m6gen.prompts import user_vars
+
+    def beams(chunk_users, chunk_histories):
+        lists = rec.generate(
+            chunk_histories,
+            profiles=[user_vars(u, profiles) for u in chunk_users],
+            allowed=None if allowed is None else [allowed] * len(chunk_users),
+            prior=prior,
+            prior_weight=prior_weight,
+            readout_weight=readout_weight,
+        )
+        return [[[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl] for bl in lists]
+
+    batching = {"batch_size": rec.config.batch_size, "progress": progress, "procs": procs}
+    return cached_per_user(path, users, histories, beams, field="beams", desc="generating", **batching)
+
+
+def prompt_states_cached(rec, users, histories, path: Path, progress: bool, profiles=None, procs=None) -> np.ndarray:
+    """(users, width) float32: the model's state at the end of each user's prompt, where the search
+    starts (what the run's readout reads), computed once and appended to ``path`` as the beams are.
+    Stored exactly, as base64 of the float32 bytes."""
+    from m6gen.prompts import user_vars
+
+    def states(chunk_users, chunk_histories):
+        profiles_ = [user_vars(u, profiles) for u in chunk_users]
+        got = rec.prompt_states(chunk_histories, profiles_)
+        return [base64.b64encode(np.ascontiguousarray(s, dtype="<f4").tobytes()).decode("ascii") for s in got]
+
+    batching = {"batch_size": rec.config.batch_size, "progress": progress, "procs": procs}
+    cached = cached_per_user(path, users, histories, states, field="state", desc="prompt states", **batching)
+    return np.stack([np.frombuffer(base64.b64decode(cached[u]), dtype="<f4") for u in users])
+
+
+def cached_per_user(
+    path: Path, users, inputs, compute, *, field: str, desc: str, batch_size: int, progress: bool, procs=None
+) -> dict:
+    """``{user: value}``: ``compute(users, inputs)`` for each user, a batch at a time, appended to
+    ``path`` as JSONL lines ``{"user_id": ..., field: value}`` so a killed run resumes. Under ``torchrun``
+    each process computes every ``count``-th missing user into its own shard, appended by the main one."""
     from tqdm.auto import tqdm
 
     from m6gen.commands.common import Processes
     from m6gen.files import append_synced as append
     from m6gen.outputs import done_users
-    from m6gen.prompts import user_vars
 
     procs = procs or Processes()
     if procs.is_main:
-        merge_beam_shards(path)  # a killed sharded run's beams count as done
+        merge_shards(path)  # a killed sharded run's users count as done
     procs.wait_for_everyone()
-    done = set(done_users(path, fix="delete it to generate those beams again"))
-    todo = [(u, h) for u, h in zip(users, histories) if u not in done][procs.index :: procs.count]
+    done = set(done_users(path, fix=f"delete it to compute those {field}s again"))
+    todo = [(u, x) for u, x in zip(users, inputs) if u not in done][procs.index :: procs.count]
     target = path if procs.count == 1 else path.with_name(f"{path.name}.shard{procs.index}of{procs.count}")
+    share = len(users[procs.index :: procs.count])  # this process's part of the users, done ones included
     bar = tqdm(
-        total=len(users) // procs.count,
-        initial=len(users) // procs.count - len(todo),
-        desc=f"generating[{procs.index}]" if procs.count > 1 else "generating",
+        total=share,
+        initial=max(share - len(todo), 0),
+        desc=f"{desc}[{procs.index}]" if procs.count > 1 else desc,
         unit="user",
         disable=not progress,
     )
-    bs = rec.config.batch_size
-    for s in range(0, len(todo), bs):
-        chunk = todo[s : s + bs]
-        beams = rec.generate(
-            [h for _, h in chunk],
-            profiles=[user_vars(u, profiles) for u, _ in chunk],
-            allowed=None if allowed is None else [allowed] * len(chunk),
-            prior=prior,
-            prior_weight=prior_weight,
-            readout_weight=readout_weight,
-        )
-        append(
-            target,
-            "".join(
-                json.dumps({"user_id": u, "beams": [[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl]})
-                + "\n"
-                for (u, _), bl in zip(chunk, beams)
-            ),
-        )
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s : s + batch_size]
+        values = compute([u for u, _ in chunk], [x for _, x in chunk])
+        append(target, "".join(json.dumps({"user_id": u, field: v}) + "\n" for (u, _), v in zip(chunk, values)))
         bar.update(len(chunk))
     bar.close()
     procs.wait_for_everyone()
     if procs.is_main:
-        merge_beam_shards(path)
+        merge_shards(path)
     procs.wait_for_everyone()
-    cached = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec_ = json.loads(line)
-        cached[rec_["user_id"]] = rec_["beams"]
-    return cached
+    return {line["user_id"]: line[field] for line in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
 
 
-def merge_beam_shards(path: Path) -> None:
+def merge_shards(path: Path) -> None:
     """Append every process's shard of ``path`` (``<name>.shard<i>of<n>``) to it, then delete them.
 
     Safe to redo after a kill at any point: a line cut short in ``path`` is dropped first, and a

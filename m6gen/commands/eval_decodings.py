@@ -4,12 +4,12 @@ made its beams (:mod:`m6gen.commands.beam_cache`), so a killed or repeated eval 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from m6gen.commands.beam_cache import cache_fingerprint, generate_cached, prior_fingerprint
+from m6gen.commands.beam_cache import cache_fingerprint, generate_cached, prior_fingerprint, prompt_states_cached
 
 PLAIN = ""  # the plain search's key among the decodings
 
@@ -40,6 +40,7 @@ class Decodings:
     dtype: str  # what --dtype auto became: beams of another dtype are other beams
     searches: list[Search]  # the plain search first (plan_searches)
     cold: np.ndarray | None = None
+    states: dict[str, np.ndarray] = field(default_factory=dict)  # per split, once decoded: the prompt states
 
     @property
     def searched_rows(self) -> dict[str, float]:
@@ -69,7 +70,15 @@ class Decodings:
                 np.array([b[:4] + [b[4] if len(b) > 4 else 0.0] for b in cached[u]], dtype=np.float64).reshape(-1, 5)
                 for u in users
             ]
+        if self.rec.readout is not None:  # for the readout-alone row; each process computes its share
+            self.states[name] = self._prompt_states(name, users, histories)
         return decoded
+
+    def _prompt_states(self, name: str, users: list[str], histories: list[list[int]]) -> np.ndarray:
+        """(users, width): the prompt states on split ``name`` where every search starts, cached beside
+        the plain beams and named by the same fingerprint (a refitted readout reads the same states)."""
+        path = self.out / f"states_{self._tag(name)}-{self.searches[0].file_tag}.jsonl"
+        return prompt_states_cached(self.rec, users, histories, path, self.progress, self.profiles, self.procs)
 
     def _tag(self, name: str) -> str:
         config = self.rec.config

@@ -145,7 +145,7 @@ class Evaluation:
         for row, lists in ranked.items():
             score(row, lists)
         if self.rec.readout is not None:
-            score(READOUT_ROW, self.readout_ranking(users, histories, exclude, k))
+            score(READOUT_ROW, self.readout_ranking(name, histories, exclude, k))
         return scores
 
     def peer_rankings(self, histories, exclude, k: int) -> dict[str, list[np.ndarray]]:
@@ -160,16 +160,13 @@ class Evaluation:
             lists["Pop"] = pop_rank(item_popularity(self.split, len(self.ds.catalog)), exclude, k)
         return {**lists, **self.content.rankings(histories, exclude, k)}
 
-    def readout_ranking(self, users: list[str], histories: list[list[int]], exclude, k: int) -> list[np.ndarray]:
-        """The run's readout ranking the whole catalog from each user's prompt (one forward, no search)."""
-        from tqdm.auto import tqdm
-
+    def readout_ranking(self, name: str, histories, exclude, k: int) -> list[np.ndarray]:
+        """The run's readout ranking the whole catalog from each user's prompt state on split ``name``
+        (read once with the beams, and cached as they are; no search)."""
         from m6gen.baselines.content import rank
-        from m6gen.prompts import user_vars
 
-        profiles = [user_vars(u, self.ds.profiles) for u in users]
-        with tqdm(total=len(users), desc="readout", unit="user", disable=not self.args.progress, leave=False) as bar:
-            return rank(self.rec.readout_log_probs(histories, profiles, bar.update), exclude, k)
+        states = self.decodings.states[name]
+        return rank(self.rec.readout_log_probs(histories, states=states), exclude, k)
 
     @property
     def blend(self) -> list[float]:
