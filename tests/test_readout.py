@@ -243,6 +243,44 @@ def test_fit_readout_saves_a_readout_that_plain_beam_caches_ignore(hybrid_run, t
     assert cache_fingerprint(str(run), template) == before  # a plain search never reads the readout
 
 
+def test_fit_readout_keeps_the_pairs_states_so_a_refit_runs_no_forward(hybrid_run, tmp_path, monkeypatch, capsys):
+    """The training pairs' prompt states are kept in the run folder: fitting again with other readout
+    options reads them (and fits exactly what fresh states fit); other pairs read and replace them."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    import m6gen.hybrid.readout as readout_module
+    from m6gen.commands.fit_readout import main
+
+    run, _ = hybrid_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (cached,) = copy.glob("readout_states-*.npy")  # left by the fixture's fit
+    fresh = load_file(str(copy / "readout.safetensors"))
+    argv = ["--model", str(copy), "--readout-epochs", "5", "--readout-per-user", "2", "--no-progress"]
+
+    forwards = []
+    real = readout_module.layer_states_at
+
+    def counted(*args, **kwargs):
+        forwards.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(readout_module, "layer_states_at", counted)
+    assert main(argv) == 0
+    assert "prompt states read from" in capsys.readouterr().out
+    again = load_file(str(copy / "readout.safetensors"))
+    assert fresh.keys() == again.keys() and all(np.array_equal(fresh[k], again[k]) for k in fresh)
+    assert main([*argv, "--readout-members", "2", "--readout-distill", "0"]) == 0  # other options, same pairs
+    assert json.loads((copy / "readout.json").read_text())["members"] == 2
+    assert not forwards
+    assert main([*argv[:-2], "3", "--no-progress"]) == 0  # other pairs: their states are read
+    assert forwards
+    (renewed,) = copy.glob("readout_states-*.npy")  # only the latest pairs' states are kept
+    assert renewed != cached and len(np.load(renewed)) == 30 * 3
+
+
 def test_the_readout_prior_joins_the_search_as_the_runs_own(hybrid_run, tiny_dirs):
     from m6gen.recommender import Recommender
 

@@ -1,7 +1,8 @@
 """``m6gen fit-readout``: a hybrid run's collaborative readout (:mod:`m6gen.hybrid.readout`), fitted on
 its frozen prompt states and saved in the run folder.
 
-m6gen fit-readout --model runs/hybrid-state-400                 # about 11 min on 2 CPU cores
+m6gen fit-readout --model runs/hybrid-state-400                 # about 11 min on 2 CPU cores; a refit
+                                                                # with other fitting options reuses the states
 m6gen fit-readout --model runs/my-run --readout-per-user 5 --readout-epochs 50
 m6gen fit-readout --model runs/hybrid-state-400 --readout-distill 0   # true next items only (default: 0.9)
 m6gen fit-readout --model runs/hybrid-state-400 --readout-hidden 0 --readout-members 1   # one linear map
@@ -12,6 +13,7 @@ m6gen recommend --model runs/my-run --readout-weight 3
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from m6gen.config import DataArgs, DeviceArgs, ModelArgs, RuntimeArgs, at_least, option
 
@@ -114,15 +116,20 @@ def run(args) -> int:
         return encode_prompts(rec.tokenizer, rec.prompts(histories, profiles, template=wide))
 
     pairs = window_pairs(windows, encode)
-    with tqdm(total=len(pairs.prompt_ids), desc="prompt states", unit="prompt", disable=not args.progress) as bar:
-        states = states_at(
-            rec.model,
-            pairs.prompt_ids,
-            pairs.positions,
-            rec.tokenizer.pad_token_id,
-            args.readout_batch_size,
-            bar.update,
-        )
+
+    def read_states():
+        with tqdm(total=len(pairs.prompt_ids), desc="prompt states", unit="prompt", disable=not args.progress) as bar:
+            return states_at(
+                rec.model,
+                pairs.prompt_ids,
+                pairs.positions,
+                rec.tokenizer.pad_token_id,
+                args.readout_batch_size,
+                bar.update,
+            )
+
+    run_folder = Path(args.model)
+    states = cached_states(run_folder, states_key(run_folder, rec, pairs, args.readout_batch_size), read_states)
     teacher = sasrec.score(pairs.histories) if distill else None
     fitting = tqdm(total=args.readout_members, desc="fitting readouts", unit="readout", disable=not args.progress)
     readout, fits = fit_readouts(
@@ -151,6 +158,51 @@ def run(args) -> int:
         f"{', '.join(str(f.epochs) for f in fits)}; saved in {args.model} ({time.perf_counter() - t0:.0f} s)"
     )
     return 0
+
+
+STATES_CACHE = "readout_states-{key}.npy"
+
+
+def states_key(run_folder: Path, rec, pairs, batch_size: int) -> str:
+    """12 hex digits naming the training pairs' prompt states: the run's adapter and base model, the
+    dtype, the batch size (bf16 states move a little with the padding), and every pair's prompt tokens
+    and read positions (which cover the data, the template and the pair options)."""
+    import hashlib
+
+    from m6gen.hybrid.readout import adapter_fingerprint
+
+    digest = hashlib.sha1()
+    base = getattr(rec.model, "name_or_path", "") or ""
+    dtype = next(rec.model.parameters()).dtype
+    digest.update(f"{adapter_fingerprint(run_folder)}|{base}|{dtype}|{batch_size}".encode())
+    for ids, positions in zip(pairs.prompt_ids, pairs.positions):
+        digest.update(f"{ids}|{positions}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def cached_states(folder: Path, key: str, read):
+    """The training pairs' prompt states, read by ``read()`` once and kept in the run folder
+    (``readout_states-<key>.npy``, written atomically): fitting again with other readout options
+    (``--readout-distill``, ``--readout-hidden``, ``--readout-members``, ...) runs no forward. Only
+    the latest pairs' states are kept."""
+    import io
+
+    import numpy as np
+
+    from m6gen.files import write_atomic
+
+    path = folder / STATES_CACHE.format(key=key)
+    if path.is_file():
+        print(f"prompt states read from {path} (delete it to read them again)")
+        return np.load(path)
+    states = read()
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(states, dtype=np.float32))
+    write_atomic(path, buffer.getvalue())
+    for old in folder.glob(STATES_CACHE.format(key="*")):
+        if old != path:
+            old.unlink()
+    return states
 
 
 def distillation_teacher(rec, n_items: int):
