@@ -67,7 +67,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     from m6gen.config import TrainConfig
     from m6gen.model import encode_targets, load_model, load_tokenizer
     from m6gen.training import examples as td
-    from m6gen.training.loop import prepare_run, train
+    from m6gen.training.loop import train
+    from m6gen.training.prepare import prepare_run
     from m6gen.training.run_folder import resolve_paths
 
     options = {k: v for k, v in vars(args).items() if v is not None and k not in ("steps", "warmup", "hf_loss")}

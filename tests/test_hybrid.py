@@ -219,7 +219,7 @@ def test_the_projector_can_learn_at_its_own_rate(hybrid_model):
 
     from m6gen.config import TrainConfig
     from m6gen.hybrid.soft_tokens import PROJECTOR
-    from m6gen.training.loop import parameter_groups
+    from m6gen.training.prepare import parameter_groups
 
     model, _, _ = hybrid_model
     lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], modules_to_save=[PROJECTOR], task_type="CAUSAL_LM")

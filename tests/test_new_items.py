@@ -49,7 +49,7 @@ def test_no_interaction_with_a_new_item_reaches_a_trained_part(world_split, tiny
     from m6gen.commands.common import item_features
     from m6gen.data import item_popularity
     from m6gen.hybrid import find
-    from m6gen.training.loop import prepare_run
+    from m6gen.training.prepare import prepare_run
 
     data, ds, split = world_split
     np.save(tmp_path / "cf.npy", np.ones((len(TITLES), 4), dtype=np.float32))
@@ -146,7 +146,7 @@ def test_eval_on_new_item_users_only_tables_every_row_on_those_users(world_split
 def test_a_sasrec_source_trained_with_the_new_items_is_refused(world_split, tiny_dirs, tmp_path):
     from m6gen.commands.baselines import main as baselines
     from m6gen.config import TrainError
-    from m6gen.training.loop import prepare_run
+    from m6gen.training.prepare import prepare_run
 
     data, _, _ = world_split
     common = ["--data", str(data), "--sasrec-epochs", "2", "--no-progress"]

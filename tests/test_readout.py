@@ -620,8 +620,8 @@ def test_the_readout_trained_with_lora_learns_its_training_items(readout_trained
 
     from m6gen.runs import load_trained
     from m6gen.training.examples import collate
-    from m6gen.training.loop import prepare_run
     from m6gen.training.loss import loss_module
+    from m6gen.training.prepare import prepare_run
 
     run, config = readout_trained_with_lora
     fresh = prepare_run(dataclasses.replace(config, output_dir=str(run.parent / "fresh"), max_steps=1))

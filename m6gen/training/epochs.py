@@ -1,5 +1,5 @@
 """A run's examples and batches for every epoch, decided before the first step, so ``--resume`` finds
-the same order (``prepare_run`` in :mod:`m6gen.training.loop` calls :func:`plan_epochs`).
+the same order (``prepare_run`` in :mod:`m6gen.training.prepare` calls :func:`plan_epochs`).
 
 Three ways to turn the train split into examples: history packing (one sequence teaches
 ``--history-block`` next items, when the template is token-incremental), one next item per
