@@ -1,4 +1,5 @@
-"""The ``m6gen`` command line: one module per sub-command; argparse lives only in this folder.
+"""The ``m6gen`` command line: one module per sub-command. Their options come from ``m6gen.config``,
+whose parser (``m6gen/config/parser.py``) is the only place argparse is used.
 
     m6gen demo | data | prompts | recommend | chat | eval | tune-prompts | train | baselines | serve
 
