@@ -155,3 +155,30 @@ def test_each_package_folder_opens_with_a_docstring():
 
     for init in (ROOT / "m6gen").glob("*/__init__.py"):
         assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring of its job"
+
+
+def test_every_recipe_is_listed_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.name for p in RECIPES if f"`{p.name}`" not in readme]
+    assert not missing, f"README.md's list of recipes lacks {missing}"
+
+
+def test_every_recipe_the_docs_name_exists():
+    named = set()
+    for path in [ROOT / "README.md", *ROOT.glob("docs/*.md"), *RECIPES, *ROOT.glob("m6gen/**/*.py")]:
+        named |= set(re.findall(r"configs/([\w.-]+\.yaml)", path.read_text()))
+    assert named, "no recipe named anywhere"
+    missing = sorted(name for name in named if not (ROOT / "configs" / name).exists())
+    assert not missing, f"named but not in configs/: {missing}"
+
+
+def test_the_fit_readout_recipe_writes_out_its_defaults():
+    from m6gen.commands.fit_readout import AUTO_DISTILL, ReadoutArgs
+
+    module = command("fit-readout")
+    parsed = ConfigParser(module.GROUPS, prog="m6gen fit-readout", every_group=all_groups()).parse(
+        ["--config", str(ROOT / "configs" / "fit-readout.yaml")]
+    )
+    recipe = next(p for p in parsed if isinstance(p, ReadoutArgs))
+    defaults = dataclasses.replace(ReadoutArgs(), readout_distill=AUTO_DISTILL)
+    assert recipe == defaults
