@@ -53,6 +53,11 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
     for metrics in rows.values():
         assert 0.0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1.0
     assert (tmp_path / "tradeoff_valid.png").stat().st_size > 0
+    by_popularity = json.loads((tmp_path / "eval_valid_by_popularity.json").read_text())
+    for name, metrics in rows.items():  # the groups split the same users: their weighted mean is the table's
+        groups = [v for r, v in by_popularity.items() if r.endswith(f": {name}")]
+        assert len(groups) >= 2 and sum(g["users"] for g in groups) == 6
+        assert sum(g["users"] * g["NDCG@10"] for g in groups) / 6 == pytest.approx(metrics["NDCG@10"])
     versus = json.loads((tmp_path / "eval_valid_vs_sasrec.json").read_text())
     assert "SASRec" not in versus and set(versus) == set(rows) - {"SASRec"}  # Pop too: its ratio on the same users
     for name, v in versus.items():  # the ratio is the table's own NDCG@10s, inside its interval
@@ -393,3 +398,21 @@ def test_tables_written_into_the_model_folder_keep_its_beam_caches(world, tmp_pa
     (run_dir / "config.json").write_text((run_dir / "config.json").read_text() + "\n")  # the model changed
     assert main(argv) == 0
     assert len(list(run_dir.glob("beams_*.jsonl"))) == 2
+
+
+def test_the_popularity_table_compares_each_group_with_sasrec_on_its_own_users(tmp_path):
+    from m6gen.commands.eval_report import report_by_popularity
+    from m6gen.ranking.metrics import popularity_groups
+
+    groups = popularity_groups(np.array([1, 2, 50, 60]), n_groups=2)  # rare: users 0, 1; popular: 2, 3
+    per_user = {"SASRec": np.array([1.0, 0.0, 0.5, 0.5]), "m6gen x": np.array([0.0, 0.5, 1.0, 1.0])}
+    hits = {"SASRec": np.array([1.0, 0.0, 1.0, 1.0]), "m6gen x": np.array([0.0, 1.0, 1.0, 1.0])}
+    report_by_popularity(tmp_path, "test", groups, per_user, hits)
+    table = json.loads((tmp_path / "eval_test_by_popularity.json").read_text())
+    rare, popular = "target's training count 1-2", "target's training count 50-60"
+    assert table[f"{rare}: SASRec"] == {"users": 2, "HR@10": 0.5, "NDCG@10": 0.5}
+    assert table[f"{rare}: m6gen x"]["ratio"] == 0.5 and table[f"{popular}: m6gen x"]["ratio"] == 2.0
+    assert table[f"{popular}: m6gen x"]["NDCG@10"] == 1.0 and table[f"{popular}: m6gen x"]["HR@10"] == 1.0
+    # one group would only repeat the main table: nothing is written, and an earlier run's table goes
+    report_by_popularity(tmp_path, "test", popularity_groups(np.full(4, 7)), per_user, hits)
+    assert not list(tmp_path.glob("eval_test_by_popularity.*"))

@@ -19,6 +19,7 @@ from m6gen.ranking.metrics import (
     novelty,
     paired_bootstrap,
     per_user_scores,
+    popularity_groups,
     seen_rate,
     target_ranks,
     validity,
@@ -173,3 +174,21 @@ def test_paired_bootstrap_known_answers():
     assert paired_bootstrap(pos, ref, n_resamples=300, seed=5) == paired_bootstrap(pos, ref, n_resamples=300, seed=5)
     with pytest.raises(ValueError, match="equal length"):
         paired_bootstrap(a, b[:3])
+
+
+def test_popularity_groups_cut_at_thirds_and_keep_ties_together():
+    counts = np.array([3, 0, 7, 7, 7, 1, 2, 8, 100])  # sorted: 0 1 2 | 3 7 7 | 7 8 100: a 7 crosses the cut
+    groups = popularity_groups(counts)
+    assert [g.users.tolist() for g in groups] == [[1, 5, 6], [0, 2, 3, 4], [7, 8]]  # every 7 in the middle
+    assert [g.label for g in groups] == [
+        "target's training count 0-2",
+        "target's training count 3-7",
+        "target's training count 8-100",
+    ]
+    assert [g.users.tolist() for g in popularity_groups(np.arange(6))] == [[0, 1], [2, 3], [4, 5]]
+    same = popularity_groups(np.full(4, 5))  # all equally popular: one group, not three
+    assert len(same) == 1 and same[0].label == "target's training count 5" and same[0].users.tolist() == [0, 1, 2, 3]
+    assert popularity_groups(np.array([], dtype=np.int64)) == []
+    assert [g.users.tolist() for g in popularity_groups(counts, n_groups=1)] == [list(range(9))]
+    with pytest.raises(ValueError, match="n_groups"):
+        popularity_groups(counts, n_groups=0)

@@ -57,6 +57,41 @@ def report(
     print(f"\nwrote {', '.join(str(p) for p in written)} and {out / f'tradeoff_{split_name}.png'}")
 
 
+def report_by_popularity(out: Path, split_name: str, groups: list, per_user: dict, hits: dict) -> None:
+    """``eval_<split>_by_popularity``: every row's HR@10 and NDCG@10 within groups of users by how popular
+    their target item is in training (``groups``: :func:`m6gen.ranking.metrics.popularity_groups`), and
+    with SASRec in the run each row's NDCG@10 against SASRec's on the same users: where on the long
+    tail a row wins or loses."""
+    from m6gen.ranking.metrics import format_table, paired_bootstrap, write_results
+
+    if len(groups) < 2:  # one group is the table above again
+        for stale in out.glob(f"eval_{split_name}_by_popularity.*"):
+            stale.unlink()
+        return
+    rows = {}
+    for group in groups:
+        for name, ndcg in per_user.items():
+            row = {
+                "users": len(group.users),
+                "HR@10": float(hits[name][group.users].mean()),
+                "NDCG@10": float(ndcg[group.users].mean()),
+            }
+            if "SASRec" in per_user and name != "SASRec":
+                versus = paired_bootstrap(
+                    ndcg[group.users], per_user["SASRec"][group.users], n_resamples=VERSUS_RESAMPLES, level=VERSUS_LEVEL
+                )
+                row.update((m, versus[m]) for m in ("ratio", "ratio_low", "ratio_high"))
+            rows[f"{group.label}: {name}"] = row
+    metrics = ["users", "HR@10", "NDCG@10", "ratio", "ratio_low", "ratio_high"]
+    print(
+        f"\n{split_name}: users grouped by their target's popularity in training (rarest first); ratio = NDCG@10 "
+        f"against SASRec on the same users (paired bootstrap, {VERSUS_LEVEL:.0%} intervals):\n"
+    )
+    print(format_table(rows, metrics))
+    written = write_results(out / f"eval_{split_name}_by_popularity", rows, metrics)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+
+
 def plot_tradeoff(rows: dict[str, dict[str, float]], path: Path) -> None:
     """NDCG@10 against intra-list diversity, colour = novelty, one point per row."""
     import matplotlib

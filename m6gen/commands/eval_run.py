@@ -13,7 +13,7 @@ import numpy as np
 
 from m6gen.commands.common import UsageError
 from m6gen.commands.eval_decodings import PLAIN, Decodings, plan_searches
-from m6gen.commands.eval_report import report
+from m6gen.commands.eval_report import report, report_by_popularity
 from m6gen.commands.eval_rows import READOUT_ROW, SCORE_COLUMNS, m6gen_rankings, searched_rankings
 from m6gen.config import ConfigError, SASRecArgs
 
@@ -188,6 +188,13 @@ class Evaluation:
             f"cold items only ({len(self.cold)})" if self.cold is not None else f"whole catalog ({n_items} items)"
         )
         report(self.out, self.label(name), len(self.users(name)), ranked_what, scores.rows, scores.per_user)
+        if self.cold is None:  # a shelf of cold items has no popular targets to set apart
+            from m6gen.data import item_popularity
+            from m6gen.ranking.metrics import popularity_groups
+
+            targets = self.histories_and_targets(name, self.users(name))[1]
+            groups = popularity_groups(item_popularity(self.split, n_items)[targets])
+            report_by_popularity(self.out, self.label(name), groups, scores.per_user, scores.hits)
         if self.split.new_items:
             report_new_items(self.out, self.label(name), self.new_targets(name), scores.per_user, scores.hits)
 

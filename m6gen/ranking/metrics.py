@@ -8,6 +8,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +110,36 @@ def paired_bootstrap(
         "diff_high": float(diff_high),
         "p_not_better": float(np.mean(diffs <= 0)),
     }
+
+
+@dataclass(frozen=True)
+class UserGroup:
+    """Some of the evaluated users, named for what they share (``users`` indexes the per-user arrays)."""
+
+    label: str
+    users: np.ndarray
+
+
+def popularity_groups(target_counts: np.ndarray, n_groups: int = 3) -> list[UserGroup]:
+    """Users split by how often their target item occurs in training, rarest targets first, into
+    ``n_groups`` groups of about equal size: the long tail apart from the blockbusters. Users whose
+    targets are equally popular stay in one group (so sizes may differ, and fewer groups may come back)."""
+    counts = np.asarray(target_counts, dtype=np.int64).reshape(-1)
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    if not len(counts):
+        return []
+    ordered = np.sort(counts)
+    cuts = [int(ordered[-(-len(counts) * g // n_groups) - 1]) for g in range(1, n_groups)]  # each group's top count
+    groups, low = [], -1
+    for top in [*cuts, int(ordered[-1])]:
+        users = np.flatnonzero((counts > low) & (counts <= top))
+        if len(users):
+            least, most = int(counts[users].min()), int(counts[users].max())
+            span = f"{least}" if least == most else f"{least}-{most}"
+            groups.append(UserGroup(f"target's training count {span}", users))
+        low = max(low, top)
+    return groups
 
 
 def hit_rate_at_k(ranked: Sequence[Ranking], targets: np.ndarray, k: int) -> float:
