@@ -130,7 +130,8 @@ def popularity_groups(target_counts: np.ndarray, n_groups: int = 3) -> list[User
     if not len(counts):
         return []
     ordered = np.sort(counts)
-    cuts = [int(ordered[-(-len(counts) * g // n_groups) - 1]) for g in range(1, n_groups)]  # each group's top count
+    # the count at each cut: the ceil(len * g / n_groups)-th smallest, the top of group g-1 before ties move it
+    cuts = [int(ordered[-(-len(counts) * g // n_groups) - 1]) for g in range(1, n_groups)]
     groups, low = [], -1
     for top in [*cuts, int(ordered[-1])]:
         users = np.flatnonzero((counts > low) & (counts <= top))
