@@ -416,3 +416,23 @@ def test_the_popularity_table_compares_each_group_with_sasrec_on_its_own_users(t
     # one group would only repeat the main table: nothing is written, and an earlier run's table goes
     report_by_popularity(tmp_path, "test", popularity_groups(np.full(4, 7)), per_user, hits)
     assert not list(tmp_path.glob("eval_test_by_popularity.*"))
+
+
+def test_the_popularity_groups_are_the_evaluated_users_by_their_own_targets(world, tmp_path, monkeypatch):
+    from m6gen.commands import eval_run
+    from m6gen.data import item_popularity
+    from m6gen.ranking.metrics import popularity_groups
+
+    seen = []
+    monkeypatch.setattr(eval_run, "report_by_popularity", lambda *a: seen.append(a))
+    data, model_dir = world
+    argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--split", "test", "--out", str(tmp_path)]
+    assert main([*argv, "--baselines", "Pop", "--weights", "", "--blend", "", "--no-progress"]) == 0
+    ds = load_dataset(data)
+    split = leave_one_out(build_histories(ds))
+    targets = np.array([split.test[u] for u in split.users])  # the test split's, in the evaluated users' order
+    expected = popularity_groups(item_popularity(split, len(ds.catalog))[targets])
+    (_, name, groups, per_user, hits) = seen[0]
+    assert name == "test" and [g.label for g in groups] == [g.label for g in expected]
+    assert [g.users.tolist() for g in groups] == [g.users.tolist() for g in expected]
+    assert all(len(v) == len(split.users) for v in [*per_user.values(), *hits.values()])

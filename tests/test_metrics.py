@@ -189,6 +189,10 @@ def test_popularity_groups_cut_at_thirds_and_keep_ties_together():
     same = popularity_groups(np.full(4, 5))  # all equally popular: one group, not three
     assert len(same) == 1 and same[0].label == "target's training count 5" and same[0].users.tolist() == [0, 1, 2, 3]
     assert popularity_groups(np.array([], dtype=np.int64)) == []
+    assert [g.users.tolist() for g in popularity_groups(np.array([9, 5]), n_groups=5)] == [
+        [1],
+        [0],
+    ]  # more groups than users
     assert [g.users.tolist() for g in popularity_groups(counts, n_groups=1)] == [list(range(9))]
     with pytest.raises(ValueError, match="n_groups"):
         popularity_groups(counts, n_groups=0)

@@ -11,8 +11,8 @@ kill), so re-running with other reranker weights costs no generation. Writes ``e
 .md/.csv/.json tables and ``tradeoff_<split>.png`` next to the model (or in ``--out``); with SASRec in
 the run, also ``eval_<split>_vs_sasrec``: each m6gen row's NDCG@10 as a ratio to SASRec's with a
 paired-bootstrap 95% interval, since a ratio measured on a few hundred users is noisy, and
-``eval_<split>_by_popularity``: every row within three groups of users, from the rarest targets in
-training to the most popular.
+``eval_<split>_by_popularity``: every row within (up to) three groups of users, from the rarest targets
+in training to the most popular.
 ``--choose-on-valid`` evaluates the validation split first and adds to the test table the m6gen row
 that scored best there: choosing a weight by its test score would peek at the test items.
 """

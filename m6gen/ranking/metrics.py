@@ -122,8 +122,9 @@ class UserGroup:
 
 def popularity_groups(target_counts: np.ndarray, n_groups: int = 3) -> list[UserGroup]:
     """Users split by how often their target item occurs in training, rarest targets first, into
-    ``n_groups`` groups of about equal size: the long tail apart from the blockbusters. Users whose
-    targets are equally popular stay in one group (so sizes may differ, and fewer groups may come back)."""
+    ``n_groups`` groups cut at the n-tiles of the sorted counts: the long tail apart from the blockbusters.
+    Users whose targets are equally popular stay together in the lower group (so sizes may differ, and
+    fewer groups may come back)."""
     counts = np.asarray(target_counts, dtype=np.int64).reshape(-1)
     if n_groups < 1:
         raise ValueError(f"n_groups must be >= 1, got {n_groups}")
