@@ -507,14 +507,32 @@ def test_eval_reads_the_readout_rows_states_once_and_caches_them(hybrid_run, tin
     assert json.loads((tmp_path / "eval_valid.json").read_text())[READOUT_ROW] == first
 
 
-def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tmp_path):
+def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tiny_dirs, tmp_path):
+    import torch
+
+    from m6gen.baselines.sasrec import SASRec
     from m6gen.commands.eval import main
+    from m6gen.commands.eval_rows import PRIOR_ROW
+    from m6gen.ranking.metrics import per_user_scores
+    from m6gen.recommender import RecommendConfig, Recommender
 
     run, _ = hybrid_run
     argv = ["--model", str(run), "--out", str(tmp_path), "--no-progress", "--beams", "4", "--sasrec-epochs", "2"]
     argv += ["--baselines", "SASRec", "--blend", "", "--weights", "", "--decode-prior", "SASRec+Readout"]
     assert main([*argv, "--decode-blend", "2"]) == 0
-    assert "m6gen + SASRec+Readout in decoding (w 2)" in json.loads((tmp_path / "eval_test.json").read_text())
+    rows = json.loads((tmp_path / "eval_test.json").read_text())
+    assert "m6gen + SASRec+Readout in decoding (w 2)" in rows
+    # the search's prior alone: SASRec's and the readout's log-probabilities added, the history left out
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    histories = [split.test_history(u) for u in split.users]
+    rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(), device="cpu")
+    sasrec = SASRec.load(tmp_path / "baselines" / "sasrec").score(histories)
+    scores = rec.readout_log_probs(histories) + torch.log_softmax(torch.from_numpy(sasrec).double(), -1).numpy()
+    for u, h in enumerate(histories):
+        scores[u, h] = -np.inf
+    lists = [np.argsort(-s, kind="stable")[:20] for s in scores]
+    want = per_user_scores(lists, np.array([split.test[u] for u in split.users]), 10)["NDCG"].mean()
+    assert rows[PRIOR_ROW]["NDCG@10"] == pytest.approx(want)
     both = next(tmp_path.glob("beams_test-*sasrec+readout2.jsonl"))
     assert main([*argv, "--decode-prior", "SASRec", "--decode-blend", "2"]) == 0
     alone = next(tmp_path.glob("beams_test-*-sasrec2.jsonl"))

@@ -11,6 +11,10 @@ PRIOR_COLUMN = 4  # the prior the beam was searched with (0 for the plain beams)
 # The readout's own whole-catalog ranking (no search, no title): shown beside the search, never chosen
 # by --choose-on-valid, since m6gen's list is what its search generates.
 READOUT_ROW = "m6gen readout alone (whole catalog, no titles)"
+# The SASRec+Readout search's prior by itself (SASRec's and the readout's log-probabilities added, as
+# the search weighs them): what that search's titles add shows against this row. Not m6gen's list,
+# so never chosen.
+PRIOR_ROW = "SASRec + readout (whole catalog, no titles)"
 
 
 def ordered(beams: list[np.ndarray], score) -> list[np.ndarray]:

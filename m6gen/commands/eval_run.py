@@ -14,7 +14,7 @@ import numpy as np
 from m6gen.commands.common import UsageError
 from m6gen.commands.eval_decodings import PLAIN, Decodings, plan_searches
 from m6gen.commands.eval_report import report, report_by_popularity
-from m6gen.commands.eval_rows import READOUT_ROW, SCORE_COLUMNS, m6gen_rankings, searched_rankings
+from m6gen.commands.eval_rows import PRIOR_ROW, READOUT_ROW, SCORE_COLUMNS, m6gen_rankings, searched_rankings
 from m6gen.config import ConfigError, SASRecArgs
 
 TRAINED_PEERS = ("Pop", "SASRec")  # trained and tabled by m6gen.baselines.run; the content peers need no training
@@ -145,7 +145,8 @@ class Evaluation:
         for row, lists in ranked.items():
             score(row, lists)
         if self.rec.readout is not None:
-            score(READOUT_ROW, self.readout_ranking(name, histories, exclude, k))
+            for row, lists in self.readout_rankings(name, histories, exclude, k).items():
+                score(row, lists)
         return scores
 
     def peer_rankings(self, histories, exclude, k: int) -> dict[str, list[np.ndarray]]:
@@ -160,13 +161,20 @@ class Evaluation:
             lists["Pop"] = pop_rank(item_popularity(self.split, len(self.ds.catalog)), exclude, k)
         return {**lists, **self.content.rankings(histories, exclude, k)}
 
-    def readout_ranking(self, name: str, histories, exclude, k: int) -> list[np.ndarray]:
+    def readout_rankings(self, name: str, histories, exclude, k: int) -> dict[str, list[np.ndarray]]:
         """The run's readout ranking the whole catalog from each user's prompt state on split ``name``
-        (read once with the beams, and cached as they are; no search)."""
+        (read once with the beams, and cached as they are; no search), and where the searches add
+        SASRec to it, the two together: each search's prior without its titles."""
+        import torch
+
         from m6gen.baselines.content import rank
 
-        states = self.decodings.states[name]
-        return rank(self.rec.readout_log_probs(histories, states=states), exclude, k)
+        log_probs = self.rec.readout_log_probs(histories, states=self.decodings.states[name])
+        rows = {READOUT_ROW: rank(log_probs, exclude, k)}
+        if self.args.decode_prior == "SASRec+Readout" and self.decodings.searched_rows and self.sasrec is not None:
+            sasrec = torch.log_softmax(torch.from_numpy(self.sasrec.score(histories)).double(), dim=-1).numpy()
+            rows[PRIOR_ROW] = rank(log_probs + sasrec, exclude, k)  # each at the search's weight: equal
+        return rows
 
     @property
     def blend(self) -> list[float]:
