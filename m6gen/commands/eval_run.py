@@ -81,10 +81,14 @@ class Evaluation:
             return [split.test_history(u) for u in users], np.array([split.test[u] for u in users])
         return [split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])
 
+    def targets(self, name: str) -> np.ndarray:
+        """(users,) each evaluated user's target item on split ``name``."""
+        targets = self.split.test if name == "test" else self.split.valid
+        return np.array([targets[u] for u in self.users(name)], dtype=np.int64)
+
     def new_targets(self, name: str) -> np.ndarray:
         """(users,) bool: whose target on split ``name`` is a new item (--new-items)."""
-        targets = self.split.test if name == "test" else self.split.valid
-        return np.array([targets[u] in self.split.new_items for u in self.users(name)])
+        return np.array([t in self.split.new_items for t in self.targets(name).tolist()], dtype=bool)
 
     def decode(self, name: str) -> dict[str, list[np.ndarray]]:
         """Every search's beams on split ``name`` (this process's share under torchrun)."""
@@ -171,7 +175,7 @@ class Evaluation:
 
         log_probs = self.rec.readout_log_probs(histories, states=self.decodings.states[name])
         rows = {READOUT_ROW: rank(log_probs, exclude, k)}
-        if self.args.decode_prior == "SASRec+Readout" and self.decodings.searched_rows and self.sasrec is not None:
+        if self.args.decode_prior == "SASRec+Readout" and self.decodings.searched_rows:  # prepare: SASRec is there
             sasrec = torch.log_softmax(torch.from_numpy(self.sasrec.score(histories)).double(), dim=-1).numpy()
             rows[PRIOR_ROW] = rank(log_probs + sasrec, exclude, k)  # each at the search's weight: equal
         return rows
@@ -200,8 +204,7 @@ class Evaluation:
             from m6gen.data import item_popularity
             from m6gen.ranking.metrics import popularity_groups
 
-            targets = self.histories_and_targets(name, self.users(name))[1]
-            groups = popularity_groups(item_popularity(self.split, n_items)[targets])
+            groups = popularity_groups(item_popularity(self.split, n_items)[self.targets(name)])
             report_by_popularity(self.out, self.label(name), groups, scores.per_user, scores.hits)
         if self.split.new_items:
             report_new_items(self.out, self.label(name), self.new_targets(name), scores.per_user, scores.hits)
