@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from test_titles import ITEMS  # the known titles, shared with the matcher tests
 from tiny_lm import make_model, make_tokenizer
 
-from m6gen.commands.chat import ChatSession, ChatSettings
+from m6gen.commands.chat_repl import ChatSession
+from m6gen.commands.chat_session import ChatSettings
 from m6gen.data import leave_one_out
 from m6gen.data.catalog import build_catalog
 from m6gen.prompts import TemplateLibrary
@@ -39,7 +40,7 @@ def lm():
     return tok, make_model(len(tok))
 
 
-# Every test using this fixture FAILS on the current m6gen: ChatSession.__init__ (m6gen/commands/chat.py) reads
+# Every test using this fixture FAILS on the current m6gen: ChatSession.__init__ (now m6gen/commands/chat_repl.py) reads
 # `cfg.num_beams`, renamed `beams` in 0.2.0; and its ChatSettings keeps k=10 against the 8 beams here, which
 # ChatSettings refuses (k <= beams). Suggested fix there: ChatSettings(k=min(10, cfg.beams), beams=cfg.beams, ...).
 @pytest.fixture
@@ -454,3 +455,61 @@ def test_cold_only_recommends_only_items_no_training_interaction_names(new_sessi
     assert "open and cold_only: one at a time" in out and not s.settings.open
     drive(s, ["set cold_only off", "rec"])
     assert not s.settings.cold_only and len(s.last) == 6
+
+
+# ---------------------------------------------------------------- the pure parts, with known answers
+def test_catalog_table_marks_only_the_held_out_item(catalog):
+    from types import SimpleNamespace
+
+    from m6gen.commands.chat_lists import catalog_rows, catalog_table
+
+    ranked = [
+        SimpleNamespace(rank=n, item_id=i, score=0.5, accuracy=0.5, diversity=float("nan"), novelty=None, logprob=-1.0)
+        for n, i in enumerate([3, 5, 0], 1)
+    ]
+    rows = catalog_rows(ranked, catalog)
+    assert [r["item_id"] for r in rows] == [catalog[i].item_id for i in (3, 5, 0)]
+    lines = catalog_table(rows, held_out_id=catalog[5].item_id)
+    assert len(lines) == 4 and lines[0].lstrip().startswith("#")
+    assert [("<- held-out test item" in line) for line in lines[1:]] == [False, True, False]
+    assert "  -  " in lines[1]  # nan and None scores show as "-"
+    assert not any("held-out" in line for line in catalog_table(rows))
+
+
+def test_open_rows_keep_k_distinct_titles_and_flag_them(catalog):
+    from m6gen.commands.chat_lists import open_rows, open_table
+    from m6gen.decoding.open_ended import OpenOutput
+
+    outs = [
+        OpenOutput(" ", -1, -0.1),  # blank: skipped
+        OpenOutput(catalog[2].title, 2, -0.5),
+        OpenOutput(" " + catalog[2].title, 2, -0.6),  # the same text once stripped: skipped
+        OpenOutput("A Film Nobody Made", -1, -0.7),
+        OpenOutput(catalog[4].title, 4, -0.9),
+        OpenOutput(catalog[6].title, 6, -1.0),  # past k
+    ]
+    rows = open_rows(outs, catalog, k=3)
+    assert [(r["rank"], r["title"], r["in_catalog"]) for r in rows] == [
+        (1, catalog[2].title, True),
+        (2, "A Film Nobody Made", False),
+        (3, catalog[4].title, True),
+    ]
+    assert rows[1]["item_id"] is None and rows[0]["item_id"] == catalog[2].item_id
+    lines = open_table(rows, history=[4], catalog=catalog)
+    assert lines[0].endswith("[in catalog]")
+    assert lines[1].endswith("[NOT in catalog]")
+    assert lines[2].endswith("[in catalog, already in history]")
+    assert open_table([], [], catalog) == ["  (the model generated no titles: every beam began with a line break)"]
+
+
+def test_restore_history_by_id_then_title_once_each(catalog):
+    from m6gen.commands.chat_session import restore_history
+
+    entries = [
+        {"item_id": catalog[3].item_id, "title": "whatever"},  # the id wins
+        {"item_id": "no-such-id", "title": catalog[1].title},  # else the title
+        {"item_id": catalog[3].item_id},  # a repeat: kept once
+        {"item_id": "no-such-id", "title": "no such title"},  # missing
+        "not an object",  # missing
+    ]
+    assert restore_history(entries, catalog) == ([3, 1], 2)

@@ -184,7 +184,7 @@ def test_a_damaged_run_folder_is_one_line(world, tmp_path, capsys):
     )
 
 
-# FAILS on the current m6gen: ChatSession.__init__ (m6gen/commands/chat.py) reads `cfg.num_beams` (RecommendConfig
+# FAILS on the current m6gen: ChatSession.__init__ (now m6gen/commands/chat_repl.py) reads `cfg.num_beams` (RecommendConfig
 # has `beams` since 0.2.0), and there its ChatSettings (k=10 by default) refuses a recommender of fewer than 10 beams.
 def test_chat_start_options_are_checked_before_the_session(world, tmp_path, capsys):
     from m6gen.commands.chat import main as chat

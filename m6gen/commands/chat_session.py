@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,42 @@ def read_session(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("m6gen_chat") != 1:
         raise ChatError(f"{path}: not a session file (written by `save`)")
     return state
+
+
+def session_state(user: str | None, history: list[int], settings: ChatSettings, last: list[dict], catalog) -> dict:
+    """What ``save`` writes: plain JSON data (nan scores become null); history items by id and title."""
+
+    def plain(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return {
+        "m6gen_chat": 1,
+        "user": user,
+        "history": [{"item_id": catalog[i].item_id, "title": catalog[i].title} for i in history],
+        "settings": dataclasses.asdict(settings),
+        "recommendations": [{k: plain(v) for k, v in r.items()} for r in last],
+    }
+
+
+def restore_history(entries: list, catalog) -> tuple[list[int], int]:
+    """A saved history as catalog indices (each once, in order) and the number of entries this
+    catalog does not hold (found by id, else by title)."""
+    history, missing = [], 0
+    for entry in entries:
+        item = _find(entry, catalog)
+        if item is None:
+            missing += 1
+        elif item not in history:
+            history.append(item)
+    return history, missing
+
+
+def _find(entry, catalog) -> int | None:
+    if not isinstance(entry, dict):
+        return None
+    item_id, title = entry.get("item_id"), entry.get("title")
+    if isinstance(item_id, str) and catalog.has_id(item_id):
+        return catalog.index_of(item_id)
+    if isinstance(title, str) and catalog.by_title(title) is not None:
+        return catalog.by_title(title).index
+    return None
