@@ -7,9 +7,18 @@ import tempfile
 from pathlib import Path
 
 
+class NotAFileError(OSError):
+    """An output path that names something other than a file."""
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    ``path`` must be a regular file or not exist: the rename would replace a device such as
+    /dev/null, a pipe or an empty folder with a plain file (``NotAFileError``)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise NotAFileError(f"{path}: not a regular file (a folder, device or pipe); give a file path")
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -184,7 +184,7 @@ def test_a_damaged_run_folder_is_one_line(world, tmp_path, capsys):
     )
 
 
-# FAILS on the current m6gen: ChatSession.__init__ (now m6gen/commands/chat_repl.py) reads `cfg.num_beams` (RecommendConfig
+# FAILS on the current m6gen: ChatSession.__init__ (now in chat_repl.py) reads `cfg.num_beams` (RecommendConfig
 # has `beams` since 0.2.0), and there its ChatSettings (k=10 by default) refuses a recommender of fewer than 10 beams.
 def test_chat_start_options_are_checked_before_the_session(world, tmp_path, capsys):
     from m6gen.commands.chat import main as chat
@@ -198,6 +198,22 @@ def test_chat_start_options_are_checked_before_the_session(world, tmp_path, caps
     (tmp_path / "bad.json").write_text("{not json")
     assert chat([*base, "--session", str(tmp_path / "bad.json")]) == 2
     assert str(tmp_path / "bad.json") in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_chat_session_file_is_read_before_the_model_loads(world, tmp_path, capsys, monkeypatch):
+    """Once a file that was not a session loaded the model first (38 s with the default model)."""
+    import m6gen.commands.common as common
+    from m6gen.commands.chat import main as chat
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the session file was read")
+
+    monkeypatch.setattr(common, "load_recommender", no_model)
+    data, model_dir = world
+    (tmp_path / "bad.json").write_text("{not json")
+    assert chat(["--data", str(data), "--model", str(model_dir), "--session", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --session {tmp_path / 'bad.json'}: not a session file") and err.count("\n") == 1
 
 
 def test_unknown_items_error_or_skip(tmp_path, capsys):

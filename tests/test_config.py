@@ -182,3 +182,17 @@ def test_the_fit_readout_recipe_writes_out_its_defaults():
     recipe = next(p for p in parsed if isinstance(p, ReadoutArgs))
     defaults = dataclasses.replace(ReadoutArgs(), readout_distill=AUTO_DISTILL)
     assert recipe == defaults
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_says_each_default_once(name, capsys):
+    """Once `--model ... (default: SmolLM2-135M-Instruct) (default: None)` and `--output ... (default: None)`."""
+    from m6gen.commands.common import parse
+
+    module = command(name)
+    with pytest.raises(SystemExit):
+        parse(module.GROUPS, f"m6gen {name}", "", ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for option_help in re.split(r" (?=--[a-z])", text):
+        assert option_help.count("(default") <= 1, option_help

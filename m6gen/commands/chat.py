@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m6gen.commands.chat_repl import ChatSession
-from m6gen.commands.chat_session import ChatArgs, ChatError, ChatSettings
+from m6gen.commands.chat_session import ChatArgs, ChatError, ChatSettings, read_session
 from m6gen.config import DataArgs, DecodeArgs, DeviceArgs, ModelArgs, PriorArgs, PromptArgs, RerankArgs, option
 from m6gen.prompts import user_vars
 
@@ -84,8 +84,10 @@ def _run(args) -> int:
         raise UsageError(f"--user: {unknown_user(args.user, split, ds.interactions)}")
     if args.cold_only:
         required_cold_items(split, len(ds.catalog))  # checked before the slow model load
-    if args.session and not Path(args.session).expanduser().is_file():
-        raise UsageError(f"--session {args.session}: no such file")
+    try:  # a file that is not a session fails here, not after the slow model load
+        saved = read_session(Path(args.session).expanduser()) if args.session else None
+    except ChatError as err:
+        raise UsageError(f"--session {err}") from None
     start = split.test_history(args.user) if args.user else []
     rec = load_recommender(args, ds.catalog, preview=(start, user_vars(args.user, ds.profiles) if args.user else {}))
     rec.features = item_features(ds, split)
@@ -96,9 +98,11 @@ def _run(args) -> int:
         f"m6gen chat: {len(ds.catalog)} items, {len(split.users)} users, model {args.model or 'default'} "
         f"(ready in {time.time() - t0:.1f} s). Type titles you liked, then `rec`; `help` lists commands."
     )
-    for line in ([f"user {args.user}"] if args.user else []) + ([f"load {args.session}"] if args.session else []):
-        try:
-            session._dispatch(line)
-        except ChatError as err:  # a damaged --session file: one line, exit 2, before any typing
-            raise UsageError(str(err)) from None
+    try:
+        if args.user:
+            session.cmd_user(args.user)
+        if saved is not None:
+            session.load_state(saved, args.session)
+    except ChatError as err:  # e.g. a session file naming a template that is not there: one line, exit 2
+        raise UsageError(str(err)) from None
     return session.run()

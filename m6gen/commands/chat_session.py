@@ -65,6 +65,7 @@ class ChatSettings:
     sample: bool = False
 
     def __post_init__(self):
+        self._check_types()
         try:
             RerankArgs(k=self.k, diversity=self.diversity, novelty=self.novelty)
             DecodeArgs(beams=self.beams, rank_by=self.rank_by)
@@ -81,6 +82,15 @@ class ChatSettings:
         if self.k > self.beams:
             raise ChatError(f"k: {self.k} recommendations need at least as many beams (now {self.beams})")
 
+    def _check_types(self) -> None:
+        """Each value of the type its field names (a session file may hold any JSON: 2.7 for k, "yes" for open)."""
+        expected = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, expected[f.type]) or (f.type in ("int", "float") and isinstance(value, bool)):
+                wanted = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}[f.type]
+                raise ChatError(f"{f.name}: expected {wanted}, got {value!r}")
+
     @staticmethod
     def help_of(name: str) -> str:
         group = SETTABLE[name]
@@ -96,8 +106,8 @@ class ChatSettings:
             )
         try:
             value = _settings_parser().value_from_text(name, text)
-        except ConfigError as err:
-            raise ChatError(str(err)) from None
+        except ConfigError as err:  # "set: k: expected ...": the session says "k: ..." as for other checks
+            raise ChatError(str(err).removeprefix("set: ")) from None
         return dataclasses.replace(self, **{name: value})
 
 
@@ -114,8 +124,10 @@ def shown(text: str, limit: int = 60) -> str:
 
 def read_session(path: Path) -> dict:
     """The JSON object in a file written by ``save``; a ``ChatError`` says why a file is not one."""
-    if not path.is_file():
+    if not path.exists():
         raise ChatError(f"{path}: no such file")
+    if not path.is_file():
+        raise ChatError(f"{path}: not a file (a folder, device or pipe)")
     if path.stat().st_size > MAX_SESSION_BYTES:
         raise ChatError(f"{path}: too big for a session file")
     try:

@@ -35,6 +35,20 @@ def _hf_parser_class():
     return HfArgumentParser
 
 
+def _help_formatter_class():
+    import argparse
+
+    class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+        """Says an option's default once: not where its help already says it, nor a None or False one."""
+
+        def _get_help_string(self, action):
+            if action.default is None or action.default is False or "(default" in (action.help or ""):
+                return action.help
+            return super()._get_help_string(action)
+
+    return HelpFormatter
+
+
 class ConfigParser:
     """An ``HfArgumentParser`` over option groups, with ``--config FILE`` and one-line errors."""
 
@@ -60,7 +74,9 @@ class ConfigParser:
         self.every_group = list(every_group or groups)
         self.prog = prog
         # allow_abbrev=False: a prefix like --user must not silently mean --users
-        self.parser = _Parser(self.groups, prog=prog, description=description, allow_abbrev=False)
+        self.parser = _Parser(
+            self.groups, prog=prog, description=description, allow_abbrev=False, formatter_class=_help_formatter_class()
+        )
         self.parser.add_argument("--config", metavar="FILE", help="YAML/JSON recipe of these options (flags win)")
 
     @staticmethod
