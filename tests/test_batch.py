@@ -226,6 +226,14 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_loading(world, 
     (tmp_path / "adir.jsonl").mkdir()
     assert "adir.jsonl: --output is a folder" in capsys_error(world, tmp_path / "adir.jsonl")
     assert "cannot create its folder" in capsys_error(world, tmp_path / "afile" / "x.csv")
+    # once ignored: the slash asked for a folder, and a file was written at outdir.jsonl
+    assert "--output ends in a slash" in capsys_error(world, f"{tmp_path / 'outdir.jsonl'}/")
+    assert not (tmp_path / "outdir.jsonl").exists()
+
+
+def test_a_folder_as_users_file_says_so(tmp_path):
+    with pytest.raises(UserListError, match="is a folder; give a users file"):  # once "does not exist"
+        read_user_ids(tmp_path, {"u1"})
 
 
 def test_settings_name_the_default_data_and_ignore_a_weight_without_sasrec():

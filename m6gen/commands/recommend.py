@@ -13,6 +13,7 @@ recorded in ``<output>.m6gen.json``; appending with other ones is refused.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ def read_user_ids(path: str | Path, known: set[str], dropped=()) -> list[str]:
     ``dropped``: users in the data without a split (too few interactions), named as such.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserListError(f"{path}: is a folder; give a users file (one id per line)")
     if not path.is_file():
         raise UserListError(f"{path}: users file does not exist")
     ids, seen = [], set()
@@ -169,6 +172,8 @@ def run(args) -> int:
 
     check_k_fits_beams(args.groups[RerankArgs], args.groups[DecodeArgs])
     output = Path(args.output)
+    if args.output.endswith(("/", os.sep)):  # Path() drops the slash, which asked for a folder
+        raise UserListError(f"{args.output}: --output ends in a slash; name a .jsonl or .csv file")
     if output.suffix not in (".jsonl", ".csv"):
         raise UserListError(f"{output}: --output must end in .jsonl or .csv")
     if output.is_dir():
