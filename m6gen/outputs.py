@@ -3,6 +3,7 @@ the options that decided them recorded beside the file, so a rerun never mixes t
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -46,6 +47,12 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
                 raise UserListError(f"{path}:{n}: not an m6gen recommendations row; {fix}")
             rows.append(row)
         if rows:
+            counts = collections.Counter(r[0] for r in rows)
+            first_row = {}
+            for n, r in enumerate(rows, 2):
+                first_row.setdefault(r[0], n)
+            for user, count in counts.items():  # a full list has k rows; the last user's may be cut (below)
+                _check_length(path, first_row[user], count, False, k)
             last = rows[-1][0]
             n_last = sum(r[0] == last for r in rows)
             if (n_last < k) if k is not None else keep != data:  # cut between its rows (or, without k, maybe)
@@ -59,12 +66,24 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
         users = []
         for n, line in enumerate(text.splitlines(), 1):
             try:
-                users.append(json.loads(line)["user_id"])
+                record = json.loads(line)
+                users.append(record["user_id"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserListError(f"{path}:{n}: not an m6gen recommendations line; {fix}") from None
+            _check_length(path, n, len(record.get("items") or []), bool(record.get("filled")), k)
     if keep != data:
         write_atomic(path, keep)
     return users
+
+
+def _check_length(path: Path, line: int, n_items: int, filled: bool, k: int | None) -> None:
+    """A list longer than ``k``, or a filled one of another length, was written with another --k: a
+    file resumed without its settings record would mix list lengths."""
+    if k is not None and (n_items > k or (filled and n_items != k)):
+        raise UserListError(
+            f"{path}:{line}: a list of {n_items} items, written with another --k than this run's {k}; "
+            "resume it with its own --k, or use a new --output"
+        )
 
 
 # The options that decide what a recommendation list holds: a file is resumed only with the same ones.

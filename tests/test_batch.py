@@ -64,6 +64,27 @@ def test_csv_resume_redoes_a_half_written_user(world, tmp_path):
     assert out.read_text(encoding="utf-8") == "\n".join(full[:7]) + "\n"
 
 
+def test_a_file_of_another_k_is_not_resumed_even_without_its_record(world, tmp_path):
+    """Once a file copied without its settings record was resumed with another --k: lists of 3 and 2 mixed."""
+    from m6gen.outputs import settings_file
+
+    for name in ("recs.jsonl", "recs.csv"):
+        out = tmp_path / name
+        assert run(world, out, "--max-users", "2") == 0  # k 3, filled
+        settings_file(out).unlink()
+        before = out.read_bytes()
+        with pytest.raises(UserListError, match=r"a list of 3 items, written with another --k than this run's 2"):
+            done_users(out, k=2)
+        assert f"{out}:" in capsys_error(world, out, "--k", "2") and out.read_bytes() == before
+        assert done_users(out, k=3) == ["u0", "u1"] and out.read_bytes() == before
+    short = tmp_path / "short.jsonl"  # a list that could not be filled is shorter than k, and fine
+    short.write_text(json.dumps({"user_id": "u0", "items": [{"item_id": "1"}], "filled": False}) + "\n")
+    assert done_users(short, k=3) == ["u0"]
+    short.write_text(json.dumps({"user_id": "u0", "items": [{"item_id": "1"}], "filled": True}) + "\n")
+    with pytest.raises(UserListError, match="short.jsonl:1: a list of 1 items"):
+        done_users(short, k=3)
+
+
 def test_a_finished_file_is_left_alone_and_says_so(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "recs.jsonl"
     assert run(world, out) == 0
