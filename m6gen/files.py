@@ -21,6 +21,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise NotAFileError(f"{path}: not a regular file (a folder, device or pipe); give a file path")
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; the file gets what open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
@@ -29,6 +30,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """An existing file's own mode, else the one ``open()`` would create it with (0666 less the umask)."""
+    if path.is_file():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)  # read by setting; put back at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def append_synced(path: str | Path, text: str) -> None:

@@ -606,3 +606,21 @@ def test_an_out_of_range_choice_keeps_the_choice_open(new_session):
     out = drive(s, ["ali", "99", "2"])
     assert "error: choose 1-" in out and "(choice cancelled)" not in out
     assert titles_of(s) == ["Aliens (1986)"]
+
+
+def test_write_atomic_gives_the_mode_open_would(tmp_path):
+    """Once every file m6gen wrote was 0600 (mkstemp's), beside 0644 ones from transformers in the same run folder."""
+    import os
+
+    from m6gen.files import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "new.json", "x")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "own.json").write_text("x")
+        os.chmod(tmp_path / "own.json", 0o640)
+        write_atomic(tmp_path / "own.json", "y")  # an existing file keeps its own mode
+        assert (tmp_path / "own.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
