@@ -196,3 +196,17 @@ def test_help_says_each_default_once(name, capsys):
     assert "(default: None)" not in text and "(default: False)" not in text
     for option_help in re.split(r" (?=--[a-z])", text):
         assert option_help.count("(default") <= 1, option_help
+
+
+def test_an_option_nested_under_another_group_is_an_error(tmp_path):
+    """Once `prompts: {max_steps: 3}` was taken as --max-steps 3 without a word."""
+    from m6gen.commands.registry import command
+
+    parser = ConfigParser(command("train").GROUPS, prog="m6gen train", every_group=all_groups())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prompts:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: 'max_steps' is not a prompts: option; put it under training:"):
+        parser.parse(["--config", str(recipe)])
+    recipe.write_text("train:\n  max_steps: 3\nprompt:\n  max_history: 5\n")  # the short names still nest
+    values = {k: v for g in parser.parse(["--config", str(recipe)]) for k, v in vars(g).items()}
+    assert values["max_steps"] == 3 and values["max_history"] == 5

@@ -107,7 +107,12 @@ class ConfigParser:
         return tuple(out)
 
     def _file_defaults(self, path: str) -> dict[str, Any]:
-        values = read_config_file(path, [getattr(g, "_argument_group_name", "") for g in self.every_group])
+        options_of: dict[str, set[str]] = {}  # each group name (as --help prints it) -> its options
+        for g in self.every_group:
+            options_of.setdefault(getattr(g, "_argument_group_name", ""), set()).update(
+                f.name for f in dataclasses.fields(g)
+            )
+        values = read_config_file(path, options_of)
         mine = self.fields()
         defaults = {}
         skipped = []
@@ -165,12 +170,19 @@ class ConfigParser:
         self.parser.print_help()
 
 
-GROUP_ALIASES = ("prompt", "decode", "rerank", "train", "eval")  # short names for nesting in a recipe
+GROUP_ALIASES = {
+    "prompt": "prompts",
+    "decode": "decoding",
+    "rerank": "reranking",
+    "train": "training",
+    "eval": "evaluation",
+}
 
 
-def read_config_file(path: str | Path, group_names: list[str] = ()) -> dict[str, Any]:
+def read_config_file(path: str | Path, group_names: dict[str, set[str]] | list[str] = ()) -> dict[str, Any]:
     """Option values from a YAML or JSON file: flat keys, or nested one level under a group's name
-    (one of ``group_names`` or ``GROUP_ALIASES``)."""
+    (one of ``group_names`` or ``GROUP_ALIASES``, short names for nesting in a recipe). Given each
+    group's options (a dict), an option nested under a group that does not hold it is an error."""
     import yaml
 
     path = Path(path).expanduser()
@@ -190,16 +202,32 @@ def read_config_file(path: str | Path, group_names: list[str] = ()) -> dict[str,
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
-    groups = {g.replace("-", "_") for g in group_names} | set(GROUP_ALIASES)  # `tune-prompts:` as --help names it
+    if not isinstance(group_names, dict):
+        group_names = dict.fromkeys(group_names)  # names only: nesting allowed, options unchecked
+    options = {g.replace("-", "_"): opts for g, opts in group_names.items()}  # `tune-prompts:` as --help names it
+    groups = set(options) | set(GROUP_ALIASES)
     flat: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key).replace("-", "_")
         if key in groups and isinstance(value, dict):  # `data: {format: plain}` and `train: {lr: 1e-3}`
             for sub, v in value.items():
-                flat[str(sub).replace("-", "_")] = v
+                sub = str(sub).replace("-", "_")
+                _check_group(path, key, sub, options)
+                flat[sub] = v
         else:
             flat[key] = value
     return flat
+
+
+def _check_group(path: Path, group: str, option: str, options: dict[str, set[str] | None]) -> None:
+    """``option`` nested under ``group`` must be one of its options (where they are known): a recipe
+    with `prompts: {max_steps: 3}` shows a reader a prompt option that is not one."""
+    held = options.get(GROUP_ALIASES.get(group, group))
+    if held is None or option in held:
+        return
+    owners = [g for g, opts in options.items() if opts and option in opts]
+    if owners:  # an unknown option is named as such by the caller
+        raise ConfigError(f"{path}: {option!r} is not a {group}: option; put it under {owners[0]}:")
 
 
 def to_dict(*configs: Any) -> dict[str, Any]:
