@@ -436,3 +436,18 @@ def test_the_popularity_groups_are_the_evaluated_users_by_their_own_targets(worl
     assert name == "test" and [g.label for g in groups] == [g.label for g in expected]
     assert [g.users.tolist() for g in groups] == [g.users.tolist() for g in expected]
     assert all(len(v) == len(split.users) for v in [*per_user.values(), *hits.values()])
+
+
+def test_option_errors_write_nothing(world, tmp_path):
+    """Once the SASRec-prior check came after the peers' tables were written; a bad template left an empty folder."""
+    from m6gen.prompts import TemplateError
+
+    data, model_dir = world
+    out = tmp_path / "ev"
+    base = ["--data", str(data), "--model", str(model_dir), "--split", "valid", "--out", str(out)]
+    with pytest.raises(UsageError, match="SASRec prior needs the SASRec baseline"):
+        run(eval_args([*base, "--baselines", "Pop", "--decode-prior", "SASRec", "--decode-blend", "1"]))
+    assert not out.exists()
+    with pytest.raises(TemplateError):
+        run(eval_args([*base, "--template", "nosuch"]))
+    assert not out.exists()

@@ -245,11 +245,19 @@ def prepare(args) -> Evaluation:
         args.out
         or (args.model if args.model and Path(args.model, "m6gen_config.json").is_file() else "runs/eval-default")
     )
-    out.mkdir(parents=True, exist_ok=True)
     cold = required_cold_items(split, len(ds.catalog)) if args.cold_only else None  # --cold-only: the only items
-    # first: a wrong template, device or model fails before SASRec trains
-    rec = load_recommender(args, ds.catalog, (split.test_history(first), user_vars(first, ds.profiles)))
     peers = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    searched = any(w.strip() for w in args.decode_blend.split(","))
+    if searched and args.decode_prior.startswith("SASRec") and "SASRec" not in peers:  # before anything is written
+        raise UsageError("--decode-blend with the SASRec prior needs the SASRec baseline (keep SASRec in --baselines)")
+    # first: a wrong template, device or model fails before SASRec trains, and before the folder is made
+    rec = load_recommender(args, ds.catalog, (split.test_history(first), user_vars(first, ds.profiles)))
+    if searched and args.decode_prior.endswith("Readout") and rec.readout is None:
+        raise UsageError(
+            f"--decode-prior {args.decode_prior}: {args.model} has no readout "
+            "(m6gen fit-readout --model <run>, or train with --readout-loss)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     if args.cold_only and "Pop" in peers:
         # no cold item has a count, so Pop's order would be the catalog's (ties go to the lower index):
         # in MovieLens an artifact of how ids were given, not a method
@@ -267,14 +275,6 @@ def prepare(args) -> Evaluation:
             sasrec = SASRec.load(out / "baselines" / "sasrec")
     if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
         print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
-    searched = any(w.strip() for w in args.decode_blend.split(","))
-    if searched and args.decode_prior.startswith("SASRec") and sasrec is None:
-        raise UsageError("--decode-blend with the SASRec prior needs the SASRec baseline (keep SASRec in --baselines)")
-    if searched and args.decode_prior.endswith("Readout") and rec.readout is None:
-        raise UsageError(
-            f"--decode-prior {args.decode_prior}: {args.model} has no readout "
-            "(m6gen fit-readout --model <run>, or train with --readout-loss)"
-        )
     content = ContentPeers(ds, rec, [m for m in peers if m not in TRAINED_PEERS])
     prior = None  # the prior function inside the search of the --decode-blend rows (besides a readout)
     if searched and args.decode_prior != "Readout":
