@@ -35,6 +35,16 @@ def default_model_location() -> tuple[str, str]:
     return str(folder), DEFAULT_GGUF_FILE
 
 
+# Any of these marks a folder a model or a run can be loaded from (a run keeps its tokenizer and adapter).
+MODEL_FOLDER_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "m6gen_config.json",
+    "adapter_config.json",
+)
+
+
 def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str, str | None]:
     """Turn a user's ``--model`` into (name_or_folder, gguf_file).
 
@@ -48,6 +58,11 @@ def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str,
         if not path.is_file():
             raise ModelError(f"{path}: GGUF file does not exist")
         return str(path.parent), path.name
+    if path.is_dir() and not any((path / f).is_file() for f in MODEL_FOLDER_FILES) and not any(path.glob("*.gguf")):
+        raise ModelError(
+            f"{path}: neither a model folder (config.json, tokenizer files or a .gguf file) nor an m6gen run "
+            "(m6gen_config.json)"
+        )
     if path.exists():
         return str(path), gguf_file
     # A hub id is "name" or "org/name"; anything else that does not exist is a mistyped path.

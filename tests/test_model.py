@@ -39,3 +39,14 @@ def test_a_misspelt_device_is_a_clear_error():
 
 def test_auto_dtype_follows_the_device():
     assert resolve_dtype("auto", "meta") == torch.float32  # not CUDA, not the CPU: fp32 unless asked for
+
+
+def test_a_folder_that_holds_no_model_is_named(tmp_path):
+    """Once transformers' tokenizer error ("Couldn't instantiate the backend tokenizer ..."), naming no folder."""
+    from m6gen.model import resolve_model
+
+    (tmp_path / "x.txt").write_text("not a model")
+    with pytest.raises(ModelError, match=rf"{tmp_path}: neither a model folder .* nor an m6gen run"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")  # a model folder: left to transformers
+    assert resolve_model(str(tmp_path)) == (str(tmp_path), None)
