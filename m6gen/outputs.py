@@ -47,14 +47,13 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
                 raise UserListError(f"{path}:{n}: not an m6gen recommendations row; {fix}")
             rows.append(row)
         if rows:
-            counts = collections.Counter(r[0] for r in rows)
-            first_row = {}
-            for n, r in enumerate(rows, 2):
-                first_row.setdefault(r[0], n)
-            for user, count in counts.items():  # a full list has k rows; the last user's may be cut (below)
-                _check_length(path, first_row[user], count, False, k)
+            counts = collections.Counter(r[0] for r in rows)  # rows per user, in file order
+            line = 2
+            for count in counts.values():  # a full list has k rows; the last user's may be cut (below)
+                _check_length(path, line, count, False, k)
+                line += count
             last = rows[-1][0]
-            n_last = sum(r[0] == last for r in rows)
+            n_last = counts[last]
             if (n_last < k) if k is not None else keep != data:  # cut between its rows (or, without k, maybe)
                 rows = rows[:-n_last]
         buf = io.StringIO()
@@ -68,9 +67,10 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
             try:
                 record = json.loads(line)
                 users.append(record["user_id"])
+                n_items = len(record.get("items") or [])
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserListError(f"{path}:{n}: not an m6gen recommendations line; {fix}") from None
-            _check_length(path, n, len(record.get("items") or []), bool(record.get("filled")), k)
+            _check_length(path, n, n_items, bool(record.get("filled")), k)
     if keep != data:
         write_atomic(path, keep)
     return users

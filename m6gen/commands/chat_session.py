@@ -49,6 +49,15 @@ SETTABLE = {
 LIMITS = {"k": 100, "beams": 1000, "tokens": 200}  # a session must stay responsive
 
 
+# A setting's annotation -> the JSON types its value may have, and how an error names them.
+_SETTING_TYPES = {
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "text"),
+}
+
+
 @dataclass
 class ChatSettings:
     """What the session's ``set`` command changes; each value checked by its option group."""
@@ -84,11 +93,10 @@ class ChatSettings:
 
     def _check_types(self) -> None:
         """Each value of the type its field names (a session file may hold any JSON: 2.7 for k, "yes" for open)."""
-        expected = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, expected[f.type]) or (f.type in ("int", "float") and isinstance(value, bool)):
-                wanted = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}[f.type]
+            types, wanted = _SETTING_TYPES[f.type]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):  # True is an int
                 raise ChatError(f"{f.name}: expected {wanted}, got {value!r}")
 
     @staticmethod
@@ -173,6 +181,5 @@ def _find(entry, catalog) -> int | None:
     item_id, title = entry.get("item_id"), entry.get("title")
     if isinstance(item_id, str) and catalog.has_id(item_id):
         return catalog.index_of(item_id)
-    if isinstance(title, str) and catalog.by_title(title) is not None:
-        return catalog.by_title(title).index
-    return None
+    found = catalog.by_title(title) if isinstance(title, str) else None
+    return found.index if found is not None else None
