@@ -4,6 +4,8 @@ sources are one-line errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -213,7 +215,6 @@ def test_packed_hybrid_blocks_give_the_loss_of_single_examples(tiny_dirs, templa
 
 def test_the_projector_can_learn_at_its_own_rate(hybrid_model):
     """--cf-lr-scale: the projector's parameters, and only they, get lr x scale; at 1 there is one group."""
-    from dataclasses import replace
 
     from peft import LoraConfig, get_peft_model
 
@@ -361,6 +362,58 @@ def test_a_run_with_state_tokens_saves_and_reloads_them_exactly(tiny_dirs, tmp_p
         assert not all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values()))
     rec = Recommender.from_pretrained(tmp_path / "run", tiny_world(tiny_dirs, "hybrid")[1].catalog, device="cpu")
     assert "<|state:" in rec.prompts([[1, 2, 3]])[0]
+
+
+def test_a_frozen_state_projector_is_saved_as_it_started(tiny_dirs, tmp_path, monkeypatch):
+    """--cf-state-frozen: the state projector is neither aligned nor trained, and the adapter saves it
+    as attached; the item projector still learns."""
+    import m6gen.hybrid as hybrid
+    from safetensors.torch import load_file
+
+    from m6gen.training.loop import train
+
+    attached = {}
+
+    def recording_attach(*args, **kwargs):
+        embedding = real_attach(*args, **kwargs)
+        for name in ("cf_state_projector", "cf_projector"):
+            attached[name] = {k: v.clone() for k, v in getattr(embedding, name).state_dict().items()}
+        return embedding
+
+    real_attach = hybrid.attach
+    monkeypatch.setattr(hybrid, "attach", recording_attach)
+    tiny_sasrec().save(tmp_path / "sasrec")
+    cfg = tiny_config(
+        tiny_dirs,
+        tmp_path / "run",
+        template="hybrid_state",
+        cf_source=str(tmp_path / "sasrec"),
+        epochs=1,
+        cf_align_steps=5,
+        cf_state_frozen=True,
+    )
+    assert train(cfg)["steps"] > 0
+    saved = load_file(tmp_path / "run" / "adapter_model.safetensors")
+
+    def saved_projector(name: str) -> dict:
+        return {k.split(f"{name}.")[-1]: v for k, v in saved.items() if f".{name}." in k}
+
+    state, items = saved_projector("cf_state_projector"), saved_projector("cf_projector")
+    assert state.keys() == attached["cf_state_projector"].keys()
+    assert all(torch.equal(state[k], attached["cf_state_projector"][k]) for k in state)
+    assert not all(torch.equal(items[k], attached["cf_projector"][k]) for k in items)
+
+
+def test_a_frozen_state_projector_needs_state_tokens(tiny_dirs, tmp_path):
+    from m6gen.config import TrainError
+    from m6gen.training.loop import train
+
+    tiny_sasrec().save(tmp_path / "sasrec")
+    cfg = tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(tmp_path / "sasrec"))
+    with pytest.raises(TrainError, match="places no user-state tokens"):
+        train(replace(cfg, cf_state_frozen=True))
+    with pytest.raises(TrainError, match="give --cf-source"):
+        replace(cfg, cf_source=None, cf_state_frozen=True)
 
 
 def test_alignment_teaches_the_state_projector_the_next_title(state_model):

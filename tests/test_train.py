@@ -596,6 +596,8 @@ def test_bad_inputs_give_one_line_errors(tiny_dirs, tmp_path, capsys):
     capsys.readouterr()
     err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a", "--lr", "0.5"))
     assert "holds a different run (lr: 0.001 there, 0.5 here)" in err
+    err = run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "a", "--lr", "0.5", "--seed", "3"))
+    assert "lr: 0.001 there, 0.5 here" in err and "seed: 0 there, 3 here" in err  # every difference, not the first
     (tmp_path / "other").mkdir()
     (tmp_path / "other/notes.txt").write_text("mine")
     assert "not an m6gen training output" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "other"))

@@ -77,6 +77,13 @@ class HybridArgs:
         "scratch, while LoRA adapts a trained model)",
     )
 
+    cf_state_frozen: bool = option(
+        False,
+        "keep the user-state projector ({{ it.state }}) where it starts, at random and scaled to token embeddings: "
+        "not aligned, not trained, so the state token keeps all of SASRec's state (aligned and trained, it loses "
+        "some: docs/results.md); the item projector still learns",
+    )
+
     readout_loss: float = option(
         0.0,
         "train a collaborative readout with LoRA (E4SRec-style: the state before each next item's title scored "
@@ -91,6 +98,8 @@ class HybridArgs:
         if self.readout_loss and not self.cf_source:
             raise TrainError("readout_loss: the readout scores items by their collaborative vectors: give --cf-source")
         at_least(self, 0, "cf_align_steps")
+        if self.cf_state_frozen and not self.cf_source:
+            raise TrainError("cf_state_frozen: user-state tokens read a SASRec: give --cf-source")
         if not self.cf_lr_scale > 0:
             raise TrainError(f"cf_lr_scale: expected a number > 0, got {self.cf_lr_scale}")
         if not 0 <= self.cf_dropout < 1:

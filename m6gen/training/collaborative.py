@@ -29,6 +29,10 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
             f"--cf-source given, but template {template.path} does not place collaborative tokens: "
             "write {{ it.cf }} (or {{ it.state }}) for history items (as prompts/hybrid.jinja does)"
         )
+    if cfg.cf_state_frozen and not states:
+        raise TrainError(
+            f"--cf-state-frozen: template {template.path} places no user-state tokens ({{{{ it.state }}}})"
+        )
     sequence = state_model(cfg, len(catalog), template) if states else None
     embedding = attach(base, table, offset=len(tokenizer), hidden=cfg.cf_hidden, sequence=sequence)
     if cfg.cf_align_steps:
@@ -64,7 +68,7 @@ def align(cfg: TrainConfig, embedding, tokenizer, template, catalog, split, say=
     if losses:  # none when no item has a vector
         before, after = losses
         say(f"projector aligned to the titles in {cfg.cf_align_steps} steps: loss {before:.3f} -> {after:.3f}")
-    if embedding.has_states:
+    if embedding.has_states and not cfg.cf_state_frozen:
         losses = align_state_projector(embedding, targets, split.train, cfg.cf_align_steps, seed=cfg.seed)
         if losses:
             before, after = losses

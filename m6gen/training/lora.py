@@ -86,6 +86,10 @@ def attach_lora(cfg: TrainConfig, base, collaborative=None):
         modules_to_save=projectors,
     )
     peft_model = get_peft_model(base, lora)
+    if cfg.cf_state_frozen:  # still saved with the adapter (its random start is not reproducible), never trained
+        for name, param in peft_model.named_parameters():
+            if f".{STATE_PROJECTOR}." in f".{name}.":
+                param.requires_grad_(False)
     if cfg.init_adapter:
         from m6gen.training.run_folder import load_init_adapter
 

@@ -92,10 +92,9 @@ def check_output_dir(cfg: TrainConfig) -> str:
         ]
         if cfg.overwrite:
             return "overwrite"
-        if diffs:
-            more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
+        if diffs:  # every difference: a resume needs all of them given again
             raise TrainError(
-                f"{out}: holds a different run ({diffs[0]}{more}); choose another --output-dir or pass --overwrite"
+                f"{out}: holds a different run ({'; '.join(diffs)}); choose another --output-dir or pass --overwrite"
             )
         if cfg.resume:
             return "resume"
