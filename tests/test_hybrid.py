@@ -367,9 +367,9 @@ def test_a_run_with_state_tokens_saves_and_reloads_them_exactly(tiny_dirs, tmp_p
 def test_a_frozen_state_projector_is_saved_as_it_started(tiny_dirs, tmp_path, monkeypatch):
     """--cf-state-frozen: the state projector is neither aligned nor trained, and the adapter saves it
     as attached; the item projector still learns."""
-    import m6gen.hybrid as hybrid
     from safetensors.torch import load_file
 
+    import m6gen.hybrid as hybrid
     from m6gen.training.loop import train
 
     attached = {}
