@@ -51,7 +51,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import copy
     import time
     from pathlib import Path
     from types import SimpleNamespace
@@ -63,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from m6gen.baselines.sasrec import load_sasrec
     from m6gen.commands.common import load_data
+    from m6gen.commands.fit_readout import readout_pairs
     from m6gen.config import DataArgs
-    from m6gen.hybrid.readout import fit_readouts, layer_states_at, training_windows, window_pairs
-    from m6gen.model import encode_prompts
-    from m6gen.prompts import user_vars
+    from m6gen.hybrid.readout import fit_readouts, layer_states_at, training_windows
     from m6gen.ranking.metrics import per_user_scores
     from m6gen.recommender import RecommendConfig, Recommender
 
@@ -81,15 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     # each user's list runs on to its validation item: the window's last pair is the validation prompt
     extended = {u: [*split.train[u], split.valid[u]] for u in users}
     windows = training_windows(extended, args.per_user + 1, table.known, rec.config.max_history)
-    wide = copy.copy(rec.template)
-    wide.max_history = None
-
-    def encode(histories: list[list[int]], user: str) -> list[list[int]]:
-        return encode_prompts(
-            rec.tokenizer, rec.prompts(histories, [user_vars(user, ds.profiles)] * len(histories), template=wide)
-        )
-
-    pairs = window_pairs(windows, encode)
+    pairs = readout_pairs(rec, ds.profiles, windows)
     owner = np.asarray(pairs.users)
     is_valid = np.r_[owner[1:] != owner[:-1], True]  # each user's pairs are contiguous, validation last
     assert [int(t) for t in pairs.targets[is_valid]] == [split.valid[u] for u in users]

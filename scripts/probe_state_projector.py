@@ -50,12 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench_decode import cpu_model
 
     from m6gen.commands.common import load_data
-    from m6gen.commands.fit_readout import ReadoutArgs, states_key
+    from m6gen.commands.fit_readout import ReadoutArgs, readout_pairs, states_key
     from m6gen.config import DataArgs
     from m6gen.hybrid.align import align_state_projector, title_embeddings
-    from m6gen.hybrid.readout import fit_readouts, training_windows, window_pairs
+    from m6gen.hybrid.readout import fit_readouts, training_windows
     from m6gen.hybrid.soft_tokens import _projector
-    from m6gen.model import encode_prompts
     from m6gen.prompts import user_vars
     from m6gen.ranking.metrics import per_user_scores
     from m6gen.recommender import RecommendConfig, Recommender
@@ -73,15 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     # fit-readout's own training pairs, so that its cached last-layer states line up with them
     defaults = ReadoutArgs()
     windows = training_windows(split.train, defaults.readout_per_user, table.known, rec.config.max_history)
-    wide = copy.copy(rec.template)
-    wide.max_history = None
-
-    def encode(histories: list[list[int]], user: str) -> list[list[int]]:
-        return encode_prompts(
-            rec.tokenizer, rec.prompts(histories, [user_vars(user, ds.profiles)] * len(histories), template=wide)
-        )
-
-    pairs = window_pairs(windows, encode)
+    pairs = readout_pairs(rec, ds.profiles, windows)
     cached = run / f"readout_states-{states_key(run, rec, pairs, defaults.readout_batch_size)}.npy"
     if not cached.is_file():
         raise SystemExit(f"{cached}: not there; run m6gen fit-readout --model {run} first (with its defaults)")

@@ -77,16 +77,13 @@ HELP = "fit a hybrid run's collaborative readout (an item prior read from its ow
 
 
 def run(args) -> int:
-    import copy
     import time
 
     import numpy as np
     from tqdm.auto import tqdm
 
     from m6gen.commands.common import UsageError, load_data
-    from m6gen.hybrid.readout import fit_readouts, save_readout, states_at, training_windows, window_pairs
-    from m6gen.model import encode_prompts
-    from m6gen.prompts import user_vars
+    from m6gen.hybrid.readout import fit_readouts, save_readout, states_at, training_windows
     from m6gen.recommender import RecommendConfig, Recommender
     from m6gen.runs import trained_run_config
 
@@ -108,14 +105,7 @@ def run(args) -> int:
             f"collaborative source {table.source} is not a saved SASRec folder)"
         )
     windows = training_windows(split.train, args.readout_per_user, table.known, rec.config.max_history)
-    wide = copy.copy(rec.template)  # shows a whole window; the first pair still sees --max-history items
-    wide.max_history = None
-
-    def encode(histories: list[list[int]], user: str) -> list[list[int]]:
-        profiles = [user_vars(user, ds.profiles)] * len(histories)
-        return encode_prompts(rec.tokenizer, rec.prompts(histories, profiles, template=wide))
-
-    pairs = window_pairs(windows, encode)
+    pairs = readout_pairs(rec, ds.profiles, windows)
 
     def read_states():
         with tqdm(total=len(pairs.prompt_ids), desc="prompt states", unit="prompt", disable=not args.progress) as bar:
@@ -158,6 +148,26 @@ def run(args) -> int:
         f"{', '.join(str(f.epochs) for f in fits)}; saved in {args.model} ({time.perf_counter() - t0:.0f} s)"
     )
     return 0
+
+
+def readout_pairs(rec, profiles, windows):
+    """The training ``windows``' pairs (:func:`m6gen.hybrid.readout.window_pairs`), each user's prompts
+    written by the run's template showing a whole window; the first pair still sees --max-history items."""
+    import copy
+
+    from m6gen.hybrid.readout import window_pairs
+    from m6gen.model import encode_prompts
+    from m6gen.prompts import user_vars
+
+    wide = copy.copy(rec.template)
+    wide.max_history = None
+
+    def encode(histories: list[list[int]], user: str) -> list[list[int]]:
+        return encode_prompts(
+            rec.tokenizer, rec.prompts(histories, [user_vars(user, profiles)] * len(histories), template=wide)
+        )
+
+    return window_pairs(windows, encode)
 
 
 STATES_CACHE = "readout_states-{key}.npy"
