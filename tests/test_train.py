@@ -21,6 +21,7 @@ from m6gen.training.examples import (
     collate,
     pack,
     plan_batches,
+    rare_target_weights,
     sample_blocks,
     sample_steps,
 )
@@ -100,6 +101,58 @@ def test_packed_loss_equals_unpacked_loss():
     assert int(n) == sum(len(e.target_ids) for e in examples)
     assert float(loss) == pytest.approx(one_by_one, rel=1e-5)
     assert check_loss_paths(module, examples, 0) == (True, True)
+
+
+# ------------------------------------------------------------------------------ rare targets (--rare-target-power)
+def test_rare_target_weights_follow_inverse_counts_with_mean_one_over_training_items():
+    train_items = {"a": [0, 1], "b": [0, 2], "c": [0]}  # counts 3, 1, 1, and item 3 never trained on
+    assert rare_target_weights(train_items, 4, 0.0) is None
+    w = rare_target_weights(train_items, 4, 1.0)
+    # raw 1/3, 1, 1, 1; their mean over the five training items is (3 * 1/3 + 1 + 1) / 5 = 0.6
+    assert w == pytest.approx([1 / 3 / 0.6, 1 / 0.6, 1 / 0.6, 1 / 0.6])
+    assert (np.array([3, 1, 1, 0]) @ w) / 5 == pytest.approx(1.0)
+    half = rare_target_weights(train_items, 4, 0.5)
+    assert half[1] / half[0] == pytest.approx(3**0.5)
+
+
+def test_collate_weighs_each_title_token_by_its_own_item():
+    block = Example("u", 1, (2, 0), [5, 6], [8, 9, 1, 12, 1], title_starts=(0, 3))  # two titles: 3 + 2 tokens
+    one = ex([10, 11], [13, 1], item=1)
+    weight = np.array([0.5, 2.0, 3.0])
+    batch = collate([[block, one]], pad_id=0, target_weight=weight)
+    assert batch["weights"].tolist() == [[1, 1, 3, 3, 3, 0.5, 0.5, 1, 1, 2, 2]]
+    assert "weights" not in collate([[block, one]], pad_id=0)  # off: the batch is as before
+
+
+def test_weighted_loss_sums_each_tokens_cross_entropy_times_its_weight():
+    import torch
+
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=1)
+    examples = [ex([5, 6, 7], [8, 9, 1], item=0), ex([10, 11], [12, 1], item=1)]
+    module = loss_module(model)
+    batch = collate([examples], 0, target_weight=np.array([1.0, 4.0]))
+    with torch.no_grad():
+        plain, _ = module(batch["input_ids"], batch["labels"], batch["position_ids"])
+        plain_part = module.last.title
+        weighted, _ = module(batch["input_ids"], batch["labels"], batch["position_ids"], weights=batch["weights"])
+        logged = module.last.title
+        second = collate([[examples[1]]], 0)
+        second_loss, _ = module(second["input_ids"], second["labels"], second["position_ids"])
+    assert logged == pytest.approx(plain_part)  # the log keeps the plain sum
+    assert float(weighted) == pytest.approx(float(plain) + 3 * float(second_loss), rel=1e-5)
+
+
+def test_rare_target_power_changes_what_a_run_learns_and_is_recorded(tiny_dirs, tmp_path):
+    plain = train(tiny_config(tiny_dirs, tmp_path / "plain", max_steps=3, eval_every=0, eval_at_start=False))
+    rare = train(
+        tiny_config(tiny_dirs, tmp_path / "rare", max_steps=3, eval_every=0, eval_at_start=False, rare_target_power=1.0)
+    )
+    assert plain["steps"] == rare["steps"] == 3
+    a, b = adapter_weights(tmp_path / "plain"), adapter_weights(tmp_path / "rare")
+    assert a.keys() == b.keys() and any(not np.allclose(a[k].float(), b[k].float()) for k in a)
+    saved = json.loads((tmp_path / "rare" / "m6gen_config.json").read_text())
+    assert saved["config"]["rare_target_power"] == 1.0
 
 
 # ------------------------------------------------------------------------------ history packing
@@ -603,6 +656,9 @@ def test_bad_inputs_give_one_line_errors(tiny_dirs, tmp_path, capsys):
     assert "not an m6gen training output" in run_main(capsys, tiny_argv(tiny_dirs, tmp_path / "other"))
     assert "lora_r: expected a number >= 1, got 0" in run_main(
         capsys, tiny_argv(tiny_dirs, tmp_path / "b", "--lora-r", "0")
+    )
+    assert "rare_target_power: expected a number >= 0, got -1.0" in run_main(
+        capsys, tiny_argv(tiny_dirs, tmp_path / "b", "--rare-target-power", "-1")
     )
     (tmp_path / "c.yaml").write_text("lr: 0.01\nbogus: 1\n")
     assert "unknown option 'bogus'" in run_main(

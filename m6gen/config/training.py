@@ -120,6 +120,11 @@ class TrainArgs:
     step_sampling: Literal["random", "last"] = option(
         "random", "which steps: random (fresh each epoch) or the last ones"
     )
+    rare_target_power: float = option(
+        0.0,
+        "weigh each target title's loss by (its item's training count)^-POWER, scaled to a mean of 1 over the "
+        "training targets, so rare items are taught more (0: every target alike; 1: inverse popularity)",
+    )
     max_seq_len: int = option(1024, "longest example in tokens (longer ones are dropped, counted in the log)")
     # optimization
     epochs: int = option(1, "passes over the sampled examples")
@@ -178,7 +183,7 @@ class TrainArgs:
             "log_every",
         )
         at_least(self, 1, "examples_per_user", "max_steps", "save_every", optional=True)
-        at_least(self, 0, "eval_every", "patience", "weight_decay", "max_grad_norm")
+        at_least(self, 0, "eval_every", "patience", "weight_decay", "max_grad_norm", "rare_target_power")
         if not self.lr > 0:
             raise TrainError(f"lr: expected a number > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:

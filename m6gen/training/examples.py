@@ -350,7 +350,22 @@ def plan_batches(
     return [batches[j] for j in rng.permutation(len(batches))]
 
 
-def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None) -> dict[str, Any]:
+def rare_target_weights(train: dict[str, list[int]], n_items: int, power: float) -> np.ndarray | None:
+    """(n_items,) loss weight of each item as a target: count^-power over the training items, scaled so
+    the mean over every training target (each user's items) is 1, so the loss keeps its scale.
+    None when ``power`` is 0. Items never trained on get the weight of a count of 1 (never a target)."""
+    if not power:
+        return None
+    counts = np.zeros(n_items, dtype=np.float64)
+    for items in train.values():
+        np.add.at(counts, np.asarray(items, dtype=np.int64), 1)
+    weight = np.maximum(counts, 1.0) ** -power
+    return weight / (counts @ weight / counts.sum())
+
+
+def collate(
+    rows: list[list[Example]], pad_id: int, soft_from: int | None = None, target_weight: np.ndarray | None = None
+) -> dict[str, Any]:
     """Tensors for one micro-batch of packed rows (right-padded to the longest row).
 
     Returns ``input_ids``, ``labels`` (target ids where the loss applies, -100 elsewhere; the
@@ -359,7 +374,8 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
     just before each target's title, where a prompt for that target would end) with
     ``readout_items`` ((N,) those targets), and ``n_tokens``/``n_targets`` (non-pad and target
     token counts). Ids from ``soft_from`` on (collaborative tokens inside a packed block) are
-    inputs only: their label is -100.
+    inputs only: their label is -100. With ``target_weight`` ((n_items,), see
+    :func:`rare_target_weights`) also ``weights`` ((B, L): each label's weight, its title's item's).
     """
     import torch
 
@@ -367,6 +383,7 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, L)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, L)
     pos = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+    weights = torch.ones((len(rows), width), dtype=torch.float32)  # (B, L)
     n_tokens = 0
     readout_at, readout_items = [], []
     for b, row in enumerate(rows):
@@ -381,6 +398,8 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
             if soft_from is not None:
                 target = target.masked_fill(target >= soft_from, IGNORE)
             labels[b, at + len(ex.prompt_ids) : at + n] = target
+            if target_weight is not None:
+                weights[b, at + len(ex.prompt_ids) : at + n] = title_weights(ex, target_weight)
             pos[b, at : at + n] = torch.arange(n)
             at += n
         pos[b, at:] = torch.arange(width - at)  # padding: a segment of its own, after every real token
@@ -393,4 +412,14 @@ def collate(rows: list[list[Example]], pad_id: int, soft_from: int | None = None
         "readout_items": torch.tensor(readout_items, dtype=torch.long),
         "n_tokens": n_tokens,
         "n_targets": int((labels != IGNORE).sum()),
+        **({"weights": weights} if target_weight is not None else {}),
     }
+
+
+def title_weights(ex: Example, target_weight: np.ndarray):
+    """(len(ex.target_ids),) each target token's weight: that of the item whose title it belongs to."""
+    import torch
+
+    ends = (*ex.title_starts[1:], len(ex.target_ids))
+    spans = [end - start for start, end in zip(ex.title_starts, ends)]
+    return torch.tensor(np.repeat(target_weight[list(ex.items)], spans), dtype=torch.float32)

@@ -157,10 +157,10 @@ def train_step(run: Run, module, optimizer, scheduler, step: int) -> StepLoss:
     stats = torch.zeros(4, dtype=torch.float64, device=acc.device)
     inner = acc.unwrap_model(module)  # the loss module: its LossParts, which the wrapper does not pass on
     for m, rows in enumerate(batches):
-        batch = collate(rows, run.tokenizer.pad_token_id, run.soft_from)
+        batch = collate(rows, run.tokenizer.pad_token_id, run.soft_from, run.target_weight)
         with contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(module):
-            inputs = ("input_ids", "labels", "position_ids", "readout_at", "readout_items")
-            loss_sum, _ = module(**{key: batch[key].to(acc.device) for key in inputs})
+            inputs = ("input_ids", "labels", "position_ids", "readout_at", "readout_items", "weights")
+            loss_sum, _ = module(**{key: batch[key].to(acc.device) for key in inputs if key in batch})
             # The sum over all target tokens of the step / their count (DDP and FSDP average over processes,
             # hence the factor world): packing, batching and accumulation leave the loss unchanged.
             acc.backward(loss_sum * (world / n_targets))

@@ -31,6 +31,7 @@ class LossParts:
 class TargetLoss(torch.nn.Module):
     """Wraps a (peft) causal LM; ``forward`` returns (summed loss, target tokens).
 
+    ``weights`` ((B, L), optional): each label's weight in the sum (``--rare-target-power``).
     ``readout_weight``: with a model that has a collaborative readout (``--readout-loss``), its
     cross-entropy on each next item, read at the position before the item's title, is added to the
     sum with this weight. ``fast_head``: the output layer runs only at positions that predict a target
@@ -69,7 +70,9 @@ class TargetLoss(torch.nn.Module):
                 .last_hidden_state
             )
 
-    def forward(self, input_ids, labels, position_ids, attention_mask=None, readout_at=None, readout_items=None):
+    def forward(
+        self, input_ids, labels, position_ids, attention_mask=None, readout_at=None, readout_items=None, weights=None
+    ):
         target = labels[:, 1:]  # (B, L-1): the token each position predicts
         keep = target != IGNORE  # (B, L-1)
         readout = self.readout() if self.readout_weight else None
@@ -87,8 +90,13 @@ class TargetLoss(torch.nn.Module):
                 )
             logits = out.logits[:, :-1][keep]  # (T, V)
             hidden = out.hidden_states[-1] if readout is not None else None  # the last layer, normed
-        loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
-        self.last = LossParts(title=float(loss.detach()))
+        if weights is None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+            self.last = LossParts(title=float(loss.detach()))
+        else:  # --rare-target-power: each token weighted by its title's item; the log keeps the plain sum
+            per_token = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")
+            loss = (per_token * weights[:, 1:][keep]).sum()
+            self.last = LossParts(title=float(per_token.detach().sum()))
         if readout is not None and readout_at is not None and len(readout_at):
             item_logits = readout(hidden[readout_at[:, 0], readout_at[:, 1]])  # (N, items)
             item_loss = torch.nn.functional.cross_entropy(item_logits, readout_items, reduction="sum")

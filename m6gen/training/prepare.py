@@ -53,6 +53,7 @@ class Run:
     k: int  # metrics at k = min(10, eval_beams)
     retriever: Any = None  # the SASRec proposing each prompt's candidates (--candidates)
     soft_from: int | None = None  # first virtual (collaborative-token) id: never a label (--cf-source)
+    target_weight: Any = None  # (n_items,) loss weight per target item (--rare-target-power), or None
 
     @property
     def sharded(self) -> bool:
@@ -114,6 +115,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         load_tokenizer,
     )
     from m6gen.prompts import TemplateLibrary
+    from m6gen.training.examples import rare_target_weights
     from m6gen.training.loss import calibrate_readout, loss_module
 
     cfg = resolve_paths(cfg)
@@ -153,6 +155,12 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     soft_from = collaborative.offset if collaborative is not None else None
     if calibrate_readout(module, plan.epochs[0][0][:32], tokenizer.pad_token_id, soft_from):
         acc.print(f"readout trained with LoRA, weight {cfg.readout_loss:g} per next item")
+    target_weight = rare_target_weights(split.train, len(dataset.catalog), cfg.rare_target_power)
+    if target_weight is not None:
+        acc.print(
+            f"rare targets taught more (power {cfg.rare_target_power:g}): loss weight {target_weight.min():.2f} "
+            f"for the most-watched item to {target_weight.max():.2f} for one seen once"
+        )
     total_steps = n_steps if cfg.max_steps is None else min(n_steps, cfg.max_steps)
     n_users = len(split.users)
     pick = np.random.default_rng(cfg.seed).choice(n_users, min(cfg.eval_users, n_users), replace=False)
@@ -198,6 +206,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
         min(10, cfg.eval_beams),
         retriever,
         soft_from,
+        target_weight,
     )
 
 
