@@ -420,6 +420,8 @@ def title_weights(ex: Example, target_weight: np.ndarray):
     """(len(ex.target_ids),) each target token's weight: that of the item whose title it belongs to."""
     import torch
 
+    weights = torch.ones(len(ex.target_ids), dtype=torch.float32)  # tokens before the first title: 1
     ends = (*ex.title_starts[1:], len(ex.target_ids))
-    spans = [end - start for start, end in zip(ex.title_starts, ends)]
-    return torch.tensor(np.repeat(target_weight[list(ex.items)], spans), dtype=torch.float32)
+    for item, start, end in zip(ex.items, ex.title_starts, ends):
+        weights[start:end] = float(target_weight[item])
+    return weights
