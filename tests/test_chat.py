@@ -79,6 +79,20 @@ def titles_of(session):
     return [session.catalog[i].title for i in session.history]
 
 
+def test_a_kill_ends_the_session_where_ctrl_c_only_clears_the_line(new_session):
+    from m6gen.commands.common import Terminated
+
+    def lines(stop):
+        yield "add Toy Story"
+        raise stop
+
+    session = new_session()
+    out = drive(session, lines(KeyboardInterrupt()))  # Ctrl-C at the prompt: the session goes on
+    assert "interrupted" in out
+    with pytest.raises(Terminated):
+        drive(session, lines(Terminated()))
+
+
 # ---------------------------------------------------------------------- history commands
 def test_add_bare_line_and_numbered_choice(new_session):
     s = new_session()

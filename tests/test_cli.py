@@ -354,3 +354,54 @@ def test_a_prompt_beyond_the_models_context_is_one_line(world, tmp_path, capsys)
         and "exceeds the model's context of 512 tokens" in err
         and "--max-history" in err
     )
+
+
+# ---- a kill (SIGTERM) is an interrupt: complete lines are kept, one line says so, exit 143 ----
+
+KILLED_COMMAND = """
+import os, signal, sys, time
+from m6gen.commands.common import run_guarded
+
+def command(args):
+    with open(sys.argv[1], "a") as out:
+        out.write("row 1\\n")  # still in the file's buffer when the signal comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        out.write("row 2\\n")
+    return 0
+
+sys.exit(run_guarded(command, None))
+"""
+
+
+def test_sigterm_keeps_the_written_rows_and_exits_143_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    rows = tmp_path / "rows.txt"
+    done = subprocess.run([sys.executable, "-c", KILLED_COMMAND, str(rows)], capture_output=True, text=True, timeout=25)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip() == "terminated"
+    assert rows.read_text() == "row 1\n"
+
+
+def test_sigterm_handler_is_restored_and_a_foreign_one_left_alone():
+    import signal
+
+    from m6gen.commands.common import run_guarded
+
+    def seen_handler(args):
+        return signal.getsignal(signal.SIGTERM)
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert run_guarded(seen_handler, None) not in (signal.SIG_DFL, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored after the command
+
+    def own(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, own)  # e.g. m6gen serve's, or a program that embeds m6gen
+    try:
+        assert run_guarded(seen_handler, None) is own
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

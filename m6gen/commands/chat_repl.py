@@ -26,6 +26,7 @@ from m6gen.commands.chat_session import (
     session_state,
     shown,
 )
+from m6gen.commands.common import Terminated
 from m6gen.data.catalog import normalize_text
 from m6gen.data.titles import MAX_CHOICES, TitleMatcher
 from m6gen.explain import explain
@@ -110,12 +111,16 @@ class ChatSession:
             except UnicodeDecodeError:  # stdin that is not UTF-8; _run() makes stdin replace such bytes
                 self.say("error: that line is not valid text")
                 continue
+            except Terminated:  # a kill ends the session, unlike Ctrl-C
+                raise
             except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line; Ctrl-D or quit leaves
                 self.say("\n(interrupted: type quit or press Ctrl-D to leave)")
                 continue
             try:
                 if not self.handle(line):
                     break
+            except Terminated:
+                raise
             except KeyboardInterrupt:
                 self.say("interrupted")
         return 0

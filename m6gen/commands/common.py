@@ -7,13 +7,39 @@ user can cause is printed as one line, ``error: ...``, with exit status 2.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 
 class UsageError(ValueError):
     """Bad command-line input (unknown user, bad option value)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit): handled like Ctrl-C, so a command says how to resume."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """While inside, SIGTERM raises :class:`Terminated` instead of ending the process at once: files
+    close and flush their complete lines, and the command's interrupt message is printed. A handler
+    someone else installed (``m6gen serve``'s, or an embedding program's) is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def parse(groups: list[type], prog: str, description: str, argv: list[str] | None) -> SimpleNamespace:
@@ -183,7 +209,8 @@ def run_guarded(func, args) -> int:
     from m6gen.prompts import TemplateError
 
     try:
-        return func(args)
+        with sigterm_as_interrupt():
+            return func(args)
     except BrokenPipeError:  # output piped into e.g. `head`, which has seen enough: not an error to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return 1
@@ -195,6 +222,9 @@ def run_guarded(func, args) -> int:
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import warnings
 
+from m6gen.commands.common import Terminated
 from m6gen.config import TRAIN_GROUPS
 
 GROUPS = list(TRAIN_GROUPS)
@@ -29,9 +31,9 @@ def run(args) -> int:
             warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
             warnings.filterwarnings("ignore", category=UserWarning, module="peft")
             summary = train(cfg)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (commands.common.Terminated)
         print("interrupted: continue from the last checkpoint with --resume", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one summary, not one per process
         print(json.dumps(summary, indent=2))
     return 0
