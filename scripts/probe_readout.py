@@ -22,7 +22,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a hybrid run folder (m6gen train --cf-source ...)")
     p.add_argument("--users", type=int, default=400, help="users probed (random, seeded)")
-    p.add_argument("--per-user", type=int, default=10, help="training pairs per user, as fit-readout's")
+    p.add_argument(
+        "--per-user", type=int, default=10, help="training pairs per user (fit-readout's --readout-per-user, 30 there)"
+    )
     p.add_argument("--layers", default="0,6,12,18,24,27,30", help="hidden-state layers to fit a readout on")
     p.add_argument(
         "--distill",
@@ -42,8 +44,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="readouts fitted per --distill/--hidden row, with seeds 0, 1, ...: each one's row, then their "
         "ensemble's (fit-readout's --readout-members)",
     )
-    p.add_argument("--epochs", type=int, default=30, help="readout epochs (fit-readout's --readout-epochs)")
-    p.add_argument("--lr", type=float, default=3e-3, help="readout learning rate (fit-readout's --readout-lr)")
+    p.add_argument("--epochs", type=int, default=30, help="readout epochs (fit-readout's --readout-epochs, 60 there)")
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="readout learning rate (fit-readout's --readout-lr, 1e-3 there)"
+    )
     p.add_argument("--dtype", default="float32", help="the model's dtype for the forwards (auto|float32|bfloat16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

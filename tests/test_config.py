@@ -193,9 +193,22 @@ def test_help_says_each_default_once(name, capsys):
     with pytest.raises(SystemExit):
         parse(module.GROUPS, f"m6gen {name}", "", ["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: )" not in text
     for option_help in re.split(r" (?=--[a-z])", text):
         assert option_help.count("(default") <= 1, option_help
+
+
+def test_a_no_switch_says_it_turns_its_option_off(capsys):
+    """HfArgumentParser gives --no-eval-at-start the help of --eval-at-start ("validate the untuned model
+    first"), the opposite of what it does."""
+    from m6gen.commands.common import parse
+
+    with pytest.raises(SystemExit):
+        parse(command("train").GROUPS, "m6gen train", "", ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-eval-at-start, --no_eval_at_start turn --eval-at-start off" in text
+    assert "--no-packing, --no_packing turn --packing off" in text
+    assert text.count("validate the untuned model first") == 1
 
 
 def test_an_option_nested_under_another_group_is_an_error(tmp_path):

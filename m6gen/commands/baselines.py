@@ -20,7 +20,11 @@ class BaselinesArgs:
 
     methods: str = option("Pop,SASRec", "comma list of Pop, SASRec")
     max_users: int | None = option(None, "evaluate only the first N users (default: all)")
-    out: str | None = option(None, "folder for the tables, baselines.json and the SASRec model")
+    out: str | None = option(
+        None,
+        "folder for the tables, baselines.json and the SASRec model (none: nothing is saved; give one to keep the "
+        "SASRec for --sasrec or --cf-source)",
+    )
 
     def __post_init__(self):
         at_least(self, 1, "max_users", optional=True)

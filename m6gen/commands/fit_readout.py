@@ -31,7 +31,7 @@ class ReadoutArgs:
     readout_per_user: int = option(
         30,
         "training pairs per user: its last N training items, each after the history before it (read in one "
-        "forward of the user's last --max-history + N - 1 training items where the template allows)",
+        "forward of the user's last N - 1 training items after the run's history length, where the template allows)",
     )
     readout_epochs: int = option(
         60, "passes over the pairs; the epoch with the lowest held-out loss on the true next items is kept"

@@ -53,7 +53,15 @@ class TuneArgs:
                 raise ConfigError(f"history_lengths: expected a comma list of whole numbers >= 1, got {part!r}")
 
 
-GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, HybridArgs, TuneArgs, RuntimeArgs]
+@dataclass
+class TunePromptArgs(PromptArgs):
+    """How a history becomes a prompt; the leaderboard tries several templates and lengths."""
+
+    template: str | None = option(None, "comma list of the templates to score (default: every template found)")
+    max_history: int | None = option(None, "not used here: give the lengths to try with --history-lengths")
+
+
+GROUPS = [DataArgs, TunePromptArgs, ModelArgs, DeviceArgs, DecodeArgs, HybridArgs, TuneArgs, RuntimeArgs]
 HELP = "leaderboard of the prompt templates on validation (--template a,b: only those)"
 
 

@@ -39,10 +39,15 @@ def _help_formatter_class():
     import argparse
 
     class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-        """Says an option's default once: not where its help already says it, nor a None or False one."""
+        """Says an option's default once: not where its help already says it, nor a None, False or empty one."""
 
         def _get_help_string(self, action):
-            if action.default is None or action.default is False or "(default" in (action.help or ""):
+            if (
+                action.default is None
+                or action.default is False
+                or action.default == ""
+                or "(default" in (action.help or "")
+            ):
                 return action.help
             return super()._get_help_string(action)
 
@@ -69,6 +74,9 @@ class ConfigParser:
                     if action.dest in optional and action.type is not None and action.nargs != "?":
                         action.type = _none_or(action.type)  # "--max-steps none" on the command line means None
                     action.option_strings.sort(key=lambda o: "_" in o)  # usage and help show --max-history first
+                    if action.nargs == 0 and action.const is False and action.option_strings[0].startswith("--no-"):
+                        # HfArgumentParser gives --no-X the help of --X, which then reads as its opposite
+                        action.help = f"turn {action.option_strings[0].replace('--no-', '--', 1)} off"
 
         self.groups = list(groups)
         self.every_group = list(every_group or groups)

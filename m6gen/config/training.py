@@ -69,7 +69,8 @@ class HybridArgs:
     cf_align_steps: int = option(
         0,
         "before LoRA, full-batch steps that teach the projector alone to map each item's vector to its title's "
-        "mean token embedding (LLaRA-style alignment; seconds, no LM forward; 0: none)",
+        "mean token embedding (LLaRA-style alignment, no LM forward: seconds for item tokens, a few minutes on a "
+        "2-core CPU with the state projector; 0: none)",
     )
     cf_lr_scale: float = option(
         1.0,
