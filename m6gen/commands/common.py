@@ -23,6 +23,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a scheduler's time limit): handled like Ctrl-C, so a command says how to resume."""
 
 
+def interrupted_status(stop: KeyboardInterrupt) -> int:
+    """The exit status after ``stop``: 143 for a SIGTERM, as the shell reports a killed process, else 130."""
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """While inside, SIGTERM raises :class:`Terminated` instead of ending the process at once: files
@@ -222,12 +227,9 @@ def run_guarded(func, args) -> int:
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+        return interrupted_status(stop)
 
 
 def display_width(text: str) -> int:

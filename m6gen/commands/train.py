@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import warnings
 
-from m6gen.commands.common import Terminated
+from m6gen.commands.common import interrupted_status
 from m6gen.config import TRAIN_GROUPS
 
 GROUPS = list(TRAIN_GROUPS)
@@ -33,7 +32,7 @@ def run(args) -> int:
             summary = train(cfg)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (commands.common.Terminated)
         print("interrupted: continue from the last checkpoint with --resume", file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+        return interrupted_status(stop)
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one summary, not one per process
         print(json.dumps(summary, indent=2))
     return 0
