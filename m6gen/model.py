@@ -65,10 +65,19 @@ def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str,
         )
     if path.exists():
         return str(path), gguf_file
-    # A hub id is "name" or "org/name"; anything else that does not exist is a mistyped path.
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelError(f"{path}: model path does not exist")
+    # A hub id is "name" or "org/name"; anything else that does not exist is a mistyped path, and so
+    # is "runs/my-run" where ./runs is a folder (not the hub's organization "runs")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or len(path.parts) > 1 and path.parent.is_dir():
+        raise ModelError(f"{path}: model path does not exist (train a run there with m6gen train --output-dir)")
     return model, gguf_file
+
+
+def _hub_hint(name: str, err: OSError) -> str:
+    """The first line of a loading error; for a name that is no folder here, what it was taken for."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if Path(name).expanduser().exists():
+        return first
+    return f"no such folder here, so it was read as a Hugging Face Hub id: {first}"
 
 
 def load_tokenizer(model: str | None = None, gguf_file: str | None = None):
@@ -78,7 +87,7 @@ def load_tokenizer(model: str | None = None, gguf_file: str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(name)
     except OSError as err:  # hub id not cached offline, missing files
-        raise ModelError(f"{name}: cannot load tokenizer ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{name}: cannot load tokenizer ({_hub_hint(name, err)})") from None
     if tok.eos_token_id is None:
         raise ModelError(f"{name}: tokenizer has no EOS token; m6gen ends every title with it")
     if tok.pad_token_id is None:
@@ -97,7 +106,7 @@ def load_model(model: str | None = None, gguf_file: str | None = None, dtype: st
     try:
         lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
     except OSError as err:
-        raise ModelError(f"{name}: cannot load model ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{name}: cannot load model ({_hub_hint(name, err)})") from None
     if gguf:
         clear_gguf_quantizer(lm)
     lm.eval()

@@ -12,6 +12,7 @@ import numpy as np
 
 from m6gen.config import PromptArgs
 from m6gen.data.catalog import Catalog
+from m6gen.decoding.open_ended import OpenOutput
 from m6gen.decoding.search import RANKINGS, Hypothesis, constrained_beam_search, rank_hypotheses
 from m6gen.ranking.rerank import ItemFeatures, RerankConfig, RerankResult, rerank
 
@@ -81,6 +82,7 @@ class Recommender:
         )
         self.template.max_history = self.config.max_history
         self.targets = template.render_targets(catalog)
+        self._line_breaks: list[int] | None = None  # where an open-ended title ends (generate_open)
         self.trie = trie if trie is not None else build_catalog_trie(tokenizer, self.targets, cache_dir=trie_cache)
         self.features = features
         self.prior, self.prior_weight = prior, prior_weight
@@ -365,6 +367,33 @@ class Recommender:
                         f"history {u}: {i!r} is not a catalog index (0..{n - 1}); histories hold catalog "
                         f"indices, e.g. catalog.index_of(item_id) for an id of the data files"
                     )
+
+    def generate_open(
+        self, histories: list[list[int]], profiles: list[dict] | None = None, beams: int | None = None
+    ) -> list[list[OpenOutput]]:
+        """M6-Rec's open-ended setting: ``beams`` (default: ``config.beams``) unconstrained titles per
+        history, best first, each flagged as in the catalog or not
+        (:func:`m6gen.decoding.open_ended.open_generate`). A prompt past the model's context is a
+        :class:`m6gen.prompts.TemplateError`, as in :meth:`generate`."""
+        from m6gen.decoding.open_ended import line_break_tokens, open_generate
+        from m6gen.model import encode_prompts
+
+        self._check_histories(histories)
+        if not histories:
+            return []
+        prompt_ids = encode_prompts(self.tokenizer, self._render_prompts(histories, profiles, None))
+        self._check_context(prompt_ids)
+        if self._line_breaks is None:  # one pass over the vocabulary, once
+            self._line_breaks = line_break_tokens(self.tokenizer)
+        return open_generate(
+            self.model,
+            self.tokenizer,
+            prompt_ids,
+            self.targets,
+            num_beams=beams or self.config.beams,
+            max_new_tokens=self.trie.max_depth + 4,
+            line_breaks=self._line_breaks,
+        )
 
     def _check_context(self, prompt_ids: list[list[int]]) -> None:
         """A prompt plus the longest title must fit the model's context: past it the output is noise."""

@@ -104,7 +104,7 @@ def test_add_bare_line_and_numbered_choice(new_session):
 def test_choice_cancelled_by_a_non_number(new_session):
     s = new_session()
     out = drive(s, ["toy", "9", "toy", "casino"])
-    assert titles_of(s) == ["Casino (1995)"] and out.count("(choice cancelled)") == 2
+    assert titles_of(s) == ["Casino (1995)"] and out.count("(choice cancelled;") == 2
     assert s.pending == []
 
 
@@ -471,6 +471,17 @@ def test_cold_only_recommends_only_items_no_training_interaction_names(new_sessi
     assert not s.settings.cold_only and len(s.last) == 6
 
 
+def test_a_short_cold_list_says_no_more_cold_items_are_left(new_session):
+    s = new_session()
+    cold = set(range(len(s.catalog))) - {7, 8, 2, 3, 9}  # as above
+    drive(s, ["heat"])
+    left = len(cold - set(s.history))
+    s.apply(ChatSettings(k=left + 1, beams=len(s.catalog)))
+    out = drive(s, ["set cold_only on", "rec"])
+    assert len(s.last) == left
+    assert f"only {left} cold item(s) are left to recommend" in out and "raise beams" not in out
+
+
 # ---------------------------------------------------------------- the pure parts, with known answers
 def test_catalog_table_marks_only_the_held_out_item(catalog):
     from types import SimpleNamespace
@@ -618,7 +629,7 @@ def test_long_values_are_clipped_in_errors(new_session):
 def test_an_out_of_range_choice_keeps_the_choice_open(new_session):
     s = new_session()
     out = drive(s, ["ali", "99", "2"])
-    assert "error: choose 1-" in out and "(choice cancelled)" not in out
+    assert "error: choose 1-" in out and "(choice cancelled" not in out
     assert titles_of(s) == ["Aliens (1986)"]
 
 

@@ -278,6 +278,20 @@ def test_a_user_with_too_few_interactions_is_named_as_such(tmp_path, capsys):
     assert "unknown user id 'u9'" in capsys.readouterr().err
 
 
+def test_prompts_show_the_end_of_text_token_with_a_models_own_tokenizer(world, capsys):
+    """A --model folder with its own tokenizer renders {{ eos }} as the model reads it; without one, a
+    note says what is missing instead of silently gluing titles together."""
+    data, model_dir = world
+    assert (model_dir / "tokenizer.json").is_file()
+    assert main(["prompts", "--data", str(data), "--users", "u2", "--template", "sequence"]) == 0
+    plain = capsys.readouterr().out
+    assert "without the model's tokenizer" in plain and "<eos>" not in plain
+    argv = ["prompts", "--data", str(data), "--users", "u2", "--template", "sequence", "--model", str(model_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "<eos>" in out.split("<- target")[0] and "without the model's tokenizer" not in out
+
+
 def test_a_run_whose_template_folder_is_gone(world, tmp_path, capsys):
     import json
 

@@ -215,6 +215,31 @@ def test_open_mode_runs_a_real_beam_search(setup):
         assert all(-1 <= o.item < 4 and o.in_catalog == (o.item >= 0) for o in row)
 
 
+def test_open_beams_end_at_a_line_break_and_never_open_with_one(setup):
+    """A model that would write line breaks above all: each beam is then one title, a different one,
+    where before every beam opened with a line break and most came out empty or the same."""
+    from m6gen.decoding.open_ended import line_break_tokens
+
+    tok, _, _, prompts = setup
+    breaks = line_break_tokens(tok)
+    assert breaks and all("\n" in tok.decode([t]) for t in breaks)
+    assert not any("\n" in tok.decode([t]) for t in set(range(len(tok))) - set(breaks))
+    model = make_model(len(tok))
+    bias = torch.rand(len(tok), generator=torch.Generator().manual_seed(0))  # the same logits at every step
+    bias[breaks] = 5.0
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, len(tok), bias=True)
+    torch.nn.init.zeros_(model.lm_head.weight)
+    with torch.no_grad():
+        model.lm_head.bias.copy_(bias)
+    outs = open_generate(model, tok, prompts[:1], TITLES[:4], num_beams=4, max_new_tokens=6)[0]
+    likeliest = [int(t) for t in torch.argsort(bias, descending=True) if int(t) not in breaks]
+    words = [tok.decode([t], skip_special_tokens=True) for t in likeliest if t != tok.eos_token_id]
+    texts = [o.text for o in outs]
+    # one token each, the likeliest that is no line break or end of text (a blank one leaves no title)
+    assert [t for t in texts if t.strip()] == [w for w in words[:4] if w.strip()]
+    assert len(set(texts)) == 4
+
+
 def test_stats_are_reported(setup):
     _, trie, model, prompts = setup
     stats = {}

@@ -50,3 +50,14 @@ def test_a_folder_that_holds_no_model_is_named(tmp_path):
         resolve_model(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")  # a model folder: left to transformers
     assert resolve_model(str(tmp_path)) == (str(tmp_path), None)
+
+
+def test_a_missing_run_under_an_existing_folder_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    """"runs/my-run" where ./runs exists is a mistyped path, said at once; "org/name" stays a hub id."""
+    from m6gen.model import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelError, match="runs/lora-default: model path does not exist"):
+        resolve_model("runs/lora-default")
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)

@@ -82,8 +82,11 @@ BAD_BODIES = [  # (raw body or JSON-able value, status, field, part of the messa
     ({"history": ["101"], "k": True}, 422, "k", "valid integer"),
     ({"history": ["101"], "k": 0}, 422, "k", "greater than or equal to 1"),
     ({"history": ["101"], "k": -3}, 422, "k", "greater than or equal to 1"),
-    ({"history": ["101"], "k": len(ITEMS) + 1}, 422, "k", "catalog's size"),
+    ({"history": ["101"], "k": len(ITEMS) + 1}, 422, "k", "--beams"),  # the tighter limit is named
+    ({"history": ["101"], "k": 10**23}, 422, "k", "--beams"),
     ({"history": ["101"], "k": BEAMS + 1}, 422, "k", "--beams"),
+    ({"history": ["101"], "diversity": 1.5e308}, 422, "diversity", "less than or equal to 1000"),
+    ({"history": ["101"], "novelty": 1001}, 422, "novelty", "less than or equal to 1000"),
     ({"history": ["101"], "diversity": -0.1}, 422, "diversity", "greater than or equal to 0"),
     ({"history": ["101"], "novelty": "high"}, 422, "novelty", "valid number"),
     ({"history": ["101"], "rank_by": "random"}, 422, "rank_by", "'logprob'"),
@@ -389,6 +392,16 @@ def test_one_bad_request_in_a_batch_fails_alone(short_context_world):
     assert app.state.service.batcher.stats.retried >= 1  # they did share a batch, which failed as a whole
 
 
+def test_an_open_prompt_past_the_context_is_a_422_too(short_context_world):
+    """Open mode checks the prompt's length as catalog mode does, instead of generating past the context."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(*short_context_world, ServeArgs())) as c:
+        bad = c.post("/recommend", json={"history": [item_id(i) for i in range(12)], "k": 3, "open": True})
+        assert bad.status_code == 422 and bad.json()["field"] == "history" and "context" in bad.json()["error"]
+        assert c.post("/recommend", json={"history": [item_id(0), item_id(2)], "k": 3, "open": True}).status_code == 200
+
+
 def raw_request(base: str, body: dict) -> socket.socket:
     """A POST sent on a bare socket, left open: closing it is a client disconnecting mid-request."""
     host, port = base.removeprefix("http://").split(":")
@@ -472,8 +485,10 @@ def test_the_api_key_is_required_everywhere_but_health(make_app, monkeypatch):
             response = getattr(c, method)(path)
             assert response.status_code == 401, path
             assert response.json()["field"] == "authorization" and "WWW-Authenticate" in response.headers
+            assert "API key required" in response.json()["error"]
         wrong = {"X-API-Key": KEY[:-1] + "x"}
         assert c.get("/info", headers=wrong).status_code == 401
+        assert "wrong API key" in c.get("/info", headers=wrong).json()["error"]
         basic = "Basic " + base64.b64encode(f"anyone:{KEY}".encode()).decode()
         for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}, {"Authorization": basic}):
             assert c.get("/info", headers=headers).status_code == 200, headers
@@ -559,6 +574,8 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(data_dir, tmp_path)
         base = seen[-1].split()[2].rstrip("/")
         assert base.startswith("http://127.0.0.1:")
         wait_until(lambda: _health(base) is not None, timeout=120)
+        info = httpx.get(base + "/info", timeout=5).json()
+        assert info["serving"]["port"] == int(base.rsplit(":", 1)[1])  # --port 0: the one it took
         answer: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: answer.put(post_all(base, [{"user_id": "u2", "k": 5}])[0])).start()
         wait_until(lambda: (_health(base) or {}).get("queued") == 1)  # in flight: waiting for batch mates

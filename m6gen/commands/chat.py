@@ -18,7 +18,17 @@ from pathlib import Path
 
 from m6gen.commands.chat_repl import ChatSession
 from m6gen.commands.chat_session import ChatArgs, ChatError, ChatSettings, read_session
-from m6gen.config import DataArgs, DecodeArgs, DeviceArgs, ModelArgs, PriorArgs, PromptArgs, RerankArgs, option
+from m6gen.config import (
+    DataArgs,
+    DecodeArgs,
+    DeviceArgs,
+    ModelArgs,
+    PriorArgs,
+    PromptArgs,
+    RerankArgs,
+    RuntimeArgs,
+    option,
+)
 from m6gen.prompts import user_vars
 
 
@@ -32,7 +42,18 @@ class ChatStartArgs:
     session: str | None = option(None, "start from a file written by `save`")
 
 
-GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, PriorArgs, RerankArgs, ChatArgs, ChatStartArgs]
+GROUPS = [
+    DataArgs,
+    PromptArgs,
+    ModelArgs,
+    DeviceArgs,
+    DecodeArgs,
+    PriorArgs,
+    RerankArgs,
+    RuntimeArgs,
+    ChatArgs,
+    ChatStartArgs,
+]
 HELP = "interactive session: type titles you liked, get recommendations"
 
 

@@ -146,9 +146,9 @@ class ChatSession:
                     choice, self.pending = self.pending[int(line) - 1], []
                     self._add(choice)
                     return True
-                raise ChatError(f"choose 1-{len(self.pending)}, or type anything else to cancel")
+                raise ChatError(f"choose 1-{len(self.pending)}, or type a title or command instead")
             self.pending = []
-            self.say("(choice cancelled)")
+            self.say("(choice cancelled; going on with what you typed)")
         if not line:
             return True
         word, _, arg = line.partition(" ")
@@ -187,7 +187,9 @@ class ChatSession:
         for n, i in enumerate(self.pending, 1):
             self.say(f"  {n}. {self.catalog[i].title}")
         self.say(
-            "type a number" + (" (more match: type more of the title)" if more else "") + ", anything else cancels"
+            "type a number"
+            + (" (more match: type more of the title)" if more else "")
+            + ", or a title or command instead"
         )
 
     def _add(self, item: int, note: str = "") -> None:
@@ -303,22 +305,20 @@ class ChatSession:
         for line in chat_lists.catalog_table(self.last, held_out_id):
             self.say(line)
         if not res.filled:
-            self.say(f"  ({res.shortfall()}: raise beams with `set beams N`)")
+            self.say(f"  ({res.shortfall()}: {self._why_short(len(res.items))})")
+
+    def _why_short(self, found: int) -> str:
+        """What a list shorter than k calls for: more beams, unless no more items are left to name."""
+        s = self.settings
+        pool = set(self.cold.tolist()) if s.cold_only else set(range(len(self.catalog)))
+        left = len(pool - set(self.history)) if self.rec.config.exclude_seen else len(pool)
+        if found >= left:
+            return f"only {left} {'cold ' if s.cold_only else ''}item(s) are left to recommend"
+        return "raise beams with `set beams N`"
 
     def _rec_open(self) -> None:
-        from m6gen.decoding.open_ended import open_generate
-        from m6gen.model import encode_prompts
-
         s = self.settings
-        prompt_ids = encode_prompts(self.rec.tokenizer, self.rec.prompts([list(self.history)], [self._profile()]))
-        outs = open_generate(
-            self.rec.model,
-            self.rec.tokenizer,
-            prompt_ids,
-            self.rec.targets,
-            num_beams=s.beams,
-            max_new_tokens=self.rec.trie.max_depth + 4,
-        )[0]
+        outs = self.rec.generate_open([list(self.history)], [self._profile()], beams=s.beams)[0]
         self.last = chat_lists.open_rows(outs, self.catalog, s.k)
         self.say(f"open-ended top-{s.k} ({s.template}, {s.beams} beams; titles may be outside the catalog):")
         for line in chat_lists.open_table(self.last, self.history, self.catalog):

@@ -6,6 +6,7 @@ m6gen prompts --user 196 --template instruct
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from m6gen.config import DataArgs, ModelArgs, PromptArgs, option
 
@@ -17,7 +18,12 @@ class PromptsArgs:
     _argument_group_name = "prompts command"
 
     users: str | None = option(None, "comma-separated user ids (default: the first user)")
-    chat_tokenizer: bool = option(False, "load --model's tokenizer for chat-style templates")
+    chat_tokenizer: bool = option(
+        False,
+        "render with --model's tokenizer, as the model reads the prompt: its end-of-text token ({{ eos }}) and "
+        "its chat template (about 10 s for the default GGUF model; a --model folder with its own tokenizer.json, "
+        "such as a trained run, is always rendered with it)",
+    )
 
 
 GROUPS = [DataArgs, PromptArgs, ModelArgs, PromptsArgs]
@@ -34,10 +40,16 @@ def run(args) -> int:
     resolve_prompt_args(args)
     lib = TemplateLibrary(args.templates, max_history=args.max_history)
     tokenizer = None
-    if args.chat_tokenizer:  # chat-style templates render through the model's own chat template
+    own_tokenizer = bool(args.model) and Path(args.model, "tokenizer.json").is_file()  # quick to load
+    if args.chat_tokenizer or own_tokenizer:  # {{ eos }} and chat-style templates need the model's tokens
         from m6gen.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.model, args.gguf_file)
+    else:
+        print(
+            "(without the model's tokenizer: {{ eos }} shows as nothing and chat templates in a generic form; "
+            "--chat-tokenizer shows the prompt exactly as the model reads it)"
+        )
     retriever = None
     if args.candidates:  # what a candidate template lists: the retriever's items for this history
         from m6gen.baselines.sasrec import load_sasrec

@@ -33,6 +33,7 @@ def run(args) -> int:
     preview = (split.test_history(first), user_vars(first, ds.profiles)) if first else None
     rec = load_recommender(args, ds.catalog, preview=preview)
     settings = args.groups[ServeArgs]
+    settings.port = sock.getsockname()[1]  # --port 0 took a free one: /info shows which
     app = create_app(rec, ds, split, item_features(ds, split), settings, options=to_dict(*args.groups.values()))
     if settings.api_key is None and not is_loopback(args.host):
         say(f"note: listening on {args.host} without --api-key: anyone who can reach this port can use the model")

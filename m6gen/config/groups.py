@@ -176,12 +176,15 @@ class RerankArgs:
     _argument_group_name = "reranking"
 
     k: int = option(10, "recommendations per user (at most --beams)")
-    diversity: float = option(0.0, "reranker diversity weight (>= 0)")
-    novelty: float = option(0.0, "reranker novelty weight (>= 0)")
+    diversity: float = option(0.0, "reranker diversity weight (0 to 1000)")
+    novelty: float = option(0.0, "reranker novelty weight (0 to 1000)")
 
     def __post_init__(self):
         at_least(self, 1, "k")
         at_least(self, 0, "diversity", "novelty")
+        for name in ("diversity", "novelty"):
+            if getattr(self, name) > 1000:  # m6gen.ranking.rerank.MAX_WEIGHT (this module imports no numpy)
+                raise ConfigError(f"{name}: expected a number from 0 to 1000, got {getattr(self, name)!r}")
 
 
 @dataclass

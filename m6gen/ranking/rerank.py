@@ -11,6 +11,9 @@ GENRE_METRICS = ("cosine", "jaccard")
 _EPS = 1e-10  # floor for DPP conditional variances, so log() stays finite and every slot can be filled
 
 
+MAX_WEIGHT = 1000.0  # far past any useful trade-off; larger weights overflow the scores to inf
+
+
 @dataclass
 class RerankConfig:
     """How beams are scored and how many items are kept."""
@@ -33,8 +36,8 @@ class RerankConfig:
     def __post_init__(self):
         for name in ("accuracy", "diversity", "novelty"):
             value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not np.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
+                raise ValueError(f"{name} must be a number from 0 to {MAX_WEIGHT:g}, got {value!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not np.isfinite(self.temperature) or self.temperature <= 0:
@@ -329,7 +332,8 @@ def rerank(
     items: list[Recommendation] = []
     for t in range(k):
         if cfg.method == "mmr":
-            div = np.ones(n) if t == 0 else 1.0 - max_sim
+            # cosine of identical genre rows is 1 + a rounding error: a dissimilarity is never below 0
+            div = np.ones(n) if t == 0 else np.maximum(1.0 - max_sim, 0.0)
             gain = div
         else:
             div = d2

@@ -294,7 +294,9 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.allows(Headers(scope=scope)):
             await self.app(scope, receive, send)
             return
-        err = ApiError(401, "authorization", "API key required: send X-API-Key: KEY or Authorization: Bearer KEY")
+        headers = Headers(scope=scope)
+        what = "wrong API key" if _offered_keys(headers) else "API key required"
+        err = ApiError(401, "authorization", f"{what}: send X-API-Key: KEY or Authorization: Bearer KEY")
         response = JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": 'Basic realm="m6gen"'})
         await response(scope, receive, send)
 

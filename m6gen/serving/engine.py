@@ -149,19 +149,7 @@ class Engine:
 
     # ------------------------------------------------------------------ open mode and explanations
     def _open(self, jobs: list[RecommendJob]) -> list:
-        from m6gen.decoding.open_ended import open_generate
-        from m6gen.model import encode_prompts
-
-        rec = self.rec
-        prompts = rec.prompts([list(j.history) for j in jobs], [dict(j.profile) for j in jobs])
-        outputs = open_generate(
-            rec.model,
-            rec.tokenizer,
-            encode_prompts(rec.tokenizer, prompts),
-            rec.targets,
-            num_beams=rec.config.beams,
-            max_new_tokens=rec.trie.max_depth + 4,
-        )
+        outputs = self.rec.generate_open([list(j.history) for j in jobs], [dict(j.profile) for j in jobs])
         self.model_calls += 1
         return [_guard(self._open_items, j, outs) for j, outs in zip(jobs, outputs)]
 

@@ -182,10 +182,10 @@ class Inputs:
 
     def check_k(self, k: int) -> None:
         n = len(self.catalog)
+        if k > self.beams and self.beams <= n:  # the tighter of the two limits
+            raise ApiError(422, "k", f"at most {self.beams} (the server's --beams), got {k}")
         if k > n:
             raise ApiError(422, "k", f"at most {n} (the catalog's size), got {k}")
-        if k > self.beams:
-            raise ApiError(422, "k", f"at most {self.beams} (the server's --beams), got {k}")
 
     def history(self, history: list | None, user_id: str | int | None) -> tuple[list[int], dict]:
         """(catalog indices, oldest first, without repeats; the user's profile) from a history or a user id."""

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from m6gen.ranking.rerank import MAX_WEIGHT
+
 ItemRef = str | int  # an item id of the data files, or an exact catalog title
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -25,8 +27,12 @@ class RecommendRequest(BaseModel):
     )
     user_id: str | int | None = Field(None, description="a user of the loaded data: every item they interacted with")
     k: int | None = Field(None, ge=1, description="how many items (default: the server's --k; at most its --beams)")
-    diversity: float | None = Field(None, ge=0, description="reranker diversity weight (default: the server's)")
-    novelty: float | None = Field(None, ge=0, description="reranker novelty weight (default: the server's)")
+    diversity: float | None = Field(
+        None, ge=0, le=MAX_WEIGHT, description="reranker diversity weight, 0 to 1000 (default: the server's)"
+    )
+    novelty: float | None = Field(
+        None, ge=0, le=MAX_WEIGHT, description="reranker novelty weight, 0 to 1000 (default: the server's)"
+    )
     exclude: list[ItemRef] = Field([], description="items never to recommend, besides the history")
     rank_by: Literal["logprob", "normalized", "catalog"] | None = Field(
         None, description="beam score to rank by (default: the server's --rank-by)"
