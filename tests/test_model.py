@@ -53,7 +53,7 @@ def test_a_folder_that_holds_no_model_is_named(tmp_path):
 
 
 def test_a_missing_run_under_an_existing_folder_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
-    """"runs/my-run" where ./runs exists is a mistyped path, said at once; "org/name" stays a hub id."""
+    """ "runs/my-run" where ./runs exists is a mistyped path, said at once; "org/name" stays a hub id."""
     from m6gen.model import resolve_model
 
     monkeypatch.chdir(tmp_path)

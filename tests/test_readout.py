@@ -364,6 +364,61 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
     assert "readout_distill" in capsys.readouterr().err
 
 
+def test_mean_log_probs_averages_the_teachers_log_softmax():
+    from m6gen.baselines.sasrec import SASRec, SASRecConfig
+    from m6gen.commands.fit_readout import mean_log_probs
+
+    config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)
+    torch.manual_seed(0)
+    one, two = SASRec(N_ITEMS, config), SASRec(N_ITEMS, config)
+    histories = [[1, 2, 3], [4]]
+    np.testing.assert_array_equal(mean_log_probs([one], histories), one.score(histories))  # one: its logits
+    expected = (
+        torch.log_softmax(torch.from_numpy(one.score(histories)), -1)
+        + torch.log_softmax(torch.from_numpy(two.score(histories)), -1)
+    ) / 2
+    np.testing.assert_allclose(mean_log_probs([one, two], histories), expected.numpy(), rtol=1e-6)
+
+
+def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
+    """--readout-teachers adds saved SASRecs to the run's own as the teacher; a folder that is no SASRec,
+    or one trained on other interactions, or teachers without distillation, are one-line errors."""
+    from safetensors.torch import load_file
+
+    from m6gen.baselines.run import split_fingerprint
+    from m6gen.baselines.sasrec import SASRec, SASRecConfig
+    from m6gen.commands.fit_readout import main
+    from m6gen.training.loop import train
+
+    config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)
+    torch.manual_seed(0)
+    SASRec(N_ITEMS, config).save(tmp_path / "own" / "sasrec")
+    SASRec(N_ITEMS, config).save(tmp_path / "more" / "sasrec")
+    split = tiny_world(tiny_dirs, "hybrid")[2]
+    (tmp_path / "more" / "baselines.json").write_text(json.dumps({"train_split": split_fingerprint(split)}))
+    train(tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(tmp_path / "own" / "sasrec")))
+    run = tmp_path / "run"
+    argv = ["--model", str(run), "--readout-epochs", "3", "--no-progress", "--readout-distill", "1"]
+    argv += ["--readout-hidden", "0", "--readout-members", "1"]
+    assert main(argv) == 0
+    own_only = load_file(str(run / "readout.safetensors"))["project.weight"]
+    assert json.loads((run / "readout.json").read_text())["more_teachers"] == []
+    assert main([*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec")]) == 0
+    assert not torch.equal(load_file(str(run / "readout.safetensors"))["project.weight"], own_only)
+    assert json.loads((run / "readout.json").read_text())["more_teachers"] == [str(tmp_path / "more" / "sasrec")]
+    capsys.readouterr()
+
+    assert main([*argv, "--readout-teachers", str(tmp_path)]) == 2  # no SASRec there
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the data note
+    assert "--readout-teachers" in error and "sasrec.json missing" in error
+    (tmp_path / "more" / "baselines.json").write_text(json.dumps({"train_split": "0123456789ab"}))
+    assert main([*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec")]) == 2
+    assert "other interactions" in capsys.readouterr().err
+    no_distill = ["--model", str(run), "--no-progress", "--readout-distill", "0"]
+    assert main([*no_distill, "--readout-teachers", str(tmp_path / "own" / "sasrec")]) == 2
+    assert "--readout-distill 0" in capsys.readouterr().err
+
+
 def test_readout_errors_are_one_line(hybrid_run, tiny_dirs, tmp_path, capsys):
     from m6gen.commands.fit_readout import main
     from m6gen.recommender import Recommender

@@ -45,7 +45,7 @@ def _help_formatter_class():
             if (
                 action.default is None
                 or action.default is False
-                or action.default == ""
+                or action.default in ("", [])
                 or "(default" in (action.help or "")
             ):
                 return action.help

@@ -327,10 +327,15 @@ def _held_out_pairs(groups: np.ndarray, fraction: float, seed: int) -> np.ndarra
 
 
 def save_readout(
-    readout: ItemReadout | ReadoutEnsemble, folder: str | Path, fits: list[ReadoutFit], table_fingerprint: str
+    readout: ItemReadout | ReadoutEnsemble,
+    folder: str | Path,
+    fits: list[ReadoutFit],
+    table_fingerprint: str,
+    teachers: list[str] | None = None,
 ) -> None:
     """Write the readout's weights and how it was fitted (one :class:`ReadoutFit` per member; the first
-    one's fields also at the top) into a run folder, each file atomically."""
+    one's fields also at the top; ``teachers``: the SASRec folders distilled from besides the run's own)
+    into a run folder, each file atomically."""
     from safetensors.torch import save_file
 
     from m6gen.files import write_atomic
@@ -346,6 +351,7 @@ def save_readout(
         **vars(fits[0]),
         "members": len(fits),
         "fits": [vars(fit) for fit in fits],
+        "more_teachers": list(teachers or []),
     }
     write_atomic(folder / READOUT_INFO, json.dumps(info, indent=2))
 

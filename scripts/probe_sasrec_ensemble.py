@@ -1,0 +1,79 @@
+"""Probe how much several SASRecs trained apart (seeds) rank better together than one: the peer that a
+readout distilled from them (``m6gen fit-readout --readout-teachers``) must be compared with.
+
+    for s in 1 2 3 4; do m6gen baselines --methods SASRec --sasrec-seed $s --out runs/sasrec-seeds/seed$s; done
+    .venv/bin/python scripts/probe_sasrec_ensemble.py runs/hybrid/baselines/sasrec runs/sasrec-seeds/seed*/sasrec
+
+For each split it prints every SASRec's NDCG@10 (whole catalog, history excluded, as ``m6gen baselines``)
+and the ensembles of the first 2, 3, ... of them, two ways: the mean of their log-probabilities (what
+fit-readout distils from) and the mean of their probabilities, with a paired-bootstrap interval against
+the first SASRec. Each SASRec early-stopped on validation, so validation figures favour every row alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sasrec", nargs="+", help="saved SASRec folders (m6gen baselines --out DIR writes DIR/sasrec)")
+    p.add_argument("--data", default=None, help="data folder (default: MovieLens-100K from scripts/setup.sh)")
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def ndcg_per_user(scores, histories, targets):
+    """Per-user NDCG@10 of ``scores`` over the whole catalog, each user's history excluded."""
+    import numpy as np
+
+    from m6gen.ranking.metrics import per_user_scores
+
+    scores = scores.copy()
+    for row, history in enumerate(histories):
+        scores[row, np.asarray(history, dtype=np.int64)] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    return per_user_scores(list(top), targets, 10)["NDCG"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    import torch
+    from bench_decode import cpu_model
+
+    from m6gen.baselines.run import split_fingerprint
+    from m6gen.baselines.sasrec import load_sasrec
+    from m6gen.commands.fit_readout import mean_log_probs
+    from m6gen.data import build_histories, leave_one_out, load_dataset
+    from m6gen.ranking.metrics import paired_bootstrap
+
+    args = make_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ds = load_dataset(args.data)
+    split = leave_one_out(build_histories(ds))
+    sasrecs = [load_sasrec(folder, len(ds.catalog)) for folder in args.sasrec]
+    print(f"CPU {cpu_model()}, float32; {len(split.users)} users; train split {split_fingerprint(split)}")
+    users = split.users
+    stages = {
+        "valid": ([split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])),
+        "test": ([split.test_history(u) for u in users], np.array([split.test[u] for u in users])),
+    }
+    for stage, (histories, targets) in stages.items():
+        log_probs = [torch.log_softmax(torch.from_numpy(s.score(histories)), -1).numpy() for s in sasrecs]
+        first = ndcg_per_user(log_probs[0], histories, targets)
+        singles = [ndcg_per_user(lp, histories, targets).mean() for lp in log_probs]
+        print(f"{stage}: each SASRec {', '.join(f'{v:.4f}' for v in singles)}")
+        for n in range(2, len(sasrecs) + 1):
+            geometric = ndcg_per_user(mean_log_probs(sasrecs[:n], histories), histories, targets)
+            mixture = ndcg_per_user(np.log(np.mean(np.exp(log_probs[:n]), axis=0)), histories, targets)
+            b = paired_bootstrap(geometric, first)
+            print(
+                f"{stage}: the first {n}: mean log-probabilities {geometric.mean():.4f} "
+                f"({b['ratio']:.3f} x the first [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]), "
+                f"mean probabilities {mixture.mean():.4f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
