@@ -291,10 +291,10 @@ class ApiKeyMiddleware:
         self.app, self.key = app, key.encode("latin-1")
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.allows(Headers(scope=scope)):
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or scope["path"] in OPEN_PATHS or self.allows(headers):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
         what = "wrong API key" if _offered_keys(headers) else "API key required"
         err = ApiError(401, "authorization", f"{what}: send X-API-Key: KEY or Authorization: Bearer KEY")
         response = JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": 'Basic realm="m6gen"'})

@@ -80,7 +80,10 @@ class Engine:
             return self._open(jobs) if key[0] == "open" else self._recommend(jobs)
         except TemplateError:  # the one model-side error a request can cause: a prompt past the model's context
             raise ApiError(
-                422, "history", "its prompt is longer than the model's context; send fewer or shorter items"
+                422,
+                "history",
+                "its prompt is longer than the model's context; send fewer or shorter items "
+                "(a user_id sends as many as the server's --max-history shows)",
             ) from None
 
     # ------------------------------------------------------------------ catalog mode
