@@ -62,6 +62,15 @@ def split_fingerprint(split) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
+def recorded_split(sasrec_folder: str | Path) -> str | None:
+    """The training interactions' fingerprint (:func:`split_fingerprint`) that ``m6gen baselines`` or
+    ``eval`` recorded beside a SASRec it saved (``../baselines.json``); None where none is recorded."""
+    record = Path(sasrec_folder) / ".." / "baselines.json"
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text(encoding="utf-8")).get("train_split")
+
+
 def run_baselines(
     dataset_path: str | Path | None = None,
     *,

@@ -246,9 +246,7 @@ def extra_teacher(folder: str, split, n_items: int):
     """A --readout-teachers SASRec; one trained on other interactions than ``split``'s training ones
     (recorded by ``m6gen baselines`` in ``../baselines.json``) may have seen validation or test items,
     so it is an error."""
-    import json
-
-    from m6gen.baselines.run import split_fingerprint
+    from m6gen.baselines.run import recorded_split, split_fingerprint
     from m6gen.baselines.sasrec import load_sasrec
     from m6gen.commands.common import UsageError
     from m6gen.model import ModelError
@@ -257,8 +255,7 @@ def extra_teacher(folder: str, split, n_items: int):
         sasrec = load_sasrec(folder, n_items)
     except ModelError as err:
         raise UsageError(f"--readout-teachers: {err}") from None
-    record = Path(folder) / ".." / "baselines.json"
-    saw = json.loads(record.read_text(encoding="utf-8")).get("train_split") if record.is_file() else None
+    saw = recorded_split(folder)
     if saw is not None and saw != split_fingerprint(split):
         raise UsageError(
             f"--readout-teachers: {folder} was trained on other interactions than this run's training ones "

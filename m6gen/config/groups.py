@@ -169,6 +169,9 @@ class PriorArgs:
         at_least(self, 0, "sasrec_weight", "readout_weight")
 
 
+MAX_WEIGHT = 1000.0  # a reranker weight's bound: far past any useful trade-off; larger ones overflow to inf
+
+
 @dataclass
 class RerankArgs:
     """The final top-k: accuracy traded against diversity and novelty."""
@@ -183,8 +186,8 @@ class RerankArgs:
         at_least(self, 1, "k")
         at_least(self, 0, "diversity", "novelty")
         for name in ("diversity", "novelty"):
-            if getattr(self, name) > 1000:  # m6gen.ranking.rerank.MAX_WEIGHT (this module imports no numpy)
-                raise ConfigError(f"{name}: expected a number from 0 to 1000, got {getattr(self, name)!r}")
+            if getattr(self, name) > MAX_WEIGHT:
+                raise ConfigError(f"{name}: expected a number from 0 to {MAX_WEIGHT:g}, got {getattr(self, name)!r}")
 
 
 @dataclass

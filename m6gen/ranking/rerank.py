@@ -6,12 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from m6gen.config.groups import MAX_WEIGHT
+
 METHODS = ("mmr", "dpp")
 GENRE_METRICS = ("cosine", "jaccard")
 _EPS = 1e-10  # floor for DPP conditional variances, so log() stays finite and every slot can be filled
-
-
-MAX_WEIGHT = 1000.0  # far past any useful trade-off; larger weights overflow the scores to inf
 
 
 @dataclass

@@ -3,7 +3,6 @@ split and template, then attached to the base model before LoRA (see :mod:`m6gen
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -82,12 +81,9 @@ def check_cf_split(cfg: TrainConfig, split) -> None:
     """A SASRec source saved by ``m6gen baselines``/``eval`` records the training interactions it saw
     (``../baselines.json``): under ``--new-items`` it must be these, or the vectors of the other items
     would carry what the held-out interactions taught them."""
-    from m6gen.baselines.run import split_fingerprint
+    from m6gen.baselines.run import recorded_split, split_fingerprint
 
-    record = Path(cfg.cf_source) / ".." / "baselines.json"
-    if not record.is_file():
-        return
-    saw = json.loads(record.read_text(encoding="utf-8")).get("train_split")
+    saw = recorded_split(cfg.cf_source)
     if saw is not None and saw != split_fingerprint(split):
         message = f"--cf-source {cfg.cf_source}: that SASRec was trained on other training interactions than this run's"
         if cfg.new_items:
