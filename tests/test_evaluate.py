@@ -451,3 +451,27 @@ def test_option_errors_write_nothing(world, tmp_path):
     with pytest.raises(TemplateError):
         run(eval_args([*base, "--template", "nosuch"]))
     assert not out.exists()
+
+
+def test_the_beam_cache_is_named_by_the_models_contents_not_its_path_or_times(world, tmp_path):
+    """A copied or touched run keeps its beam caches (copying one used to decode everything again);
+    a weight file changed in place, with its size and modification time kept, renews them."""
+    import os
+    import shutil
+
+    from m6gen.commands.beam_cache import cache_fingerprint
+
+    data, model_dir = world
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ history }}")
+    before = cache_fingerprint(str(model_dir), template, data)
+    copy = tmp_path / "elsewhere" / "copied-run"
+    shutil.copytree(model_dir, copy)  # new path, new modification times
+    assert cache_fingerprint(str(copy), template, data) == before
+    (weights,) = [p for p in copy.iterdir() if p.suffix == ".safetensors"]
+    stat = weights.stat()
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cache_fingerprint(str(copy), template, data) != before

@@ -140,10 +140,11 @@ CONFIG_NAMES = ("m6gen_config.json", "adapter_config.json", "config.json", "sasr
 def cache_fingerprint(model: str | None, template: Path, *others: str | Path | None, extra: str = "") -> str:
     """8 hex digits naming what made a beam cache, so another model's beams are never reused.
 
-    Covers the model's weight and config files (name, size, modification time; a Hugging Face id
-    as given), the template's text, the files of ``others`` (the retriever, the data folder) and
-    ``extra`` (the data options). Outputs written into a run folder (tables, caches) do not count:
-    data suffixes count only in ``others``, so an eval's ``eval_*.csv`` beside the model renews nothing.
+    Covers the contents of the model's weight and config files (a Hugging Face id as given), the
+    template's text, the files of ``others`` (the retriever, the data folder) and ``extra`` (the data
+    options). Contents, not paths or modification times, so a run folder that is copied, moved or
+    touched keeps its caches. Outputs written into a run folder (tables, caches) do not count: data
+    suffixes count only in ``others``, so an eval's ``eval_*.csv`` beside the model renews nothing.
     A prior searched with the beams is named apart, by :func:`prior_fingerprint`: so is the run's
     collaborative readout, which a plain search never reads.
     """
@@ -151,7 +152,8 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
 
     from m6gen.hybrid.placeholders import READOUT_FILE
 
-    parts = [str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
+    local = model is not None and Path(model).exists()
+    parts = ["local" if local else str(model or "default"), Path(template).read_text(encoding="utf-8"), extra]
     for src, suffixes in ((model, WEIGHT_SUFFIXES), *((o, WEIGHT_SUFFIXES + DATA_SUFFIXES) for o in others)):
         path = Path(src) if src else None
         if path is None or not path.exists():
@@ -159,9 +161,15 @@ def cache_fingerprint(model: str | None, template: Path, *others: str | Path | N
         files = sorted(path.iterdir()) if path.is_dir() else [path]
         for f in files:
             if f.is_file() and (f.suffix in suffixes or f.name in CONFIG_NAMES) and f.name != READOUT_FILE:
-                st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+                parts.append(f"{f.name}:{_file_sha1(f)}")
     return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:8]
+
+
+def _file_sha1(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:  # well under a second for a run's adapter; seconds for a 1B model's weights
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def prior_fingerprint(sasrec_folder: Path | None = None, code=None, files=()) -> str:
