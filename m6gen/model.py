@@ -58,6 +58,8 @@ def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str,
         if not path.is_file():
             raise ModelError(f"{path}: GGUF file does not exist")
         return str(path.parent), path.name
+    if path.is_file():  # config.json, a weights file, a text file: not something transformers loads alone
+        raise ModelError(f"{path}: a file, not a model; give a model folder, an m6gen run folder or a .gguf file")
     if path.is_dir() and not any((path / f).is_file() for f in MODEL_FOLDER_FILES) and not any(path.glob("*.gguf")):
         raise ModelError(
             f"{path}: neither a model folder (config.json, tokenizer files or a .gguf file) nor an m6gen run "

@@ -41,8 +41,8 @@ class RecommendConfig:
             raise ValueError(f"rank_by={self.rank_by!r}: expected one of {RANKINGS}")
         for name in ("max_history", "beams", "batch_size", "n_candidates"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class Recommender:
@@ -127,6 +127,9 @@ class Recommender:
         from m6gen.prompts import TemplateLibrary
         from m6gen.runs import load_trained, resolve_prompt, run_readout, trained_run_config
 
+        if not isinstance(catalog, Catalog):
+            got = type(catalog).__name__
+            raise TypeError(f"catalog: expected an m6gen Catalog (load_dataset(...).catalog), got {got}")
         run = trained_run_config(model)
         if run is not None:
             from m6gen.model import ModelError
@@ -213,7 +216,7 @@ class Recommender:
     ) -> list[str]:
         """Prompt texts; ``candidates`` default to :meth:`candidates`; ``template``: another one than
         the recommender's (e.g. the same one showing more items)."""
-        self._check_histories(histories)
+        self._check_histories(histories, profiles)
         return self._render_prompts(histories, profiles, candidates, template)
 
     def _render_prompts(self, histories, profiles=None, candidates=None, template=None) -> list[str]:
@@ -272,7 +275,7 @@ class Recommender:
         readout_weight = readout_weight or 0.0
         if readout_weight and self.readout is None:
             raise ValueError("readout_weight: this model has no collaborative readout (m6gen fit-readout)")
-        self._check_histories(histories)
+        self._check_histories(histories, profiles)
         if not histories:
             return []
         cfg = self.config
@@ -331,7 +334,7 @@ class Recommender:
         from m6gen.hybrid.readout import prompt_states
         from m6gen.model import encode_prompts
 
-        self._check_histories(histories)
+        self._check_histories(histories, profiles)
         prompt_ids = encode_prompts(self.tokenizer, self._render_prompts(histories, profiles))
         self._check_context(prompt_ids)
         return prompt_states(self.model, prompt_ids, self.tokenizer.pad_token_id, self.config.batch_size, progress)
@@ -356,17 +359,27 @@ class Recommender:
             return self.prior_weight
         return self.readout_weight
 
-    def _check_histories(self, histories) -> None:
+    def _check_histories(self, histories, profiles=None) -> None:
         """Histories hold catalog indices; a raw data id or an index past the catalog is named, not a deep IndexError
-        (and a negative one is not read from the catalog's end)."""
+        (and a negative one is not read from the catalog's end). ``profiles``, if given, one per history."""
         n = len(self.catalog)
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, (list, tuple)):
+            got = f"{histories!r:.60}"
+            raise TypeError(f"histories: expected a list of histories (lists of catalog indices), got {got}")
         for u, hist in enumerate(histories):
+            if isinstance(hist, (str, bytes)) or not isinstance(hist, (list, tuple, np.ndarray)):
+                raise TypeError(
+                    f"history {u}: expected a list of catalog indices, got {hist!r:.60}"
+                    + ("; for one user pass [history]" if isinstance(hist, (int, np.integer)) else "")
+                )
             for i in hist:
                 if not isinstance(i, (int, np.integer)) or not 0 <= i < n:
                     raise ValueError(
                         f"history {u}: {i!r} is not a catalog index (0..{n - 1}); histories hold catalog "
                         f"indices, e.g. catalog.index_of(item_id) for an id of the data files"
                     )
+        if profiles is not None and len(profiles) != len(histories):
+            raise ValueError(f"profiles: {len(profiles)} for {len(histories)} histories; give one per history, or none")
 
     def generate_open(
         self, histories: list[list[int]], profiles: list[dict] | None = None, beams: int | None = None
@@ -378,7 +391,7 @@ class Recommender:
         from m6gen.decoding.open_ended import line_break_tokens, open_generate
         from m6gen.model import encode_prompts
 
-        self._check_histories(histories)
+        self._check_histories(histories, profiles)
         if not histories:
             return []
         prompt_ids = encode_prompts(self.tokenizer, self._render_prompts(histories, profiles, None))
@@ -418,9 +431,16 @@ class Recommender:
     ) -> list[RerankResult]:
         """Final top-k per history: beams reranked for accuracy, diversity and novelty.
 
+        ``rerank_config`` default: k = 10, or ``config.beams`` if fewer; a k past the beams is refused.
+
         ``allowed``: per history, the only catalog indices it may be recommended (e.g. a shelf of new
         items: :func:`m6gen.data.cold_items`); None: the whole catalog."""
-        rcfg = rerank_config or RerankConfig()
+        rcfg = rerank_config or RerankConfig(k=min(RerankConfig().k, self.config.beams))
+        if not isinstance(rcfg, RerankConfig):
+            raise TypeError(f"rerank_config: expected a RerankConfig, got {type(rcfg).__name__}")
+        if rcfg.k > self.config.beams:  # the reranker picks among the beams: more cannot come back
+            beams = self.config.beams
+            raise ValueError(f"k: {rcfg.k} recommendations need at least as many beams (config.beams={beams})")
         results = []
         # with the recommender's own prior
         generated = self.generate(histories, profiles, allowed=allowed, progress=progress)

@@ -8,11 +8,16 @@ For each split it prints every SASRec's NDCG@10 (whole catalog, history excluded
 and the ensembles of the first 2, 3, ... of them, two ways: the mean of their log-probabilities (what
 fit-readout distils from) and the mean of their probabilities, with a paired-bootstrap interval against
 the first SASRec. Each SASRec early-stopped on validation, so validation figures favour every row alike.
+
+``--beams SPLIT=FILE`` adds one m6gen row from an ``m6gen eval`` folder's cached beams (a search with a
+prior: ``--rank-by`` score + ``--weight`` x prior, as the eval ranks it), compared with the first SASRec
+and with all of them together: the fair peer of a readout distilled from all of them.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -20,7 +25,28 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("sasrec", nargs="+", help="saved SASRec folders (m6gen baselines --out DIR writes DIR/sasrec)")
     p.add_argument("--data", default=None, help="data folder (default: MovieLens-100K from scripts/setup.sh)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--beams", action="append", default=[], metavar="SPLIT=FILE", help="an m6gen eval beams file")
+    p.add_argument("--weight", type=float, default=10.0, help="the prior's weight the beams were searched with")
+    p.add_argument("--rank-by", default="catalog", choices=["logprob", "normalized", "catalog"])
     return p
+
+
+def beams_ndcg(path, users, targets, weight: float, rank_by: str):
+    """Per-user NDCG@10 of an m6gen eval row from its cached beams (a user without beams scores 0)."""
+    import json
+
+    import numpy as np
+
+    from m6gen.commands.eval_rows import PRIOR_COLUMN, SCORE_COLUMNS, ordered
+    from m6gen.ranking.metrics import per_user_scores
+
+    col = dict((name, c) for c, name in SCORE_COLUMNS)[rank_by]
+    beams = {row["user_id"]: np.asarray(row["beams"], dtype=np.float64) for row in map(json.loads, open(path))}
+    missing = [u for u in users if u not in beams]
+    if missing:
+        raise SystemExit(f"error: {path}: no beams for {len(missing)} users (first: {missing[0]})")
+    lists = ordered([beams[u] for u in users], lambda b: b[:, col] + weight * b[:, PRIOR_COLUMN])
+    return per_user_scores(lists, targets, 10)["NDCG"]
 
 
 def ndcg_per_user(scores, histories, targets):
@@ -48,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     from m6gen.ranking.metrics import paired_bootstrap
 
     args = make_parser().parse_args(argv)
+    for spec in args.beams:
+        stage, _, path = spec.partition("=")
+        if stage not in ("valid", "test") or not Path(path).is_file():
+            raise SystemExit(f"error: --beams {spec}: expected valid=FILE or test=FILE, an existing beams file")
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data)
     split = leave_one_out(build_histories(ds))
@@ -72,6 +102,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"({b['ratio']:.3f} x the first [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]), "
                 f"mean probabilities {mixture.mean():.4f}"
             )
+        for path in [spec.split("=", 1)[1] for spec in args.beams if spec.startswith(f"{stage}=")]:
+            row = beams_ndcg(path, users, targets, args.weight, args.rank_by)
+            ensemble = ndcg_per_user(mean_log_probs(sasrecs, histories), histories, targets)
+            for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", ensemble)):
+                b = paired_bootstrap(row, against)
+                print(
+                    f"{stage}: m6gen (w {args.weight:g}, rank by {args.rank_by}) {row.mean():.4f}: {b['ratio']:.3f} x "
+                    f"{peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
+                )
     return 0
 
 

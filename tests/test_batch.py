@@ -218,6 +218,35 @@ def test_histories_must_hold_catalog_indices(world):
             rec.recommend([[0, 1], bad])
 
 
+def test_misshapen_api_input_is_named_before_any_work(world):
+    """One history without its list, a string, None, profiles of another count, a dict for a RerankConfig,
+    a k the beams cannot fill and a catalog that is not one: each a message naming it, not a TypeError deep inside."""
+    from m6gen.data import load_dataset
+    from m6gen.ranking.rerank import RerankConfig
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    ds = load_dataset(world[0])
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(beams=2), device="cpu")
+    with pytest.raises(TypeError, match=r"history 0: expected a list of catalog indices, got 0; for one user pass"):
+        rec.recommend([0, 1])
+    for bad in ("196", None):
+        with pytest.raises(TypeError, match="histories: expected a list of histories"):
+            rec.recommend(bad)
+    with pytest.raises(TypeError, match="history 1: expected a list of catalog indices, got None"):
+        rec.generate([[0], None])
+    with pytest.raises(ValueError, match="profiles: 2 for 1 histories"):
+        rec.recommend([[0, 1]], profiles=[{}, {}])
+    with pytest.raises(TypeError, match="rerank_config: expected a RerankConfig, got dict"):
+        rec.recommend([[0, 1]], {"k": 1})
+    with pytest.raises(ValueError, match=r"k: 3 recommendations need at least as many beams \(config.beams=2\)"):
+        rec.recommend([[0, 1]], RerankConfig(k=3))
+    with pytest.raises(ValueError, match="beams must be an int >= 1, got '20'"):
+        RecommendConfig(beams="20")
+    with pytest.raises(TypeError, match="catalog: expected an m6gen Catalog"):
+        Recommender.from_pretrained(world[1], None)
+    assert len(rec.recommend([[0, 1]], RerankConfig(k=2))[0].items) == 2  # within the beams: still served
+
+
 def capsys_error(world, out, *extra) -> str:
     import contextlib
     import io

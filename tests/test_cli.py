@@ -150,7 +150,7 @@ def test_a_bad_value_from_a_config_file_is_one_line(world, tmp_path, capsys):
 
     for text, command, message in [
         ("k: 0\n", "demo", "k: expected a number >= 1, got 0"),
-        ("max_users: 0\n", "eval", "max_users: expected a number >= 1 or none, got 0"),
+        ("max_users: 0\n", "eval", "max_users: expected a number >= 1 (or leave it unset), got 0"),
         ("split: train\n", "eval", "split: 'train' is not one of test, valid"),
         ("choose_on_valid: maybe\n", "eval", "choose_on_valid: expected on/off (true/false), got 'maybe'"),
         ("blend: -1\n", "eval", "blend: expected a comma list of numbers >= 0, got '-1'"),

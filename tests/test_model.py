@@ -52,6 +52,16 @@ def test_a_folder_that_holds_no_model_is_named(tmp_path):
     assert resolve_model(str(tmp_path)) == (str(tmp_path), None)
 
 
+def test_a_file_that_is_not_a_gguf_is_named_not_handed_to_transformers(tmp_path):
+    """Once a traceback: a file holding "196" parsed as a JSON config ("argument of type 'int' is not iterable")."""
+    from m6gen.model import resolve_model
+
+    for name, text in (("users.txt", "196\n"), ("config.json", "{}")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ModelError, match=rf"{tmp_path / name}: a file, not a model; give a model folder"):
+            resolve_model(str(tmp_path / name))
+
+
 def test_a_missing_run_under_an_existing_folder_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
     """ "runs/my-run" where ./runs exists is a mistyped path, said at once; "org/name" stays a hub id."""
     from m6gen.model import resolve_model

@@ -127,3 +127,11 @@ def test_demo_steers_the_untuned_model_with_a_cached_quick_sasrec(world, tmp_pat
     assert "(cached)" in capsys.readouterr().out
     assert main([*argv, "--no-quick-prior"]) == 0
     assert "quick SASRec" not in capsys.readouterr().out
+
+
+def test_an_empty_user_list_is_refused_not_read_as_the_default(world, capsys):
+    """`m6gen prompts --users ""` once showed the first user, as if no list had been given."""
+    from m6gen.commands import main
+
+    assert main(["prompts", "--data", str(world[0]), "--users", " , "]) == 2
+    assert "users: no user id in ' , '" in capsys.readouterr().err

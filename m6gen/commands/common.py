@@ -186,9 +186,11 @@ def required_cold_items(split, n_items: int):
 
 def pick_users(split, users: str | None, n: int, all_users=()) -> list[str]:
     """The users asked for (comma list), else the first ``n``; ``all_users``: every user in the data."""
-    if not users:
+    if users is None:
         return split.users[:n]
     chosen = list(dict.fromkeys(u.strip() for u in users.split(",") if u.strip()))
+    if not chosen:  # --users "" or " , ": a list that lost its ids, not a request for the default
+        raise UsageError(f"users: no user id in {users!r} (ids look like {', '.join(split.users[:3])})")
     for u in chosen:
         if u not in split.train:
             raise UsageError(unknown_user(u, split, all_users))

@@ -34,6 +34,10 @@ def run(args) -> int:
     from m6gen.commands.common import load_data, pick_users, resolve_prompt_args
     from m6gen.prompts import TemplateLibrary
 
+    if args.model:  # not loaded unless its tokenizer is asked for, but a wrong path is still named
+        from m6gen.model import resolve_model
+
+        resolve_model(args.model, args.gguf_file)
     ds, split = load_data(args)
     users = pick_users(split, args.users, 1, ds.interactions)
     only = args.template  # asked for by name or path: render just that one

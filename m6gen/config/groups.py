@@ -30,7 +30,7 @@ def at_least(obj: Any, low: float, *names: str, optional: bool = False) -> None:
         if value is None and optional:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-            none = " or none" if optional else ""
+            none = " (or leave it unset)" if optional else ""
             raise ConfigError(f"{name}: expected a number >= {low}{none}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name}: expected a finite number, got {value!r}")
