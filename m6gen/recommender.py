@@ -5,6 +5,7 @@ Glue only: each stage lives in its own module (prompts, model, trie, generate, r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -363,11 +364,11 @@ class Recommender:
         """Histories hold catalog indices; a raw data id or an index past the catalog is named, not a deep IndexError
         (and a negative one is not read from the catalog's end). ``profiles``, if given, one per history."""
         n = len(self.catalog)
-        if isinstance(histories, (str, bytes)) or not isinstance(histories, (list, tuple)):
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, (Sequence, np.ndarray)):
             got = f"{histories!r:.60}"
             raise TypeError(f"histories: expected a list of histories (lists of catalog indices), got {got}")
         for u, hist in enumerate(histories):
-            if isinstance(hist, (str, bytes)) or not isinstance(hist, (list, tuple, np.ndarray)):
+            if isinstance(hist, (str, bytes)) or not isinstance(hist, (Sequence, np.ndarray)):
                 raise TypeError(
                     f"history {u}: expected a list of catalog indices, got {hist!r:.60}"
                     + ("; for one user pass [history]" if isinstance(hist, (int, np.integer)) else "")
