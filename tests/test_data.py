@@ -328,6 +328,15 @@ def test_no_leakage_in_split(tmp_path):
         assert split.test_history(u) == split.train[u] + [split.valid[u]]
 
 
+def test_an_unknown_user_is_named_with_what_ids_look_like():
+    """Once a bare KeyError: '99999' (and 196, an int, looked like a real id)."""
+    split = leave_one_out({"196": [1, 2, 3], "22": [4, 5, 6]})
+    assert split.test_history("196") == [1, 2] and split.valid_history("22") == [4]
+    for bad in ("99999", 196):
+        with pytest.raises(KeyError, match=rf"unknown user id {bad!r} \(ids are strings like '196', '22'\)"):
+            split.test_history(bad)
+
+
 def test_leave_one_out_needs_three():
     with pytest.raises(ValueError, match="needs >= 3"):
         leave_one_out({"u": [1, 2]})

@@ -233,13 +233,20 @@ class Split:
     def users(self) -> list[str]:
         return list(self.train)
 
+    def _check_user(self, user) -> None:
+        """A user the split does not hold is named, with what its ids look like (strings, e.g. '196')."""
+        if user not in self.train:
+            raise KeyError(f"unknown user id {user!r} (ids are strings like {', '.join(map(repr, self.users[:3]))})")
+
     def valid_history(self, user: str) -> list[int]:
         """What the model sees when predicting ``valid[user]``: the train items."""
+        self._check_user(user)
         return list(self.train[user])
 
     def test_history(self, user: str) -> list[int]:
         """What the model sees when predicting ``test[user]``: train items, then the valid item
         (unless the valid item is a new item: new items are in no history)."""
+        self._check_user(user)
         valid = [] if self.valid[user] in self.new_items else [self.valid[user]]
         return [*self.train[user], *valid]
 
