@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     from m6gen.ranking.metrics import paired_bootstrap
 
     args = make_parser().parse_args(argv)
-    for spec in args.beams:
-        stage, _, path = spec.partition("=")
+    beams_files = [spec.partition("=")[::2] for spec in args.beams]  # (split, file)
+    for spec, (stage, path) in zip(args.beams, beams_files):
         if stage not in ("valid", "test") or not Path(path).is_file():
             raise SystemExit(f"error: --beams {spec}: expected valid=FILE or test=FILE, an existing beams file")
     torch.set_num_threads(args.threads)
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         first = ndcg_per_user(log_probs[0], histories, targets)
         singles = [ndcg_per_user(lp, histories, targets).mean() for lp in log_probs]
         print(f"{stage}: each SASRec {', '.join(f'{v:.4f}' for v in singles)}")
+        together = first  # all of them, by mean log-probabilities: the last ensemble below
         for n in range(2, len(sasrecs) + 1):
-            geometric = ndcg_per_user(mean_log_probs(sasrecs[:n], histories), histories, targets)
+            together = geometric = ndcg_per_user(mean_log_probs(sasrecs[:n], histories), histories, targets)
             mixture = ndcg_per_user(np.log(np.mean(np.exp(log_probs[:n]), axis=0)), histories, targets)
             b = paired_bootstrap(geometric, first)
             print(
@@ -102,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"({b['ratio']:.3f} x the first [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]), "
                 f"mean probabilities {mixture.mean():.4f}"
             )
-        for path in [spec.split("=", 1)[1] for spec in args.beams if spec.startswith(f"{stage}=")]:
+        for path in [path for split_name, path in beams_files if split_name == stage]:
             row = beams_ndcg(path, users, targets, args.weight, args.rank_by)
-            ensemble = ndcg_per_user(mean_log_probs(sasrecs, histories), histories, targets)
-            for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", ensemble)):
+            for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", together)):
                 b = paired_bootstrap(row, against)
                 print(
                     f"{stage}: m6gen (w {args.weight:g}, rank by {args.rank_by}) {row.mean():.4f}: {b['ratio']:.3f} x "
