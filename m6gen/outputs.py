@@ -11,7 +11,11 @@ from pathlib import Path
 
 from m6gen.files import write_atomic
 
-CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diversity", "novelty", "logprob"]
+# ``filled`` repeats the user's list's own flag on each of its rows: "false" when fewer than k items could
+# be recommended, as the JSONL line's "filled" says
+CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diversity", "novelty", "logprob", "filled"]
+OLD_CSV_HEADER = ",".join(CSV_FIELDS[:-1])  # before 0.3 there was no filled column
+FLAGS = ("true", "false")  # the CSV's filled column
 
 
 class UserListError(ValueError):
@@ -39,18 +43,20 @@ def done_users(path: Path, k: int | None = None, fix: str = "use a new --output"
         ) from None
     if path.suffix == ".csv":
         lines = text.splitlines()
+        if lines and lines[0] == OLD_CSV_HEADER:
+            raise UserListError(f"{path}:1: written by an m6gen before 0.3 (no filled column); {fix}")
         if lines and lines[0] != ",".join(CSV_FIELDS):
             raise UserListError(f"{path}:1: not an m6gen recommendations header ({','.join(CSV_FIELDS)}); {fix}")
         rows = []
         for n, row in enumerate(csv.reader(lines[1:]), 2):
-            if len(row) != len(CSV_FIELDS) or not row[0] or not row[1].isdigit():
+            if len(row) != len(CSV_FIELDS) or not row[0] or not row[1].isdigit() or row[-1] not in FLAGS:
                 raise UserListError(f"{path}:{n}: not an m6gen recommendations row; {fix}")
             rows.append(row)
         if rows:
             counts = collections.Counter(r[0] for r in rows)  # rows per user, in file order
             line = 2
-            for count in counts.values():  # a full list has k rows; the last user's may be cut (below)
-                _check_length(path, line, count, False, k)
+            for i, count in enumerate(counts.values(), 1):  # a filled list has k rows; the last may be cut (below)
+                _check_length(path, line, count, rows[line - 2][-1] == "true" and i < len(counts), k)
                 line += count
             last = rows[-1][0]
             n_last = counts[last]
@@ -139,6 +145,7 @@ def format_records(users: list[str], results, catalog, fmt: str) -> str:
                         "item_id": catalog[r.item_id].item_id,
                         "title": catalog[r.item_id].title,
                         **_scores(r),
+                        "filled": FLAGS[0] if res.filled else FLAGS[1],
                     }
                 )
         return buf.getvalue()

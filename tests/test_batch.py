@@ -59,6 +59,7 @@ def test_csv_resume_redoes_a_half_written_user(world, tmp_path):
     assert run(world, out) == 0
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert [(r["user_id"], r["rank"]) for r in rows] == [(f"u{i}", str(k)) for i in range(6) for k in (1, 2, 3)]
+    assert {r["filled"] for r in rows} == {"true"}  # the JSONL's flag, on every row of the list
     out.write_text("\n".join(full[:7]) + "\n" + full[7][:9], encoding="utf-8")  # u0, u1 x3, cut inside u2's row
     assert done_users(out, k=3) == ["u0", "u1"]
     assert out.read_text(encoding="utf-8") == "\n".join(full[:7]) + "\n"
@@ -120,8 +121,16 @@ def test_csv_resume_with_other_users_keeps_finished_ones(world, tmp_path):
     [
         (b"a,b,c\n1,2,3\n", ":1: not an m6gen recommendations header"),
         (
-            b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob\nu0,1\n",
+            b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob,filled\nu0,1\n",
             ":2: not an m6gen recommendations row",
+        ),
+        (
+            b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob,filled\nu0,1,1,A,1,1,1,1,1,yes\n",
+            ":2: not an m6gen recommendations row",
+        ),
+        (
+            b"user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob\nu0,1,1,A,1,1,1,1,1\n",
+            ":1: written by an m6gen before 0.3 (no filled column)",
         ),
         (b"\xff\xfe\n", "not UTF-8 text"),
     ],

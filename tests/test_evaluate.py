@@ -475,3 +475,18 @@ def test_the_beam_cache_is_named_by_the_models_contents_not_its_path_or_times(wo
     weights.write_bytes(bytes(raw))
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert cache_fingerprint(str(copy), template, data) != before
+
+
+def test_a_ratio_to_a_sasrec_scoring_zero_is_explained_not_left_a_bare_nan(tmp_path, capsys):
+    from m6gen.commands.eval_report import report_by_popularity
+    from m6gen.ranking.metrics import popularity_groups
+
+    groups = popularity_groups(np.array([1, 2, 50, 60]), n_groups=2)
+    per_user = {"SASRec": np.array([0.0, 0.0, 0.5, 0.5]), "m6gen x": np.array([0.0, 0.5, 1.0, 1.0])}
+    hits = {name: (scores > 0).astype(float) for name, scores in per_user.items()}
+    report_by_popularity(tmp_path, "test", groups, per_user, hits)
+    out = capsys.readouterr().out
+    assert "| nan |" in out and "nan: SASRec's NDCG@10 is 0 on those users" in out
+    per_user["SASRec"] = np.array([0.5, 0.5, 0.5, 0.5])  # every ratio exists: no note
+    report_by_popularity(tmp_path, "test", groups, per_user, hits)
+    assert "nan:" not in capsys.readouterr().out

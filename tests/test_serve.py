@@ -103,6 +103,9 @@ BAD_BODIES = [  # (raw body or JSON-able value, status, field, part of the messa
     ({}, 422, "history", "exactly one"),
     ({"history": ["101"], "user_id": "u1"}, 422, "history", "exactly one"),
     ({"user_id": "nobody"}, 422, "user_id", "unknown user 'nobody'"),
+    ({"user_id": "9" * 5000}, 422, "user_id", "5,000 characters; a user id has at most 300"),  # not echoed back
+    (b'{"user_id": ' + b"9" * 5000 + b"}", 400, "body", "a number of 5,000 digits; numbers and ids have at most"),
+    (b'{"history": ["101"], "k": ' + b"1" * 400 + b"}", 400, "body", "a number of 400 digits"),
     ({"history": TOO_LONG}, 422, "history", "10,000 items; at most 1,000"),
     ({"history": ["101"], "exclude": ["Nope"]}, 422, "exclude[0]", "unknown item id or title"),
     ({"history": ["101"], "cold_only": True, "open": True}, 422, "cold_only", "not with open"),

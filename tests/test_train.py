@@ -309,7 +309,9 @@ def test_short_run_lowers_loss_and_saved_adapter_generates_identically(tiny_dirs
     from m6gen.model import load_model, tokenizer_fingerprint
 
     out = tmp_path / "run"
-    summary = train(tiny_config(tiny_dirs, out, epochs=3, eval_every=40, eval_at_start=True, merge=True))
+    summary = train(
+        tiny_config(tiny_dirs, out, epochs=3, eval_every=40, eval_at_start=True, merge=True, final_adapter="best")
+    )
     log = read_log(out / "train_log.csv")
     assert [int(r["step"]) for r in log] == list(range(1, summary["steps"] + 1))
     losses = np.array([float(r["loss"]) for r in log])
@@ -331,6 +333,14 @@ def test_short_run_lowers_loss_and_saved_adapter_generates_identically(tiny_dirs
     assert saved["config"]["template"] == "titles" and saved["config"]["max_history"] == 4
     assert saved["config"]["data"] == str(tiny_dirs[1]) and saved["config"]["target_modules"]
     assert summary["best"]["step"] == summary["adapter_from_step"]
+    card = (out / "README.md").read_text()  # m6gen's card, not peft's blank one naming a local path
+    assert card.startswith("---\nlibrary_name: peft\n") and "More Information Needed" not in card
+    assert "base_model" not in card and str(tiny_dirs[0]) in card  # a local base: shown, not Hub metadata
+    assert f"| steps | {summary['steps']} of {summary['total_steps']};" in card
+    assert f"- untuned: NDCG@5 {summary['untuned']['NDCG@5']:.4f}" in card  # k = min(10, 5 beams)
+    kept = summary["adapter_from_step"]
+    assert f"- step {kept}: NDCG@5 {summary['best']['NDCG@5']:.4f}" in card and "(the adapter in this folder)" in card
+    assert f"m6gen recommend --model {out} --users 196" in card
 
     model, tok, cfg = load_trained(out)
     assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(make_tokenizer())
@@ -872,7 +882,38 @@ def test_a_short_run_validates_once_and_says_when_it_kept_step_zero(tiny_dirs, t
     assert [int(r["step"]) for r in read_log(tmp_path / "short/valid_log.csv")] == [3]
     assert "validating at the end only" in capsys.readouterr().out
     # a run long enough to validate before training: a vanishing lr never beats step 0, which is kept
-    cfg = tiny_config(tiny_dirs, tmp_path / "kept0", max_steps=2, eval_every=1, eval_at_start=True, lr=1e-12)
+    kw = dict(max_steps=2, eval_every=1, eval_at_start=True, lr=1e-12, final_adapter="best")
+    cfg = tiny_config(tiny_dirs, tmp_path / "kept0", **kw)
     summary = train(cfg)
     assert summary["adapter_from_step"] == 0  # equal scores: the earlier checkpoint stays best
     assert "kept the untuned adapter (step 0)" in capsys.readouterr().out
+
+
+def test_by_default_the_last_adapter_is_kept_and_the_bar_ends_on_the_last_validation(tiny_dirs, tmp_path, monkeypatch):
+    """The default 40-step run once kept its untuned adapter (a noisy 100-user validation preferred it),
+    and its progress bar ended on the validation before the last."""
+    import tqdm.auto
+
+    postfixes = []
+
+    class Bar(tqdm.auto.tqdm):  # the real bar (disabled here), its postfixes recorded
+        def set_postfix(self, *args, **kwargs):
+            postfixes.append(kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    cfg = tiny_config(tiny_dirs, tmp_path / "run", max_steps=3, lr=1e-12)  # eval_every 0: at the end only
+    summary = train(cfg)
+    assert summary["adapter_from_step"] == 3 == summary["last_eval"]["step"]
+    assert postfixes[-1]["ndcg@5"] == f"{summary['last_eval']['NDCG@5']:.4f}"
+
+
+def test_the_end_of_train_says_what_to_run_next_and_when_validation_did_not_improve():
+    from m6gen.commands.train import next_steps
+
+    untuned = {"step": 0, "HR@10": 0.01, "NDCG@10": 0.01}
+    worse = {"output_dir": "runs/x", "untuned": untuned, "last_eval": {"step": 40, "HR@10": 0.0, "NDCG@10": 0.0}}
+    text = next_steps(worse)
+    assert "m6gen recommend --model runs/x --users 196" in text and "m6gen eval --model runs/x" in text
+    assert "note: validation NDCG@10 0.0000 after 40 steps, 0.0100 untuned: 40 steps is a first look" in text
+    better = {**worse, "last_eval": {"step": 40, "HR@10": 0.1, "NDCG@10": 0.05}}
+    assert "note:" not in next_steps(better) and "note:" not in next_steps({**worse, "untuned": None})

@@ -78,6 +78,17 @@ def run_command(groups: list[type], prog: str, description: str, func: Callable,
     return run_guarded(func, args)
 
 
+@contextmanager
+def library_notes_silenced():
+    """Training's deprecation and config notes from transformers and peft, which a user cannot act on."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+        yield
+
+
 def quiet_library_progress() -> None:
     """--no-progress also silences transformers' own bars (GGUF de-quantizing, weight loading)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"

@@ -49,6 +49,7 @@ def report(
             f" {VERSUS_LEVEL:.0%} intervals; p_not_better = share of resamples where the row is not above SASRec):\n"
         )
         print(format_table(versus, VERSUS_METRICS))
+        explain_missing_ratios(versus)
         written += write_results(out / f"eval_{split_name}_vs_sasrec", versus, VERSUS_METRICS)
     else:  # an earlier run's comparison would contradict this table
         for stale in out.glob(f"eval_{split_name}_vs_sasrec.*"):
@@ -88,8 +89,19 @@ def report_by_popularity(out: Path, split_name: str, groups: list, per_user: dic
         f"against SASRec on the same users (paired bootstrap, {VERSUS_LEVEL:.0%} intervals):\n"
     )
     print(format_table(rows, metrics))
+    explain_missing_ratios(rows)
     written = write_results(out / f"eval_{split_name}_by_popularity", rows, metrics)
     print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def explain_missing_ratios(rows: dict[str, dict[str, float]]) -> None:
+    """A ratio (or its interval) is nan where SASRec's NDCG@10 is 0 (on all the users, or on every resample):
+    there is nothing to divide by, so say so under the table instead of leaving a bare nan."""
+    if any(np.isnan(row.get(m, 0.0)) for row in rows.values() for m in ("ratio", "ratio_low", "ratio_high")):
+        print(
+            "\nnan: SASRec's NDCG@10 is 0 on those users (or on every resample), so there is no ratio to it; "
+            "compare NDCG@10 itself, or evaluate more users"
+        )
 
 
 def plot_tradeoff(rows: dict[str, dict[str, float]], path: Path) -> None:

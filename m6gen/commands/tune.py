@@ -173,6 +173,16 @@ def run(args) -> int:
     print(f"\nvalidation, {len(users)} users, {mode}, {args.beams} beams:\n")
     print(format_table(board, ["NDCG@10", "HR@10", "coverage@10", "prompt_tokens", "seconds"]))
     best = next(iter(board))
+    top = board[best]["NDCG@10"]
+    tied = [label for label, row in board.items() if row["NDCG@10"] == top]
+    if len(tied) > 1:  # the board's order among them is only the order they were scored in
+        kept = f"; {args.write_config} left as it was" if args.write_config else ""
+        print(
+            f"\nno best: {len(tied)} of {len(board)} tie at NDCG@10 {top:.4f} on {len(users)} users "
+            f"({', '.join(tied[:3])}{', ...' if len(tied) > 3 else ''}){kept}. Score more users "
+            "(--tune-users)" + (", or train each first (--train-steps N)" if not args.train_steps else "")
+        )
+        return 0
     warn_if_within_noise(board)
     best_name, best_len = best.rsplit(" (history ", 1)[0], int(best.rsplit(" ", 1)[1].rstrip(")"))
     print(f"\nbest: {best_name} with history {best_len}")
@@ -206,6 +216,7 @@ def short_train(args, template: str, max_history: int, with_cf: bool = False):
     import tempfile
     from dataclasses import asdict
 
+    from m6gen.commands.common import library_notes_silenced
     from m6gen.config import DataArgs, TrainConfig
     from m6gen.runs import load_trained
     from m6gen.training.loop import train
@@ -233,7 +244,8 @@ def short_train(args, template: str, max_history: int, with_cf: bool = False):
         progress=args.progress,
     )
     try:
-        train(cfg)
+        with library_notes_silenced():
+            train(cfg)
         return load_trained(out, dtype=args.dtype, merge=True, device=args.device)[0]  # weights in memory
     finally:
         shutil.rmtree(out, ignore_errors=True)

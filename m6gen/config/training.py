@@ -150,7 +150,7 @@ class TrainArgs:
     )
     seed: int = option(0, "seed of LoRA init, dropout, step sampling and batch order")
     # validation and checkpoints
-    eval_every: int = option(20, "validate every N steps (0: only at the end)")
+    eval_every: int = option(0, "validate every N steps (0: only at the end)")
     eval_users: int = option(100, "validation users (a fixed random subset)")
     eval_beams: int = option(10, "beams of the validation search (top-k = min(10, beams))")
     eval_batch_size: int = option(16, "users per validation beam-search batch")
@@ -158,7 +158,9 @@ class TrainArgs:
     patience: int = option(3, "stop after this many validations without improvement (0: never)")
     save_every: int | None = option(None, "checkpoint every N steps (none: at each validation)")
     final_adapter: Literal["best", "last"] = option(
-        "best", "adapter the output folder holds: best (highest validation NDCG; on few users a noisy choice) or last"
+        "last",
+        "adapter the output folder holds: last, or best (highest validation NDCG among the checkpoints; on "
+        "--eval-users 100 a noisy choice, which kept the untuned adapter of short runs)",
     )
     # output
     output_dir: str = option("runs/lora", "output folder")

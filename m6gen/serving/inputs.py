@@ -43,6 +43,15 @@ def _too_large(limit: int, size: int | None = None) -> ApiError:
     return ApiError(413, "body", f"{said}; at most {limit:,} (the server's --max-body-bytes)")
 
 
+def _short_int(digits: str) -> int:
+    # Python refuses to read integers over 4,300 digits with a message about its own settings
+    if len(digits.lstrip("-")) > MAX_TEXT:
+        raise ApiError(
+            400, "body", f"a number of {len(digits.lstrip('-')):,} digits; numbers and ids have at most {MAX_TEXT}"
+        )
+    return int(digits)
+
+
 def parse_json(raw: bytes, schema: type[Model]) -> Model:
     """``raw`` as a ``schema`` object: UTF-8 text (400), one JSON object (400, 422), each field's type (422)."""
     if not raw.strip():
@@ -52,10 +61,12 @@ def parse_json(raw: bytes, schema: type[Model]) -> Model:
     except UnicodeDecodeError as err:
         raise ApiError(400, "body", f"not UTF-8 text (byte {err.start} is {raw[err.start]:#04x})") from None
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, parse_int=_short_int)
     except json.JSONDecodeError as err:
         raise ApiError(400, "body", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
-    except (RecursionError, ValueError) as err:
+    except RecursionError:
+        raise ApiError(400, "body", "not valid JSON here: nested too deeply") from None
+    except ValueError as err:
         raise ApiError(400, "body", f"not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "body", f"expected a JSON object, got {_json_kind(data)}")
@@ -200,6 +211,8 @@ class Inputs:
     def user_history(self, user: str) -> tuple[list[int], dict]:
         from m6gen.prompts import user_vars
 
+        if len(user) > MAX_TEXT:
+            raise ApiError(422, "user_id", f"{len(user):,} characters; a user id has at most {MAX_TEXT}")
         if self.split is None or user not in self.split.train:
             example = ", ".join(self.split.users[:3]) if self.split is not None else "none loaded"
             raise ApiError(422, "user_id", f"unknown user {user[:MAX_TEXT]!r} (ids look like {example})")
@@ -219,7 +232,7 @@ class Inputs:
     def item(self, value: str | int, field: str) -> int:
         text = str(value)
         if len(text) > MAX_TEXT:
-            raise ApiError(422, field, f"{len(text)} characters; an id or title has at most {MAX_TEXT}")
+            raise ApiError(422, field, f"{len(text):,} characters; an id or title has at most {MAX_TEXT}")
         if self.catalog.has_id(text):
             return self.catalog.index_of(text)
         found = self.catalog.by_title(text)

@@ -280,10 +280,6 @@ def train(
                         **({"readout_loss": logged.readout_loss} if cfg.readout_loss else {}),
                     }
                 )
-            last_eval = {f"ndcg@{k}": f"{state['evals'][-1][f'NDCG@{k}']:.4f}"} if state["evals"] else {}
-            bar.update(1)
-            readout = {"readout": f"{logged.readout_loss:.2f}"} if logged.readout_loss is not None else {}
-            bar.set_postfix(loss=f"{loss:.3f}", **readout, tok_s=f"{tokens / seconds:.0f}", **last_eval)
             if step_callback is not None:
                 step_callback(step, loss)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == run.total_steps:
@@ -291,6 +287,11 @@ def train(
                 module.train()
             elif cfg.save_every and step % cfg.save_every == 0:
                 save_checkpoint(acc, out, run.model, optimizer, scheduler, state, best=False, sharded=sharded)
+            # after this step's validation, so the bar ends on the last one, not the one before
+            last_eval = {f"ndcg@{k}": f"{state['evals'][-1][f'NDCG@{k}']:.4f}"} if state["evals"] else {}
+            readout = {"readout": f"{logged.readout_loss:.2f}"} if logged.readout_loss is not None else {}
+            bar.set_postfix(loss=f"{loss:.3f}", **readout, tok_s=f"{tokens / seconds:.0f}", **last_eval, refresh=False)
+            bar.update(1)
     finally:
         bar.close()
         if acc.is_main_process:
@@ -344,6 +345,10 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
             merged.save_pretrained(out / "merged")
             run.tokenizer.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")
+        from m6gen.training.model_card import model_card
+
+        # after the adapter files: peft's save_pretrained writes a blank card there
+        write_atomic(out / "README.md", model_card(run.cfg, summary, len(run.val_users), k))
         write_atomic(out / "train_summary.json", json.dumps(summary, indent=2))
     run.acc.wait_for_everyone()
     return summary
