@@ -8,6 +8,7 @@ alike, so the catalog trie sees exactly the tokens the model is taught to emit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -74,6 +75,40 @@ def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str,
     return model, gguf_file
 
 
+@functools.cache
+def hub_problem(name: str, filename: str = "config.json") -> str | None:
+    """Why the Hub id ``name`` cannot load here, found in seconds, or None (cached, or the Hub answers).
+    transformers would retry an unreachable Hub for most of a minute and log a line first."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, filename), str):
+            return None
+    except Exception:  # not a valid repo id: transformers' own error says so
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "no such folder here, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=3).close()
+    except OSError:
+        return f"no such folder here, not in the Hugging Face cache, and {endpoint.hostname} cannot be reached"
+    return None
+
+
+def check_hub_id(name: str, gguf: str | None) -> None:
+    """A name that is no folder here is a Hub id: refuse it at once where it cannot be downloaded."""
+    if Path(name).expanduser().exists():
+        return
+    problem = hub_problem(name, gguf or "config.json")
+    if problem:
+        raise ModelError(f"{name}: {problem}")
+
+
 def _hub_hint(name: str, err: OSError) -> str:
     """The first line of a loading error; for a name that is no folder here, what it was taken for."""
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -86,6 +121,7 @@ def load_tokenizer(model: str | None = None, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     name, gguf = resolve_model(model, gguf_file)
+    check_hub_id(name, gguf)
     try:
         tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(name)
     except OSError as err:  # hub id not cached offline, missing files
@@ -102,6 +138,7 @@ def load_model(model: str | None = None, gguf_file: str | None = None, dtype: st
     from transformers import AutoModelForCausalLM
 
     name, gguf = resolve_model(model, gguf_file)
+    check_hub_id(name, gguf)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     kwargs = {"gguf_file": gguf, **dequantized_gguf()} if gguf else {}

@@ -137,6 +137,8 @@ def format_records(users: list[str], results, catalog, fmt: str) -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
         for user, res in zip(users, results):
+            if not res.items:  # nothing to recommend (every item seen): one row says so, as JSONL's empty list
+                writer.writerow({"user_id": user, "rank": 0, "filled": FLAGS[1]})
             for r in res.items:
                 writer.writerow(
                     {

@@ -400,3 +400,28 @@ def test_cold_only_recommends_only_items_no_shown_history_holds(world, tmp_path)
     all_trained = (write_world_data(tmp_path / "all", shift=2), world[1])
     err = capsys_error(all_trained, tmp_path / "none.jsonl", "--cold-only")
     assert "--cold-only: every catalog item has a training interaction" in err and "Traceback" not in err
+
+
+def test_a_user_with_nothing_to_recommend_keeps_a_csv_row_as_in_jsonl(tmp_path):
+    """A user who had seen every item got no CSV row at all: 'wrote 2 users' with one user in the file."""
+    from m6gen.outputs import format_records
+    from m6gen.ranking.rerank import RerankResult
+
+    class Item:
+        item_id, title = "7", "Alpha"
+
+    nothing = RerankResult(items=[], requested_k=3, n_candidates=0)
+    for suffix in ("csv", "jsonl"):
+        out = tmp_path / f"recs.{suffix}"
+        text = format_records(["u1"], [nothing], [Item()], suffix)
+        out.write_text(
+            ("user_id,rank,item_id,title,score,accuracy,diversity,novelty,logprob,filled\n" if suffix == "csv" else "")
+            + text
+        )
+        if suffix == "csv":
+            rows = list(csv.DictReader(out.open()))
+            assert rows == [dict.fromkeys(rows[0], "") | {"user_id": "u1", "rank": "0", "filled": "false"}]
+            assert done_users(out, k=3) == []  # the last user of a CSV shorter than k is redone (it may be cut)
+        else:
+            assert json.loads(out.read_text()) == {"user_id": "u1", "items": [], "filled": False}
+            assert done_users(out, k=3) == ["u1"]

@@ -80,6 +80,12 @@ def test_a_recipe_nests_options_under_group_names_as_help_prints_them(tmp_path):
         ("lr_typo: 1\n", "unknown option 'lr_typo'"),
         ("- a\n- b\n", "expected a mapping"),
         ("k: [1\n", "not valid YAML"),
+        ("k: true\n", "k: expected a whole number, got true"),  # was: "expected a value, got True"
+        ("dedupe: false\n", "dedupe: expected one of first, keep, last, got false"),
+        ("k: 3\nmin_history: 2\nk: 4\n", ":3: 'k' given twice"),  # YAML kept the last one silently
+        ("k: 3\nK: 4\nk: 5\n", ":3: 'k' given twice"),
+        ("max_history: 2\nmax-history: 3\n", "max_history given twice (as max_history and as max-history)"),
+        ("k: 2\nreranking:\n  k: 3\n", "k given twice (as k and as reranking: k)"),
     ],
 )
 def test_a_bad_file_value_is_one_line_naming_file_and_field(tmp_path, text, message):

@@ -420,6 +420,20 @@ ERROR_CASES = {
         None,
         "empty catalog",
     ),
+    "no interactions": (  # once read as 0 users and 0 interactions, exit 0
+        "plain_csv",
+        lambda d: write(d / "interactions.csv", ""),
+        "interactions.csv",
+        None,
+        "no interactions",
+    ),
+    "only a header of interactions": (
+        "recbole",
+        lambda d: write(d / "toy.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"),
+        "toy.inter",
+        None,
+        "no interactions",
+    ),
     "bad utf-8": (
         "recbole",
         lambda d: write(d / "toy.item", RECBOLE_ITEM.replace("Sabrina\t1995", "Sabr\xefna\t1995"), "latin-1"),

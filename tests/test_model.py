@@ -71,3 +71,28 @@ def test_a_missing_run_under_an_existing_folder_is_a_path_not_a_hub_id(tmp_path,
     with pytest.raises(ModelError, match="runs/lora-default: model path does not exist"):
         resolve_model("runs/lora-default")
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+
+
+def test_a_hub_id_that_cannot_be_downloaded_is_refused_at_once(monkeypatch):
+    """A mistyped --model took 50 s of transformers' retries and logged a stray line before its error."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from m6gen import model as m
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    m.hub_problem.cache_clear()
+    with pytest.raises(
+        ModelError, match=r"^nope-org/nope_model: no such folder here, not in the Hugging Face cache, and "
+    ):
+        m.load_tokenizer("nope-org/nope_model")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    m.hub_problem.cache_clear()
+    with pytest.raises(ModelError, match=r"not in the Hugging Face cache \(HF_HUB_OFFLINE is set\)"):
+        m.load_model("nope-org/nope_model")
+    m.hub_problem.cache_clear()

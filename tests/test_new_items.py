@@ -198,3 +198,14 @@ def test_cold_only_eval_ranks_only_cold_items_in_every_row_and_keeps_the_usual_t
     new_rows = json.loads((tmp_path / "eval_test_cold_new_items.json").read_text())
     # both users' targets are cold and a history holds none: each two-item list holds the target
     assert all(r["HR@10"] == 1.0 for r in new_rows.values())
+
+
+def test_the_data_summary_says_what_new_items_held_out(world_split):
+    from m6gen.data import summary
+
+    _, ds, split = world_split
+    valid_new = sum(split.valid[u] in NEW for u in split.users)
+    info = summary(ds, split)
+    assert (info["new_items"], info["test_new_item_targets"]) == (2, len(new_item_users(split))) == (2, 2)
+    assert info["valid_new_item_targets"] == valid_new == 2
+    assert "new_items" not in summary(ds, leave_one_out(build_histories(ds)))  # the standard split: no such rows

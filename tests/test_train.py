@@ -340,7 +340,7 @@ def test_short_run_lowers_loss_and_saved_adapter_generates_identically(tiny_dirs
     assert f"- untuned: NDCG@5 {summary['untuned']['NDCG@5']:.4f}" in card  # k = min(10, 5 beams)
     kept = summary["adapter_from_step"]
     assert f"- step {kept}: NDCG@5 {summary['best']['NDCG@5']:.4f}" in card and "(the adapter in this folder)" in card
-    assert f"m6gen recommend --model {out} --users 196" in card
+    assert f"m6gen chat --model {out} --user 196" in card
 
     model, tok, cfg = load_trained(out)
     assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(make_tokenizer())
@@ -908,12 +908,33 @@ def test_by_default_the_last_adapter_is_kept_and_the_bar_ends_on_the_last_valida
 
 
 def test_the_end_of_train_says_what_to_run_next_and_when_validation_did_not_improve():
+    from m6gen.commands.registry import all_groups, command
     from m6gen.commands.train import next_steps
+    from m6gen.config import ConfigParser
 
     untuned = {"step": 0, "HR@10": 0.01, "NDCG@10": 0.01}
     worse = {"output_dir": "runs/x", "untuned": untuned, "last_eval": {"step": 40, "HR@10": 0.0, "NDCG@10": 0.0}}
     text = next_steps(worse)
-    assert "m6gen recommend --model runs/x --users 196" in text and "m6gen eval --model runs/x" in text
+    hinted = [line.split("#")[0].split() for line in text.splitlines() if line.startswith("  m6gen ")]
+    assert [argv[1] for argv in hinted] == ["chat", "recommend", "eval"]
+    for argv in hinted:  # each parses with its command's own options (recommend has no --users)
+        module = command(argv[1])
+        ConfigParser(module.GROUPS, prog=f"m6gen {argv[1]}", every_group=all_groups()).parse(argv[2:])
     assert "note: validation NDCG@10 0.0000 after 40 steps, 0.0100 untuned: 40 steps is a first look" in text
     better = {**worse, "last_eval": {"step": 40, "HR@10": 0.1, "NDCG@10": 0.05}}
     assert "note:" not in next_steps(better) and "note:" not in next_steps({**worse, "untuned": None})
+
+
+def test_a_killed_run_is_told_what_continues_it(tmp_path):
+    """A run killed while the model loaded was told to --resume, which then found no run there."""
+    from m6gen.commands.train import interrupted_hint
+    from m6gen.runs import CONFIG_FILE
+
+    out = tmp_path / "run"
+    assert interrupted_hint(str(out)) == "interrupted before the run folder was written: run the same command again"
+    out.mkdir()
+    (out / CONFIG_FILE).write_text("{}")
+    assert "--resume starts the run again from step 0" in interrupted_hint(str(out))
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "latest.json").write_text("{}")
+    assert interrupted_hint(str(out)) == "interrupted: continue from the last checkpoint with --resume"

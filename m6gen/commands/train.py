@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from m6gen.commands.common import interrupted_status, library_notes_silenced
 from m6gen.config import TRAIN_GROUPS
@@ -28,7 +29,7 @@ def run(args) -> int:
         with library_notes_silenced():
             summary = train(cfg)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (commands.common.Terminated)
-        print("interrupted: continue from the last checkpoint with --resume", file=sys.stderr)
+        print(interrupted_hint(cfg.output_dir), file=sys.stderr)
         return interrupted_status(stop)
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one summary, not one per process
         print(json.dumps(summary, indent=2))
@@ -36,14 +37,26 @@ def run(args) -> int:
     return 0
 
 
+def interrupted_hint(output_dir: str) -> str:
+    """What continues a killed run: --resume needs the folder's config (and continues from its last
+    checkpoint, if any); a run killed while loading wrote nothing yet."""
+    from m6gen.runs import CONFIG_FILE
+
+    out = Path(output_dir)
+    if (out / "checkpoints" / "latest.json").is_file():
+        return "interrupted: continue from the last checkpoint with --resume"
+    if (out / CONFIG_FILE).is_file():
+        return "interrupted before the first checkpoint: --resume starts the run again from step 0"
+    return "interrupted before the run folder was written: run the same command again"
+
+
 def next_steps(summary: dict) -> str:
     """What to run with the new folder, and a plain word when validation did not beat the untuned model."""
+    from m6gen.training.model_card import usage_commands
+
     out = summary["output_dir"]
-    lines = [
-        f"saved {out} (its README.md says what was trained); next:",
-        f"  m6gen recommend --model {out} --users 196      # lists for a few users",
-        f"  m6gen eval --model {out}                       # the test split, against Pop and SASRec",
-    ]
+    lines = [f"saved {out} (its README.md says what was trained); next:"]
+    lines += [f"  {command}   # {what}" for command, what in usage_commands(out)]
     untuned, last = summary.get("untuned"), summary.get("last_eval")
     if untuned and last and last["step"] > 0:
         metric = next(key for key in last if key.startswith("NDCG@"))

@@ -144,8 +144,8 @@ class ConfigParser:
             return value
         if action.nargs == "?" and str(value).strip().lower() in ("on", "off"):  # a switch, as chat's `set open on`
             return str(value).strip().lower() == "on"
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: {key}: expected a value, got {value!r}")
+        if isinstance(value, bool):  # YAML's true/false where a number or a word is wanted
+            raise ConfigError(f"{path}: {key}: expected {_kind(action)}, got {str(value).lower()}")
         if action.nargs == "+":
             items = value if isinstance(value, list) else str(value).split(",")
             return [self._convert(path, key, action, str(v)) for v in items]
@@ -158,11 +158,7 @@ class ConfigParser:
         try:
             converted = action.type(text) if action.type is not None else text
         except (argparse.ArgumentTypeError, TypeError, ValueError):
-            kind = getattr(action.type, "__name__", "value")
-            kind = {"int": "a whole number", "float": "a number", "string_to_bool": "on/off (true/false)"}.get(
-                kind, kind
-            )
-            raise ConfigError(f"{path}: {key}: expected {kind}, got {text!r}") from None
+            raise ConfigError(f"{path}: {key}: expected {_kind(action)}, got {text!r}") from None
         if action.choices is not None and converted not in action.choices:
             raise ConfigError(f"{path}: {key}: {text!r} is not one of {', '.join(map(str, action.choices))}")
         return converted
@@ -176,6 +172,15 @@ class ConfigParser:
 
     def print_help(self) -> None:
         self.parser.print_help()
+
+
+def _kind(action: argparse.Action) -> str:
+    """What an option's values are, in words: 'a whole number', 'a number', ..."""
+    if action.choices is not None:
+        return f"one of {', '.join(map(str, action.choices))}"
+    kind = getattr(action.type, "__name__", None) or "text"
+    words = {"int": "a whole number", "float": "a number", "string_to_bool": "on/off (true/false)", "str": "text"}
+    return words.get(kind, kind)
 
 
 GROUP_ALIASES = {
@@ -201,7 +206,9 @@ def read_config_file(path: str | Path, group_names: dict[str, set[str]] | list[s
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({getattr(err, 'strerror', None) or err})") from None
     try:
-        data = yaml.safe_load(text)  # JSON is YAML
+        data = yaml.load(text, Loader=_unique_key_loader())  # JSON is YAML
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{path}:{dup.line}: {dup.key!r} given twice") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -215,16 +222,50 @@ def read_config_file(path: str | Path, group_names: dict[str, set[str]] | list[s
     options = {g.replace("-", "_"): opts for g, opts in group_names.items()}  # `tune-prompts:` as --help names it
     groups = set(options) | set(GROUP_ALIASES)
     flat: dict[str, Any] = {}
+    written: dict[str, str] = {}  # each option -> how the file spelled it, for a second spelling's error
+
+    def put(option: str, value: Any, spelled: str) -> None:
+        if option in flat:  # `max_history` and `max-history`, or flat and under a group: which one wins is a guess
+            raise ConfigError(f"{path}: {option} given twice (as {written[option]} and as {spelled})")
+        flat[option], written[option] = value, spelled
+
     for key, value in data.items():
-        key = str(key).replace("-", "_")
-        if key in groups and isinstance(value, dict):  # `data: {format: plain}` and `train: {lr: 1e-3}`
+        name = str(key).replace("-", "_")
+        if name in groups and isinstance(value, dict):  # `data: {format: plain}` and `train: {lr: 1e-3}`
             for sub, v in value.items():
-                sub = str(sub).replace("-", "_")
-                _check_group(path, key, sub, options)
-                flat[sub] = v
+                option = str(sub).replace("-", "_")
+                _check_group(path, name, option, options)
+                put(option, v, f"{key}: {sub}")
         else:
-            flat[key] = value
+            put(name, value, str(key))
     return flat
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _unique_key_loader():
+    """yaml's SafeLoader, except that a key repeated in one mapping is an error (SafeLoader keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    break
+                if repeated:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def _check_group(path: Path, group: str, option: str, options: dict[str, set[str] | None]) -> None:

@@ -305,4 +305,14 @@ def summary(dataset: Dataset, split: Split) -> dict[str, int | float | str]:
         "test": len(split.test),
         # after dedupe and the min_history filter: train + valid + test items per user
         "mean_history_length": round((n_train + 2 * n_split) / n_split, 2) if n_split else 0.0,
+        **(new_item_counts(split) if split.new_items else {}),
+    }
+
+
+def new_item_counts(split: Split) -> dict[str, int]:
+    """What --new-items held out, to check a split by: the new items, and the users whose target is one."""
+    return {
+        "new_items": len(split.new_items),
+        "valid_new_item_targets": sum(item in split.new_items for item in split.valid.values()),
+        "test_new_item_targets": sum(item in split.new_items for item in split.test.values()),
     }

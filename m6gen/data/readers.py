@@ -230,6 +230,8 @@ def _events(
     """
     if on_unknown_item not in ("raise", "skip"):
         raise ValueError(f"on_unknown_item must be 'raise' or 'skip', got {on_unknown_item!r}")
+    if len(item_ids) == 0:  # else every later step reports 0 users, as if the data were merely small
+        raise DataError("no interactions: the file holds none", path)
     index = {it.item_id: it.index for it in catalog}
     items = np.array([index.get(i, -1) for i in item_ids], dtype=np.int64)
     if times is None:

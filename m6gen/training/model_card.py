@@ -64,12 +64,20 @@ def model_card(cfg, summary: dict[str, Any], val_users: int, k: int) -> str:
         "## Use",
         "",
         "```bash",
-        f"m6gen recommend --model {out} --users 196",
-        f"m6gen eval --model {out}",
+        *(f"{command}   # {what}" for command, what in usage_commands(out)),
         "```",
         "",
     ]
     return str(ModelCard("\n".join(lines)))
+
+
+def usage_commands(out: str) -> list[tuple[str, str]]:
+    """What to run with a new run folder: (command, what it gives)."""
+    return [
+        (f"m6gen chat --model {out} --user 196", "one user's list, and why each item"),
+        (f"m6gen recommend --model {out} --max-users 5 --output {out}/recs.jsonl", "lists for many users"),
+        (f"m6gen eval --model {out}", "the test split, against Pop and SASRec"),
+    ]
 
 
 def validation_lines(summary: dict[str, Any], k: int) -> list[str]:

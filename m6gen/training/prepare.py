@@ -185,7 +185,8 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     trie = build_catalog_trie(tokenizer, target_texts, cache_dir=out / "trie")  # loads what the main process saved
     acc.print(
         f"{n_users} users, {len(dataset.catalog)} items; {plan.describe()}, {total_steps} steps of {n_steps}; LoRA on "
-        f"{', '.join(cfg.target_modules)}; packing {'on' if packing else 'off'}; precision {precision}"
+        f"{', '.join(cfg.target_modules)}; several examples per row (--packing) {'on' if packing else 'off'}; "
+        f"precision {precision}"
     )
     return Run(
         cfg,
