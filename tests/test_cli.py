@@ -290,6 +290,10 @@ def test_prompts_show_the_end_of_text_token_with_a_models_own_tokenizer(world, c
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "<eos>" in out.split("<- target")[0] and "without the model's tokenizer" not in out
+    # an unknown template is the only line: the note came first and made its error two lines
+    assert main(["prompts", "--data", str(data), "--users", "u2", "--template", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert "without the model's tokenizer" not in captured.out and "unknown template 'nope'" in captured.err
 
 
 def test_a_run_whose_template_folder_is_gone(world, tmp_path, capsys):

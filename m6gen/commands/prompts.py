@@ -49,17 +49,17 @@ def run(args) -> int:
         from m6gen.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.model, args.gguf_file)
-    else:
-        print(
-            "(without the model's tokenizer: {{ eos }} shows as nothing and chat templates in a generic form; "
-            "--chat-tokenizer shows the prompt exactly as the model reads it)"
-        )
     retriever = None
     if args.candidates:  # what a candidate template lists: the retriever's items for this history
         from m6gen.baselines.sasrec import load_sasrec
 
         retriever = load_sasrec(args.candidates, len(ds.catalog))
     templates = [lib.load_template(name) for name in ([only] if only else lib.names())]
+    if tokenizer is None:  # said once the templates load: an unknown one is then the only line
+        print(
+            "(without the model's tokenizer: {{ eos }} shows as nothing and chat templates in a generic form; "
+            "--chat-tokenizer shows the prompt exactly as the model reads it)"
+        )
     from m6gen.hybrid.placeholders import saved_placeholders
 
     cf = saved_placeholders(args.model)  # a hybrid run's {{ it.cf }} placeholders, as its model reads them
