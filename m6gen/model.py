@@ -46,13 +46,18 @@ MODEL_FOLDER_FILES = (
 )
 
 
+def is_default_model(model: str | None) -> bool:
+    """Whether ``--model`` names the embedded default (unset, "" or "default")."""
+    return model in (None, "", DEFAULT_MODEL)
+
+
 def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str, str | None]:
     """Turn a user's ``--model`` into (name_or_folder, gguf_file).
 
     Accepts ``None``/"default" (the embedded model), a path to a ``.gguf`` file, a local folder,
     or a hub id (only loadable where the hub is reachable or cached).
     """
-    if model in (None, "", DEFAULT_MODEL):
+    if is_default_model(model):
         return default_model_location()
     path = Path(model).expanduser()
     if path.suffix == ".gguf":

@@ -936,5 +936,5 @@ def test_a_killed_run_is_told_what_continues_it(tmp_path):
     (out / CONFIG_FILE).write_text("{}")
     assert "--resume starts the run again from step 0" in interrupted_hint(str(out))
     (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "latest.json").write_text("{}")
+    (out / "checkpoints" / "latest.json").write_text('{"last": "step-000002", "best": "step-000002"}')
     assert interrupted_hint(str(out)) == "interrupted: continue from the last checkpoint with --resume"

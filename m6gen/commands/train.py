@@ -41,9 +41,10 @@ def interrupted_hint(output_dir: str) -> str:
     """What continues a killed run: --resume needs the folder's config (and continues from its last
     checkpoint, if any); a run killed while loading wrote nothing yet."""
     from m6gen.runs import CONFIG_FILE
+    from m6gen.training.run_folder import checkpoint_pointer
 
     out = Path(output_dir)
-    if (out / "checkpoints" / "latest.json").is_file():
+    if checkpoint_pointer(out).get("last"):
         return "interrupted: continue from the last checkpoint with --resume"
     if (out / CONFIG_FILE).is_file():
         return "interrupted before the first checkpoint: --resume starts the run again from step 0"

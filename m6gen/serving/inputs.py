@@ -45,10 +45,9 @@ def _too_large(limit: int, size: int | None = None) -> ApiError:
 
 def _short_int(digits: str) -> int:
     # Python refuses to read integers over 4,300 digits with a message about its own settings
-    if len(digits.lstrip("-")) > MAX_TEXT:
-        raise ApiError(
-            400, "body", f"a number of {len(digits.lstrip('-')):,} digits; numbers and ids have at most {MAX_TEXT}"
-        )
+    length = len(digits.lstrip("-"))
+    if length > MAX_TEXT:
+        raise ApiError(400, "body", f"a number of {length:,} digits; numbers and ids have at most {MAX_TEXT}")
     return int(digits)
 
 

