@@ -9,6 +9,11 @@ and the ensembles of the first 2, 3, ... of them, two ways: the mean of their lo
 fit-readout distils from) and the mean of their probabilities, with a paired-bootstrap interval against
 the first SASRec. Each SASRec early-stopped on validation, so validation figures favour every row alike.
 
+``--ease-l2 100,300 --ease-temperature 3,10`` adds EASE (fitted here on the training interactions) alone
+and, as a second kind of teacher, averaged with all the SASRecs (``teacher_log_probs``: the SASRecs'
+mean and EASE's log-softmax(temperature x scores), half each), for every pair of settings on validation;
+the pair best on validation is then scored on test, against the first SASRec and all SASRecs together.
+
 ``--beams SPLIT=FILE`` adds one m6gen row from an ``m6gen eval`` folder's cached beams (a search with a
 prior: ``--rank-by`` score + ``--weight`` x prior, as the eval ranks it), compared with the first SASRec
 and with all of them together: the fair peer of a readout distilled from all of them.
@@ -28,7 +33,45 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", action="append", default=[], metavar="SPLIT=FILE", help="an m6gen eval beams file")
     p.add_argument("--weight", type=float, default=10.0, help="the prior's weight the beams were searched with")
     p.add_argument("--rank-by", default="catalog", choices=["logprob", "normalized", "catalog"])
+    p.add_argument("--ease-l2", default="", help="comma list of EASE L2 penalties to try ('' for no EASE rows)")
+    p.add_argument("--ease-temperature", default="3", help="comma list of EASE teacher temperatures to try")
     return p
+
+
+def ease_rows(split, sasrecs, stages, l2s, temperatures):
+    """EASE alone and the SASRecs + EASE teacher for each (l2, temperature), chosen on validation and
+    then scored on test, each against the first SASRec and all the SASRecs together."""
+    from m6gen.baselines.ease import EASE, EASEConfig
+    from m6gen.commands.fit_readout import teacher_log_probs
+    from m6gen.ranking.metrics import paired_bootstrap
+
+    n_items = sasrecs[0].n_items
+    fitted = {l2: EASE.fit([split.train[u] for u in split.users], n_items, EASEConfig(l2=l2)) for l2 in l2s}
+
+    def teacher_ndcg(stage, l2, temperature):
+        histories, targets = stages[stage]
+        ease = EASE(fitted[l2].weights, EASEConfig(l2=l2, temperature=temperature))
+        return ndcg_per_user(teacher_log_probs([*sasrecs, ease], histories), histories, targets)
+
+    histories, targets = stages["valid"]
+    for l2 in l2s:
+        alone = ndcg_per_user(fitted[l2].score(histories), histories, targets)
+        print(f"valid: EASE alone, l2 {l2:g}: {alone.mean():.4f}")
+    grid = {(l2, t): teacher_ndcg("valid", l2, t).mean() for l2 in l2s for t in temperatures}
+    for (l2, t), value in grid.items():
+        print(f"valid: all SASRecs + EASE (l2 {l2:g}, temperature {t:g}): {value:.4f}")
+    l2, t = max(grid, key=grid.get)
+    for stage in ("valid", "test"):
+        histories, targets = stages[stage]
+        row = teacher_ndcg(stage, l2, t)
+        first = ndcg_per_user(sasrecs[0].score(histories), histories, targets)
+        together = ndcg_per_user(teacher_log_probs(sasrecs, histories), histories, targets)
+        for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", together)):
+            b = paired_bootstrap(row, against)
+            print(
+                f"{stage}: chosen on validation, all SASRecs + EASE (l2 {l2:g}, temperature {t:g}) {row.mean():.4f}: "
+                f"{b['ratio']:.3f} x {peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
+            )
 
 
 def beams_ndcg(path, users, targets, weight: float, rank_by: str):
@@ -69,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from m6gen.baselines.run import split_fingerprint
     from m6gen.baselines.sasrec import load_sasrec
-    from m6gen.commands.fit_readout import mean_log_probs
+    from m6gen.commands.fit_readout import teacher_log_probs
     from m6gen.data import build_histories, leave_one_out, load_dataset
     from m6gen.ranking.metrics import paired_bootstrap
 
@@ -95,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stage}: each SASRec {', '.join(f'{v:.4f}' for v in singles)}")
         together = first  # all of them, by mean log-probabilities: the last ensemble below
         for n in range(2, len(sasrecs) + 1):
-            together = geometric = ndcg_per_user(mean_log_probs(sasrecs[:n], histories), histories, targets)
+            together = geometric = ndcg_per_user(teacher_log_probs(sasrecs[:n], histories), histories, targets)
             mixture = ndcg_per_user(np.log(np.mean(np.exp(log_probs[:n]), axis=0)), histories, targets)
             b = paired_bootstrap(geometric, first)
             print(
@@ -111,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{stage}: m6gen (w {args.weight:g}, rank by {args.rank_by}) {row.mean():.4f}: {b['ratio']:.3f} x "
                     f"{peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
                 )
+    if args.ease_l2:
+        floats = lambda text: [float(x) for x in text.split(",") if x.strip()]  # noqa: E731
+        ease_rows(split, sasrecs, stages, floats(args.ease_l2), floats(args.ease_temperature))
     return 0
 
 

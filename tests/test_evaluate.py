@@ -31,7 +31,7 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
         "--out",
         str(tmp_path),
         "--baselines",
-        "Pop,SASRec",
+        "Pop,SASRec,EASE",
         "--sasrec-epochs",
         "2",
         "--weights",
@@ -43,6 +43,7 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
     assert {
         "Pop",
         "SASRec",
+        "EASE",
         "m6gen beams (rank by logprob)",
         "m6gen beams (rank by catalog)",
         "m6gen reranked (div 0.5, nov 0)",
@@ -50,6 +51,7 @@ def test_eval_writes_table_plot_and_caches_beams(world, tmp_path):
         "m6gen beams + SASRec blend (w 1)",
     } <= set(rows)
     assert (tmp_path / "baselines" / "sasrec" / "sasrec.json").is_file()
+    assert (tmp_path / "baselines" / "ease" / "ease.npy").is_file()
     for metrics in rows.values():
         assert 0.0 <= metrics["NDCG@10"] <= metrics["HR@10"] <= 1.0
     assert (tmp_path / "tradeoff_valid.png").stat().st_size > 0

@@ -364,20 +364,20 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
     assert "readout_distill" in capsys.readouterr().err
 
 
-def test_mean_log_probs_averages_the_teachers_log_softmax():
+def test_teacher_log_probs_averages_the_teachers_log_softmax():
     from m6gen.baselines.sasrec import SASRec, SASRecConfig
-    from m6gen.commands.fit_readout import mean_log_probs
+    from m6gen.commands.fit_readout import teacher_log_probs
 
     config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)
     torch.manual_seed(0)
     one, two = SASRec(N_ITEMS, config), SASRec(N_ITEMS, config)
     histories = [[1, 2, 3], [4]]
-    np.testing.assert_array_equal(mean_log_probs([one], histories), one.score(histories))  # one: its logits
+    np.testing.assert_array_equal(teacher_log_probs([one], histories), one.score(histories))  # one: its logits
     expected = (
         torch.log_softmax(torch.from_numpy(one.score(histories)), -1)
         + torch.log_softmax(torch.from_numpy(two.score(histories)), -1)
     ) / 2
-    np.testing.assert_allclose(mean_log_probs([one, two], histories), expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(teacher_log_probs([one, two], histories), expected.numpy(), rtol=1e-6)
 
 
 def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
@@ -385,6 +385,7 @@ def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
     or one trained on other interactions, or teachers without distillation, are one-line errors."""
     from safetensors.torch import load_file
 
+    from m6gen.baselines.ease import EASE
     from m6gen.baselines.run import split_fingerprint
     from m6gen.baselines.sasrec import SASRec, SASRecConfig
     from m6gen.commands.fit_readout import main
@@ -406,7 +407,11 @@ def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
     assert main([*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec")]) == 0
     assert not torch.equal(load_file(str(run / "readout.safetensors"))["project.weight"], own_only)
     assert json.loads((run / "readout.json").read_text())["more_teachers"] == [str(tmp_path / "more" / "sasrec")]
-    capsys.readouterr()
+    with_sasrec = load_file(str(run / "readout.safetensors"))["project.weight"]
+    EASE.fit(list(split.train.values()), N_ITEMS).save(tmp_path / "more" / "ease")  # a second kind of teacher
+    assert main([*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec"), str(tmp_path / "more" / "ease")]) == 0
+    assert not torch.equal(load_file(str(run / "readout.safetensors"))["project.weight"], with_sasrec)
+    assert "distilled from 2 SASRec(s) and 1 EASE" in capsys.readouterr().out  # the run's own, one more, EASE
 
     assert main([*argv, "--readout-teachers", str(tmp_path)]) == 2  # no SASRec there
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the data note

@@ -1,4 +1,4 @@
-"""Peers for the evaluation table: Pop (most popular unseen items) and SASRec-CE, ranked over the whole catalog.
+"""Peers for the evaluation table: Pop (most popular unseen items), SASRec-CE and EASE, ranked over the whole catalog.
 
 Run as ``m6gen baselines --out runs/baselines`` (``m6gen.commands.baselines``).
 """
@@ -17,9 +17,11 @@ import numpy as np
 from m6gen.files import write_atomic
 
 if TYPE_CHECKING:
+    from m6gen.baselines.ease import EASEConfig
     from m6gen.baselines.sasrec import SASRec, SASRecConfig
 
-METHODS = ("Pop", "SASRec")
+METHODS = ("Pop", "SASRec", "EASE")
+DEFAULT_METHODS = ("Pop", "SASRec")
 
 
 def pop_rank(popularity: np.ndarray, seen: Sequence[set[int] | np.ndarray], k: int | None = None) -> list[np.ndarray]:
@@ -75,7 +77,7 @@ def run_baselines(
     dataset_path: str | Path | None = None,
     *,
     config: SASRecConfig | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     ks: Sequence[int] = (5, 10, 20),
     max_users: int | None = None,
     out_dir: str | Path | None = None,
@@ -83,6 +85,7 @@ def run_baselines(
     threads: int | None = 1,
     loaded: tuple[Any, Any] | None = None,
     progress: bool = True,
+    ease_config: EASEConfig | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate the peers on one leave-one-out split, whole catalog ranked, history items excluded.
 
@@ -92,12 +95,13 @@ def run_baselines(
         methods: any of ``METHODS``.
         max_users: evaluate only the first N users (training always uses every user's train items).
         out_dir: if given, write ``baselines_valid``/``baselines_test`` tables (.md/.csv/.json),
-            ``baselines.json`` (this function's result) and the SASRec model there.
+            ``baselines.json`` (this function's result) and the SASRec and EASE models there.
         model: an already trained SASRec to evaluate instead of training one.
         threads: torch CPU threads while this runs (restored after); None leaves torch's setting.
             1 is the default because on a shared 2-core machine 2 threads ran a step 8x slower.
         loaded: ``(dataset, split)`` already read by the caller with its own data options
             (format, title field, dedupe, min history); ``dataset_path`` is then only recorded.
+        ease_config: EASE's settings (None: ``EASEConfig()``); fitted on the training interactions.
 
     Returns
     -------
@@ -162,6 +166,12 @@ def run_baselines(
             "stopped": model.stopped,
             "log": model.log,
         }
+    if "EASE" in methods:
+        from m6gen.baselines.ease import EASE
+
+        ease = EASE.fit([split.train[u] for u in split.users], n_items, ease_config)
+        add("EASE", lambda hist, seen: ease.recommend(hist, kmax, exclude=seen))
+        result["ease"] = {"config": asdict(ease.config)}
     if out_dir is not None:
         out = Path(out_dir)
         for stage in ("valid", "test"):
@@ -169,6 +179,8 @@ def run_baselines(
         if "SASRec" in methods and trained_here:  # a model given is already saved (re-saving would look like a new one)
             model.save(out / "sasrec")
             shutil.rmtree(out / "sasrec.partial", ignore_errors=True)  # finished: the resume state is not needed
+        if "EASE" in methods:
+            ease.save(out / "ease")
         text = json.dumps(
             {
                 **result,

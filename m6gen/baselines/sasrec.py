@@ -33,6 +33,7 @@ from m6gen.baselines.config import SASRecConfig  # noqa: F401  (re-exported)
 from m6gen.data import Split
 from m6gen.files import write_atomic
 from m6gen.ranking.metrics import per_user_scores
+from m6gen.ranking.top import mask_items, top_k
 
 History = Sequence[int] | np.ndarray
 
@@ -180,10 +181,7 @@ class SASRec:
         exclude = histories if exclude is None else exclude
         if len(exclude) != len(histories):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(histories)} histories")
-        scores = self.score(histories)
-        for u, ex in enumerate(exclude):
-            scores[u, np.fromiter(ex, dtype=np.int64) if isinstance(ex, set) else np.asarray(ex, np.int64)] = -np.inf
-        return _top_k(scores, k)
+        return top_k(mask_items(self.score(histories), exclude), k)
 
     def score_items(
         self, histories: Sequence[History], candidates: Sequence[History], log_probs: bool = True
@@ -228,17 +226,6 @@ class SASRec:
         rec.best_epoch, rec.train_seconds, rec.log = meta["best_epoch"], meta["train_seconds"], meta["log"]
         rec.stopped = meta.get("stopped", "epochs")
         return rec
-
-
-def _top_k(scores: np.ndarray, k: int) -> list[np.ndarray]:
-    """Best-first top-k per row; -inf entries (excluded) are never returned."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (U, k) unordered
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1)  # by score, ties to the lower index
-    ranked = np.take_along_axis(part, order, axis=1)
-    finite = np.isfinite(np.take_along_axis(vals, order, axis=1))
-    return [r[f] for r, f in zip(ranked, finite)]
 
 
 def validation_ndcg(rec: SASRec, split: Split, k: int = 10) -> float:

@@ -38,7 +38,7 @@ from m6gen.config import (
     option,
 )
 
-PEERS = ("Pop", "SASRec", "Content", "Newest", "TitleNN")
+PEERS = ("Pop", "SASRec", "EASE", "Content", "Newest", "TitleNN")
 DEFAULT_WEIGHTS = "0.3,0;0,0.3;0.3,0.3"
 
 
@@ -64,7 +64,8 @@ class EvalArgs:
     )
     baselines: str = option(
         "Pop,SASRec",
-        "peers in the same run (comma list of Pop, SASRec, Content (genres and year), Newest (latest "
+        "peers in the same run (comma list of Pop, SASRec, EASE (item-to-item, closed form), Content (genres and "
+        "year), Newest (latest "
         "release year first, then genres), TitleNN (nearest neighbours by the model's title embeddings); '' for none)",
     )
     weights: str = option(DEFAULT_WEIGHTS, "reranker settings 'diversity,novelty;...' evaluated as extra rows")

@@ -17,7 +17,8 @@ from m6gen.commands.eval_report import report, report_by_popularity
 from m6gen.commands.eval_rows import PRIOR_ROW, READOUT_ROW, SCORE_COLUMNS, m6gen_rankings, searched_rankings
 from m6gen.config import ConfigError, SASRecArgs
 
-TRAINED_PEERS = ("Pop", "SASRec")  # trained and tabled by m6gen.baselines.run; the content peers need no training
+# trained and tabled by m6gen.baselines.run; the content peers need no training
+TRAINED_PEERS = ("Pop", "SASRec", "EASE")
 DEFAULT_BLEND = "0.5,1,2"
 
 
@@ -61,6 +62,7 @@ class Evaluation:
     decodings: Decodings
     peers: list[str]  # the --baselines that are ranked
     sasrec: object | None  # the SASRec of the table, also the collaborative signal of the blend rows
+    ease: object | None  # the EASE of the table (with EASE in --baselines)
     base: dict  # run_baselines' tables per split (the trained peers' rows over the first N users)
     content: object  # eval_new_items.ContentPeers
     cold: np.ndarray | None  # --cold-only: the only items ranked
@@ -163,6 +165,8 @@ class Evaluation:
             from m6gen.data import item_popularity
 
             lists["Pop"] = pop_rank(item_popularity(self.split, len(self.ds.catalog)), exclude, k)
+        if self.ease is not None:
+            lists["EASE"] = self.ease.recommend(histories, k, exclude=exclude)
         return {**lists, **self.content.rankings(histories, exclude, k)}
 
     def readout_rankings(self, name: str, histories, exclude, k: int) -> dict[str, list[np.ndarray]]:
@@ -273,6 +277,11 @@ def prepare(args) -> Evaluation:
             from m6gen.baselines.sasrec import SASRec
 
             sasrec = SASRec.load(out / "baselines" / "sasrec")
+    ease = None
+    if "EASE" in trained:
+        from m6gen.baselines.ease import load_ease
+
+        ease = load_ease(out / "baselines" / "ease", len(ds.catalog))  # fitted and saved by the main process
     if args.blend != DEFAULT_BLEND and args.blend.strip() and sasrec is None:
         print("note: --blend needs the SASRec baseline (keep SASRec in --baselines); no blend rows", file=sys.stderr)
     content = ContentPeers(ds, rec, [m for m in peers if m not in TRAINED_PEERS])
@@ -294,6 +303,7 @@ def prepare(args) -> Evaluation:
         decodings=Decodings(rec, out, procs, ds.profiles, args.progress, dtype, searches, cold),
         peers=peers,
         sasrec=sasrec,
+        ease=ease,
         base=base,
         content=content,
         cold=cold,

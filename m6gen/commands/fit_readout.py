@@ -8,6 +8,8 @@ m6gen fit-readout --model runs/hybrid-state-400 --readout-distill 0   # true nex
 m6gen fit-readout --model runs/hybrid-state-400 --readout-hidden 0 --readout-members 1   # one linear map
 m6gen fit-readout --model runs/hybrid-state-400 --readout-teachers runs/seed1/sasrec runs/seed2/sasrec
                                      # distil from the run's SASRec and two more (m6gen baselines --sasrec-seed N)
+m6gen fit-readout --model runs/hybrid-state-400 --readout-teachers runs/ease/ease   # and an EASE
+                                     # (m6gen baselines --methods EASE --out runs/ease)
 m6gen eval --model runs/my-run --decode-prior Readout --decode-blend 1,3 --choose-on-valid
 m6gen recommend --model runs/my-run --readout-weight 3
 """
@@ -52,9 +54,10 @@ class ReadoutArgs:
     )
     readout_teachers: list[str] = option(
         [],
-        "more saved SASRec folders (m6gen baselines --sasrec-seed N --out DIR gives DIR/sasrec), trained on this "
-        "run's training interactions, to distil from besides the run's own: the readout matches their averaged "
-        "log-probabilities, and an ensemble of SASRecs ranks better than one",
+        "more saved SASRec or EASE folders (m6gen baselines --sasrec-seed N --out DIR gives DIR/sasrec, "
+        "--methods EASE gives DIR/ease), trained on this run's training interactions, to distil from besides the "
+        "run's own SASRec: the readout matches their log-probabilities averaged kind by kind (the SASRecs, then "
+        "the EASEs, then the two kinds alike); an ensemble ranks better than one model",
         metavar="DIR",
     )
     readout_hidden: int = option(
@@ -133,7 +136,7 @@ def run(args) -> int:
 
     run_folder = Path(args.model)
     states = cached_states(run_folder, states_key(run_folder, rec, pairs, args.readout_batch_size), read_states)
-    teacher = mean_log_probs(teachers, pairs.histories) if distill else None
+    teacher = teacher_log_probs(teachers, pairs.histories) if distill else None
     fitting = tqdm(total=args.readout_members, desc="fitting readouts", unit="readout", disable=not args.progress)
     readout, fits = fit_readouts(
         states,
@@ -155,7 +158,7 @@ def run(args) -> int:
     save_readout(readout, args.model, fits, table.fingerprint, teachers=list(args.readout_teachers))
     head = f"MLP width {args.readout_hidden}" if args.readout_hidden else "linear"
     first, held_out = np.mean([f.first_loss for f in fits]), np.mean([f.held_out_loss for f in fits])
-    source = f"{len(teachers)} SASRec(s)" if distill else "no SASRec"
+    source = describe_teachers(teachers) if distill else "no teacher"
     print(
         f"{len(fits)} readout(s) ({head}) fitted on {fits[0].examples} pairs ({fits[0].held_out} held out), "
         f"{distill:g} of the loss distilled from {source}: held-out loss {first:.3f} -> {held_out:.3f} at epochs "
@@ -243,16 +246,17 @@ def distillation_teacher(rec, n_items: int):
 
 
 def extra_teacher(folder: str, split, n_items: int):
-    """A --readout-teachers SASRec; one trained on other interactions than ``split``'s training ones
-    (recorded by ``m6gen baselines`` in ``../baselines.json``) may have seen validation or test items,
-    so it is an error."""
+    """A --readout-teachers model: a saved SASRec or EASE folder (``m6gen baselines --out DIR`` writes
+    DIR/sasrec and DIR/ease). One trained on other interactions than ``split``'s training ones (recorded
+    by ``m6gen baselines`` in ``../baselines.json``) may have seen validation or test items, so it is an error."""
+    from m6gen.baselines.ease import is_ease_folder, load_ease
     from m6gen.baselines.run import recorded_split, split_fingerprint
     from m6gen.baselines.sasrec import load_sasrec
     from m6gen.commands.common import UsageError
     from m6gen.model import ModelError
 
     try:
-        sasrec = load_sasrec(folder, n_items)
+        teacher = load_ease(folder, n_items) if is_ease_folder(folder) else load_sasrec(folder, n_items)
     except ModelError as err:
         raise UsageError(f"--readout-teachers: {err}") from None
     saw = recorded_split(folder)
@@ -261,22 +265,42 @@ def extra_teacher(folder: str, split, n_items: int):
             f"--readout-teachers: {folder} was trained on other interactions than this run's training ones "
             "(it may have seen validation or test items): train it with the same data options"
         )
-    return sasrec
+    return teacher
 
 
-def mean_log_probs(sasrecs, histories):
-    """The teachers' next-item log-probabilities averaged (one teacher: its logits, the same softmax):
-    the softmax of the mean is their normalized geometric mean. For five SASRec seeds it ranked within
-    0.002 NDCG@10 of the mean of their probabilities on validation (docs/results.md)."""
+def teacher_log_probs(teachers, histories):
+    """The teachers' next-item log-probabilities averaged, kind by kind: the SASRecs among themselves,
+    the EASEs among themselves, then the kinds with equal weight, so that five SASRec seeds and one
+    EASE count half each (chosen on validation: docs/results.md). The softmax of a mean of
+    log-probabilities is their normalized geometric mean. One SASRec alone gives its logits (the same
+    softmax). For five SASRec seeds the mean ranked within 0.002 NDCG@10 of the mean of their
+    probabilities on validation."""
+    import numpy as np
     import torch
 
-    if len(sasrecs) == 1:
-        return sasrecs[0].score(histories)
-    total = None
-    for sasrec in sasrecs:
-        log_probs = torch.log_softmax(torch.from_numpy(sasrec.score(histories)), dim=-1)
-        total = log_probs if total is None else total + log_probs
-    return (total / len(sasrecs)).numpy()
+    from m6gen.baselines.ease import EASE
+
+    if len(teachers) == 1 and not isinstance(teachers[0], EASE):
+        return teachers[0].score(histories)
+    kinds: dict[str, list] = {}
+    for teacher in teachers:
+        kinds.setdefault(type(teacher).__name__, []).append(teacher)
+
+    def log_probs(teacher):
+        if isinstance(teacher, EASE):
+            return teacher.log_probs(histories)
+        return torch.log_softmax(torch.from_numpy(teacher.score(histories)), dim=-1).numpy()
+
+    means = [sum(log_probs(t) for t in group) / len(group) for group in kinds.values()]
+    return (sum(means) / len(means)).astype(np.float32)
+
+
+def describe_teachers(teachers) -> str:
+    """'5 SASRec(s) and 1 EASE' (each kind in the order first given)."""
+    counts: dict[str, int] = {}
+    for teacher in teachers:
+        counts[type(teacher).__name__] = counts.get(type(teacher).__name__, 0) + 1
+    return " and ".join(f"{n} {kind}" + ("(s)" if kind == "SASRec" else "") for kind, n in counts.items())
 
 
 def main(argv: list[str] | None = None) -> int:
