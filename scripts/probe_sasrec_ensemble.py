@@ -14,6 +14,10 @@ and, as a second kind of teacher, averaged with all the SASRecs (``teacher_log_p
 mean and EASE's log-softmax(temperature x scores), half each), for every pair of settings on validation;
 the pair best on validation is then scored on test, against the first SASRec and all SASRecs together.
 
+``--readout-run RUN`` adds the run's collaborative readout alone (``m6gen fit-readout``; whole catalog, no
+titles, read from each user's prompt state as ``m6gen eval``'s readout row; one forward per user and split,
+in the dtype ``--dtype auto`` gives), against the first SASRec and all of them together.
+
 ``--beams SPLIT=FILE`` adds one m6gen row from an ``m6gen eval`` folder's cached beams (a search with a
 prior: ``--rank-by`` score + ``--weight`` x prior, as the eval ranks it), compared with the first SASRec
 and with all of them together: the fair peer of a readout distilled from all of them.
@@ -33,9 +37,32 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", action="append", default=[], metavar="SPLIT=FILE", help="an m6gen eval beams file")
     p.add_argument("--weight", type=float, default=10.0, help="the prior's weight the beams were searched with")
     p.add_argument("--rank-by", default="catalog", choices=["logprob", "normalized", "catalog"])
+    p.add_argument("--readout-run", default=None, help="a run folder with a fitted readout: its row alone")
     p.add_argument("--ease-l2", default="", help="comma list of EASE L2 penalties to try ('' for no EASE rows)")
     p.add_argument("--ease-temperature", default="3", help="comma list of EASE teacher temperatures to try")
     return p
+
+
+def readout_rows(run, ds, sasrecs, users, stages):
+    """The run's readout alone on each split, against the first SASRec and all of them together."""
+    from m6gen.commands.fit_readout import teacher_log_probs
+    from m6gen.prompts import user_vars
+    from m6gen.ranking.metrics import paired_bootstrap
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(dtype="auto"), device="cpu")
+    dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")
+    profiles = [user_vars(u, ds.profiles) for u in users]
+    for stage, (histories, targets) in stages.items():
+        row = ndcg_per_user(rec.readout_log_probs(histories, profiles), histories, targets)
+        first = ndcg_per_user(sasrecs[0].score(histories), histories, targets)
+        together = ndcg_per_user(teacher_log_probs(sasrecs, histories), histories, targets)
+        for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", together)):
+            b = paired_bootstrap(row, against)
+            print(
+                f"{stage}: {run}'s readout alone ({dtype}) {row.mean():.4f}: {b['ratio']:.3f} x {peer} "
+                f"({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
+            )
 
 
 def ease_rows(split, sasrecs, stages, l2s, temperatures):
@@ -154,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{stage}: m6gen (w {args.weight:g}, rank by {args.rank_by}) {row.mean():.4f}: {b['ratio']:.3f} x "
                     f"{peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
                 )
+    if args.readout_run:
+        readout_rows(args.readout_run, ds, sasrecs, users, stages)
     if args.ease_l2:
         floats = lambda text: [float(x) for x in text.split(",") if x.strip()]  # noqa: E731
         ease_rows(split, sasrecs, stages, floats(args.ease_l2), floats(args.ease_temperature))
