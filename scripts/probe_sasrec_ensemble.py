@@ -43,11 +43,24 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_against_sasrecs(stage: str, label: str, row, sasrecs, histories, targets) -> None:
+    """``row``'s per-user NDCG@10 against the first SASRec and all of them together (paired bootstrap)."""
+    from m6gen.commands.fit_readout import teacher_log_probs
+    from m6gen.ranking.metrics import paired_bootstrap
+
+    first = ndcg_per_user(sasrecs[0].score(histories), histories, targets)
+    together = ndcg_per_user(teacher_log_probs(sasrecs, histories), histories, targets)
+    for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", together)):
+        b = paired_bootstrap(row, against)
+        print(
+            f"{stage}: {label} {row.mean():.4f}: {b['ratio']:.3f} x {peer} ({against.mean():.4f}) "
+            f"[{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
+        )
+
+
 def readout_rows(run, ds, sasrecs, users, stages):
     """The run's readout alone on each split, against the first SASRec and all of them together."""
-    from m6gen.commands.fit_readout import teacher_log_probs
     from m6gen.prompts import user_vars
-    from m6gen.ranking.metrics import paired_bootstrap
     from m6gen.recommender import RecommendConfig, Recommender
 
     rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(dtype="auto"), device="cpu")
@@ -55,14 +68,7 @@ def readout_rows(run, ds, sasrecs, users, stages):
     profiles = [user_vars(u, ds.profiles) for u in users]
     for stage, (histories, targets) in stages.items():
         row = ndcg_per_user(rec.readout_log_probs(histories, profiles), histories, targets)
-        first = ndcg_per_user(sasrecs[0].score(histories), histories, targets)
-        together = ndcg_per_user(teacher_log_probs(sasrecs, histories), histories, targets)
-        for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", together)):
-            b = paired_bootstrap(row, against)
-            print(
-                f"{stage}: {run}'s readout alone ({dtype}) {row.mean():.4f}: {b['ratio']:.3f} x {peer} "
-                f"({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
-            )
+        print_against_sasrecs(stage, f"{run}'s readout alone ({dtype})", row, sasrecs, histories, targets)
 
 
 def ease_rows(split, sasrecs, stages, l2s, temperatures):
@@ -70,7 +76,6 @@ def ease_rows(split, sasrecs, stages, l2s, temperatures):
     then scored on test, each against the first SASRec and all the SASRecs together."""
     from m6gen.baselines.ease import EASE, EASEConfig
     from m6gen.commands.fit_readout import teacher_log_probs
-    from m6gen.ranking.metrics import paired_bootstrap
 
     n_items = sasrecs[0].n_items
     fitted = {l2: EASE.fit([split.train[u] for u in split.users], n_items, EASEConfig(l2=l2)) for l2 in l2s}
@@ -90,15 +95,8 @@ def ease_rows(split, sasrecs, stages, l2s, temperatures):
     l2, t = max(grid, key=grid.get)
     for stage in ("valid", "test"):
         histories, targets = stages[stage]
-        row = teacher_ndcg(stage, l2, t)
-        first = ndcg_per_user(sasrecs[0].score(histories), histories, targets)
-        together = ndcg_per_user(teacher_log_probs(sasrecs, histories), histories, targets)
-        for peer, against in (("the first SASRec", first), (f"all {len(sasrecs)} SASRecs", together)):
-            b = paired_bootstrap(row, against)
-            print(
-                f"{stage}: chosen on validation, all SASRecs + EASE (l2 {l2:g}, temperature {t:g}) {row.mean():.4f}: "
-                f"{b['ratio']:.3f} x {peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
-            )
+        label = f"chosen on validation, all SASRecs + EASE (l2 {l2:g}, temperature {t:g})"
+        print_against_sasrecs(stage, label, teacher_ndcg(stage, l2, t), sasrecs, histories, targets)
 
 
 def beams_ndcg(path, users, targets, weight: float, rank_by: str):
