@@ -179,8 +179,6 @@ class SASRec:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         exclude = histories if exclude is None else exclude
-        if len(exclude) != len(histories):
-            raise ValueError(f"exclude has {len(exclude)} entries for {len(histories)} histories")
         return top_k(mask_items(self.score(histories), exclude), k)
 
     def score_items(

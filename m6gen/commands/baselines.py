@@ -35,9 +35,11 @@ class BaselinesArgs:
 
     def __post_init__(self):
         at_least(self, 1, "max_users", optional=True)
-        unknown = [m for m in self.methods.split(",") if m.strip() not in ("Pop", "SASRec", "EASE")]
+        from m6gen.baselines.run import METHODS
+
+        unknown = [m for m in self.methods.split(",") if m.strip() not in METHODS]
         if unknown:
-            raise ConfigError(f"methods: unknown {unknown[0].strip()!r}; choose from Pop, SASRec, EASE")
+            raise ConfigError(f"methods: unknown {unknown[0].strip()!r}; choose from {', '.join(METHODS)}")
         for name in ("ease_l2", "ease_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: a number > 0, got {getattr(self, name)}")

@@ -65,8 +65,8 @@ class EvalArgs:
     baselines: str = option(
         "Pop,SASRec",
         "peers in the same run (comma list of Pop, SASRec, EASE (item-to-item, closed form), Content (genres and "
-        "year), Newest (latest "
-        "release year first, then genres), TitleNN (nearest neighbours by the model's title embeddings); '' for none)",
+        "year), Newest (latest release year first, then genres), TitleNN (nearest neighbours by the model's title "
+        "embeddings); '' for none)",
     )
     weights: str = option(DEFAULT_WEIGHTS, "reranker settings 'diversity,novelty;...' evaluated as extra rows")
     blend: str = option(

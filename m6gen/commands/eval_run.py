@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m6gen.baselines.run import METHODS
 from m6gen.commands.common import UsageError
 from m6gen.commands.eval_decodings import PLAIN, Decodings, plan_searches
 from m6gen.commands.eval_report import report, report_by_popularity
@@ -18,7 +19,7 @@ from m6gen.commands.eval_rows import PRIOR_ROW, READOUT_ROW, SCORE_COLUMNS, m6ge
 from m6gen.config import ConfigError, SASRecArgs
 
 # trained and tabled by m6gen.baselines.run; the content peers need no training
-TRAINED_PEERS = ("Pop", "SASRec", "EASE")
+TRAINED_PEERS = METHODS
 DEFAULT_BLEND = "0.5,1,2"
 
 
