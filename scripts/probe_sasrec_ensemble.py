@@ -18,6 +18,12 @@ the pair best on validation is then scored on test, against the first SASRec and
 titles, read from each user's prompt state as ``m6gen eval``'s readout row; one forward per user and split,
 in the dtype ``--dtype auto`` gives), against the first SASRec and all of them together.
 
+``--readout-variant DIR`` (repeatable) adds another readout fitted on the same run (a folder holding a copy of
+its ``readout.safetensors``, ``readout.json`` and ``adapter_model.safetensors``, saved after an earlier
+``fit-readout``), scored from the same prompt states. ``--states SPLIT=FILE`` reads those states from an
+``m6gen eval`` folder's cache of the run (``states_SPLIT-...jsonl``) instead of one forward per user.
+``--splits valid`` reads no test item: choose a variant there, and score only the chosen one on test.
+
 ``--beams SPLIT=FILE`` adds one m6gen row from an ``m6gen eval`` folder's cached beams (a search with a
 prior: ``--rank-by`` score + ``--weight`` x prior, as the eval ranks it), compared with the first SASRec
 and with all of them together: the fair peer of a readout distilled from all of them.
@@ -38,6 +44,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", type=float, default=10.0, help="the prior's weight the beams were searched with")
     p.add_argument("--rank-by", default="catalog", choices=["logprob", "normalized", "catalog"])
     p.add_argument("--readout-run", default=None, help="a run folder with a fitted readout: its row alone")
+    p.add_argument(
+        "--readout-variant",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another readout of --readout-run (a folder with its readout files and the run's adapter): its row alone",
+    )
+    p.add_argument(
+        "--states", action="append", default=[], metavar="SPLIT=FILE", help="an m6gen eval's cached prompt states"
+    )
+    p.add_argument("--splits", default="valid,test", help="the splits scored: valid,test or valid (no test item read)")
     p.add_argument("--ease-l2", default="", help="comma list of EASE L2 penalties to try ('' for no EASE rows)")
     p.add_argument("--ease-temperature", default="3", help="comma list of EASE teacher temperatures to try")
     return p
@@ -58,17 +75,28 @@ def print_against_sasrecs(stage: str, label: str, row, sasrecs, histories, targe
         )
 
 
-def readout_rows(run, ds, sasrecs, users, stages):
-    """The run's readout alone on each split, against the first SASRec and all of them together."""
+def readout_rows(run, ds, sasrecs, users, stages, variants=(), states_files=None):
+    """The run's readout alone on each split, and each variant readout's from the same prompt states
+    (read from ``states_files[split]``, an eval's cache, where given), against the first SASRec and all
+    of them together."""
+    from m6gen.commands.beam_cache import prompt_states_cached
+    from m6gen.hybrid.readout import load_readout
     from m6gen.prompts import user_vars
     from m6gen.recommender import RecommendConfig, Recommender
 
     rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(dtype="auto"), device="cpu")
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")
     profiles = [user_vars(u, ds.profiles) for u in users]
+    readouts = {f"{run}'s readout": rec.readout}
+    readouts |= {f"variant {v}": load_readout(v, rec.collaborative.table) for v in variants}
     for stage, (histories, targets) in stages.items():
-        row = ndcg_per_user(rec.readout_log_probs(histories, profiles), histories, targets)
-        print_against_sasrecs(stage, f"{run}'s readout alone ({dtype})", row, sasrecs, histories, targets)
+        if stage in (states_files or {}):  # the users missing there are computed and appended
+            states = prompt_states_cached(rec, users, histories, Path(states_files[stage]), True, ds.profiles)
+        else:
+            states = rec.prompt_states(histories, profiles)
+        for name, readout in readouts.items():
+            row = ndcg_per_user(readout.log_probs(states), histories, targets)
+            print_against_sasrecs(stage, f"{name} alone ({dtype})", row, sasrecs, histories, targets)
 
 
 def ease_rows(split, sasrecs, stages, l2s, temperatures):
@@ -93,7 +121,7 @@ def ease_rows(split, sasrecs, stages, l2s, temperatures):
     for (l2, t), value in grid.items():
         print(f"valid: all SASRecs + EASE (l2 {l2:g}, temperature {t:g}): {value:.4f}")
     l2, t = max(grid, key=grid.get)
-    for stage in ("valid", "test"):
+    for stage in stages:
         histories, targets = stages[stage]
         label = f"chosen on validation, all SASRecs + EASE (l2 {l2:g}, temperature {t:g})"
         print_against_sasrecs(stage, label, teacher_ndcg(stage, l2, t), sasrecs, histories, targets)
@@ -146,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec, (stage, path) in zip(args.beams, beams_files):
         if stage not in ("valid", "test") or not Path(path).is_file():
             raise SystemExit(f"error: --beams {spec}: expected valid=FILE or test=FILE, an existing beams file")
+    states_files = dict(spec.partition("=")[::2] for spec in args.states)
+    for stage, path in states_files.items():
+        if stage not in ("valid", "test") or not Path(path).is_file():
+            raise SystemExit(f"error: --states {stage}={path}: expected valid=FILE or test=FILE, an existing file")
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data)
     split = leave_one_out(build_histories(ds))
@@ -156,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         "valid": ([split.valid_history(u) for u in users], np.array([split.valid[u] for u in users])),
         "test": ([split.test_history(u) for u in users], np.array([split.test[u] for u in users])),
     }
+    wanted = [name.strip() for name in args.splits.split(",") if name.strip()]
+    if not wanted or set(wanted) - set(stages):
+        raise SystemExit(f"error: --splits {args.splits}: expected valid,test or valid")
+    stages = {name: stages[name] for name in wanted}
     for stage, (histories, targets) in stages.items():
         log_probs = [torch.log_softmax(torch.from_numpy(s.score(histories)), -1).numpy() for s in sasrecs]
         first = ndcg_per_user(log_probs[0], histories, targets)
@@ -180,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
                 )
     if args.readout_run:
-        readout_rows(args.readout_run, ds, sasrecs, users, stages)
+        readout_rows(args.readout_run, ds, sasrecs, users, stages, args.readout_variant, states_files)
     if args.ease_l2:
         floats = lambda text: [float(x) for x in text.split(",") if x.strip()]  # noqa: E731
         ease_rows(split, sasrecs, stages, floats(args.ease_l2), floats(args.ease_temperature))

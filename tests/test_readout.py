@@ -81,6 +81,35 @@ def test_a_distilled_readout_learns_more_from_the_teachers_distributions_than_fr
         fit_readout(states, drawn, users, table, distill=0.5)
 
 
+def test_teacher_targets_are_the_teachers_probabilities_sharpened_by_the_temperature():
+    from m6gen.hybrid.readout import teacher_targets
+
+    log_p = np.log([[0.5, 0.25, 0.25]])
+    np.testing.assert_allclose(teacher_targets(log_p).numpy(), [[0.5, 0.25, 0.25]], rtol=1e-6)
+    # p ** (1 / 0.5), normalized: 0.25, 0.0625, 0.0625 over 0.375
+    np.testing.assert_allclose(teacher_targets(log_p, 0.5).numpy(), [[2 / 3, 1 / 6, 1 / 6]], rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        teacher_targets(log_p, 0.0)
+
+
+def test_a_sharper_teacher_gives_a_sharper_readout():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(12, 4)).astype(np.float32)
+    states = rng.normal(size=(120, 10)).astype(np.float32)
+    teacher = 0.3 * (states @ rng.normal(size=(10, 4)).astype(np.float32)) @ table.T  # a flat teacher
+    users = [f"u{i // 6}" for i in range(120)]
+
+    def top_probability(temperature: float) -> float:
+        readout, fit = fit_readout(
+            states, teacher.argmax(1), users, table, epochs=100, lr=3e-2, weight_decay=0.0,
+            teacher=teacher, distill=1.0, teacher_temperature=temperature,
+        )  # fmt: skip
+        assert fit.teacher_temperature == temperature
+        return float(np.exp(readout.log_probs(states)).max(1).mean())
+
+    assert top_probability(0.25) > top_probability(1.0) + 0.1
+
+
 def test_an_mlp_readout_follows_a_teacher_no_linear_map_can():
     # the teacher's state is a nonlinear function of the prompt state (signs flipped by a product of
     # two coordinates): one linear map cannot recover it, a hidden layer can
@@ -412,6 +441,15 @@ def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
     assert main([*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec"), str(tmp_path / "more" / "ease")]) == 0
     assert not torch.equal(load_file(str(run / "readout.safetensors"))["project.weight"], with_sasrec)
     assert "distilled from 2 SASRec(s) and 1 EASE" in capsys.readouterr().out  # the run's own, one more, EASE
+    with_ease = load_file(str(run / "readout.safetensors"))["project.weight"]
+    sharper = [*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec"), str(tmp_path / "more" / "ease")]
+    sharper += ["--readout-teacher-temperature", "0.5"]  # the same teachers, only sharper
+    assert main(sharper) == 0
+    assert "at temperature 0.5" in capsys.readouterr().out
+    assert json.loads((run / "readout.json").read_text())["teacher_temperature"] == 0.5
+    assert not torch.equal(load_file(str(run / "readout.safetensors"))["project.weight"], with_ease)
+    assert main([*argv, "--readout-teacher-temperature", "0"]) == 2
+    assert "readout_teacher_temperature" in capsys.readouterr().err.strip().splitlines()[-1]
 
     assert main([*argv, "--readout-teachers", str(tmp_path)]) == 2  # no SASRec there
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the data note

@@ -60,6 +60,12 @@ class ReadoutArgs:
         "the EASEs, then the two kinds alike); an ensemble ranks better than one model",
         metavar="DIR",
     )
+    readout_teacher_temperature: float = option(
+        1.0,
+        "the teachers' distribution is softmax(their mean log-probability / T): below 1 sharper, so that the top of "
+        "their ranking weighs more than its long tail; 1 keeps it as it is",
+        metavar="T",
+    )
     readout_hidden: int = option(
         HIDDEN,
         "width of the readout's hidden layer (a two-layer MLP from the prompt state to the item table's space); "
@@ -76,12 +82,15 @@ class ReadoutArgs:
     def __post_init__(self):
         at_least(self, 1, "readout_per_user", "readout_epochs", "readout_batch_size", "readout_members")
         at_least(self, 0, "readout_lr", "readout_weight_decay", "readout_held_out", "readout_hidden")
+        at_least(self, 0, "readout_teacher_temperature")  # finite; 0 itself is refused below
         from m6gen.config import ConfigError
 
         if self.readout_held_out >= 1:
             raise ConfigError(f"readout_held_out: a fraction below 1, got {self.readout_held_out}")
         if self.readout_distill is not None and not 0 <= self.readout_distill <= 1:
             raise ConfigError(f"readout_distill: a share between 0 and 1, got {self.readout_distill}")
+        if self.readout_teacher_temperature <= 0:
+            raise ConfigError(f"readout_teacher_temperature: above 0, got {self.readout_teacher_temperature}")
 
 
 GROUPS = [DataArgs, ModelArgs, DeviceArgs, ReadoutArgs, RuntimeArgs]
@@ -152,6 +161,7 @@ def run(args) -> int:
         teacher=teacher,
         distill=distill,
         hidden=args.readout_hidden,
+        teacher_temperature=args.readout_teacher_temperature,
         progress=fitting.update,
     )
     fitting.close()
@@ -159,6 +169,8 @@ def run(args) -> int:
     head = f"MLP width {args.readout_hidden}" if args.readout_hidden else "linear"
     first, held_out = np.mean([f.first_loss for f in fits]), np.mean([f.held_out_loss for f in fits])
     source = describe_teachers(teachers) if distill else "no teacher"
+    if distill and args.readout_teacher_temperature != 1:
+        source += f" at temperature {args.readout_teacher_temperature:g}"
     print(
         f"{len(fits)} readout(s) ({head}) fitted on {fits[0].examples} pairs ({fits[0].held_out} held out), "
         f"{distill:g} of the loss distilled from {source}: held-out loss {first:.3f} -> {held_out:.3f} at epochs "

@@ -95,6 +95,7 @@ class ReadoutFit:
     first_loss: float  # the same before training: the gain is what the readout learned
     distill: float = 0.0  # the share of the loss matched to a teacher's distributions
     hidden: int = 0  # the readout's MLP width (0: one linear map)
+    teacher_temperature: float = 1.0  # the teacher's distribution was softmax(logits / this)
 
 
 def prompt_states(
@@ -241,6 +242,7 @@ def fit_readout(
     teacher: np.ndarray | None = None,
     distill: float = 0.0,
     hidden: int = 0,
+    teacher_temperature: float = 1.0,
 ) -> tuple[ItemReadout, ReadoutFit]:
     """Fit an :class:`ItemReadout` by full-softmax cross-entropy, minibatches of 256, AdamW.
 
@@ -252,6 +254,7 @@ def fit_readout(
     run's SASRec. ``distill`` of the loss is then the cross-entropy to its softmax (knowledge
     distillation: a whole distribution per pair, where the true next item gives one index; the
     readout's fit is what limits it, see docs/results.md), the rest the true next item's.
+    ``teacher_temperature``: see :func:`teacher_targets`.
     """
     if len(targets) == 0:
         raise CollaborativeError("no training prefix whose next item has a collaborative vector: nothing to fit")
@@ -261,7 +264,7 @@ def fit_readout(
     torch.manual_seed(seed)
     readout = ItemReadout(table, states.shape[1], hidden)
     x, y = torch.from_numpy(np.asarray(states, dtype=np.float32)), torch.from_numpy(targets)
-    soft = torch.softmax(torch.as_tensor(teacher, dtype=torch.float32), -1) if distill else None
+    soft = teacher_targets(teacher, teacher_temperature) if distill else None
     fit_rows = torch.nonzero(~aside).flatten()
     check_rows = torch.nonzero(aside).flatten() if aside.any() else fit_rows
     fit_x = x[fit_rows]
@@ -292,7 +295,20 @@ def fit_readout(
         if loss < best:
             best, best_epoch, best_state = loss, epoch, {k: v.clone() for k, v in readout.state_dict().items()}
     readout.load_state_dict(best_state)
-    return readout, ReadoutFit(len(targets), int(aside.sum()), best_epoch, best, first, float(distill), hidden)
+    held_out_count = int(aside.sum())
+    return readout, ReadoutFit(
+        len(targets), held_out_count, best_epoch, best, first, float(distill), hidden, teacher_temperature
+    )
+
+
+def teacher_targets(teacher: np.ndarray, temperature: float = 1.0) -> torch.Tensor:
+    """(pairs, items) float32: the distributions a readout is distilled to, softmax(logits / ``temperature``),
+    that is the teacher's probabilities raised to 1 / ``temperature`` and normalized. Below 1 they are
+    sharper: the top of a teacher's ranking weighs more than its long tail, which a flat teacher (a mean
+    with EASE) spreads thin."""
+    if temperature <= 0:
+        raise ValueError(f"teacher temperature must be above 0, got {temperature}")
+    return torch.softmax(torch.as_tensor(teacher, dtype=torch.float32) / temperature, -1)
 
 
 def fit_readouts(
