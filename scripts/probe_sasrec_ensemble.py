@@ -145,6 +145,15 @@ def beams_ndcg(path, users, targets, weight: float, rank_by: str):
     return per_user_scores(lists, targets, 10)["NDCG"]
 
 
+def split_files(flag: str, specs: list[str]) -> list[tuple[str, str]]:
+    """``SPLIT=FILE`` options as (split, file) pairs; a bad split or a missing file is a one-line error."""
+    pairs = [spec.partition("=")[::2] for spec in specs]
+    for spec, (stage, path) in zip(specs, pairs):
+        if stage not in ("valid", "test") or not Path(path).is_file():
+            raise SystemExit(f"error: {flag} {spec}: expected valid=FILE or test=FILE, an existing file")
+    return pairs
+
+
 def ndcg_per_user(scores, histories, targets):
     """Per-user NDCG@10 of ``scores`` over the whole catalog, each user's history excluded."""
     import numpy as np
@@ -170,14 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     from m6gen.ranking.metrics import paired_bootstrap
 
     args = make_parser().parse_args(argv)
-    beams_files = [spec.partition("=")[::2] for spec in args.beams]  # (split, file)
-    for spec, (stage, path) in zip(args.beams, beams_files):
-        if stage not in ("valid", "test") or not Path(path).is_file():
-            raise SystemExit(f"error: --beams {spec}: expected valid=FILE or test=FILE, an existing beams file")
-    states_files = dict(spec.partition("=")[::2] for spec in args.states)
-    for stage, path in states_files.items():
-        if stage not in ("valid", "test") or not Path(path).is_file():
-            raise SystemExit(f"error: --states {stage}={path}: expected valid=FILE or test=FILE, an existing file")
+    beams_files = split_files("--beams", args.beams)
+    states_files = dict(split_files("--states", args.states))
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data)
     split = leave_one_out(build_histories(ds))
