@@ -503,6 +503,31 @@ def test_eval_searches_with_the_readout_and_chooses_among_its_rows_on_validation
     assert any(b[4] != 0 for user in beams for b in user)  # the prior column is the readout's
 
 
+def test_eval_without_the_plain_beams_decodes_and_chooses_only_the_searches(hybrid_run, tmp_path, capsys):
+    """--plain-beams false: the plain search is not decoded, --choose-on-valid picks among the searched
+    rows, and every row left is the one an eval decoding the plain beams too gives (same cache files)."""
+    from m6gen.commands.eval import main
+    from m6gen.commands.eval_rows import READOUT_ROW
+
+    run, _ = hybrid_run
+    argv = ["--model", str(run), "--no-progress", "--beams", "4", "--baselines", "", "--dtype", "float32"]
+    argv += ["--decode-prior", "Readout", "--decode-blend", "1", "--choose-on-valid"]
+    both, searched = tmp_path / "both", tmp_path / "searched"
+    assert main([*argv, "--out", str(both)]) == 0
+    assert main([*argv, "--out", str(searched), "--plain-beams", "false"]) == 0
+    names = lambda folder: sorted(p.name for p in folder.glob("*.jsonl"))  # noqa: E731
+    assert names(searched) == [n for n in names(both) if not n.startswith("beams_") or "readout1" in n]
+    rows, all_rows = (json.loads((f / "eval_test.json").read_text()) for f in (searched, both))
+    assert not any(row.startswith("m6gen beams") for row in rows)
+    m6gen_rows = [row for row in rows if row.startswith("m6gen") and not row.startswith("m6gen, chosen")]
+    assert READOUT_ROW in m6gen_rows and len(m6gen_rows) > 2
+    assert all(rows[row] == all_rows[row] for row in m6gen_rows)
+    chosen = next(row for row in rows if row.startswith("m6gen, chosen on valid: "))
+    assert "Readout in decoding" in chosen
+    assert main([*argv[:-5], "--out", str(searched), "--plain-beams", "false"]) == 2  # nothing to decode
+    assert "plain_beams: false" in capsys.readouterr().err
+
+
 def test_the_readout_alone_reads_the_state_the_search_starts_from(hybrid_run, tiny_dirs):
     """Recommender.readout_log_probs: the readout on each prompt's last state, the same state the
     search's prefill hands its prior (one batch, padded alike)."""

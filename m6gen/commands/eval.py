@@ -84,6 +84,12 @@ class EvalArgs:
         "the run's own collaborative readout on the same prompts (m6gen fit-readout; no SASRec needed), or "
         "SASRec+Readout: both, each at the row's weight",
     )
+    plain_beams: bool = option(
+        True,
+        "decode the plain search (no prior) too: its rows (ranked by each beam score, --blend, --weights) are "
+        "tabled and are --choose-on-valid's candidates; false, with --decode-blend: only the searches with the "
+        "prior are decoded (about half the decoding), and the choice is among their rows",
+    )
     choose_on_valid: bool = option(
         False,
         "with --split test: evaluate every row on the validation split first and add a test row for the m6gen row "
@@ -105,6 +111,8 @@ class EvalArgs:
                 if not ok:
                     raise ConfigError(f"{name}: expected a comma list of numbers >= 0, got {part!r}")
         parse_weights(self.weights)
+        if not self.plain_beams and not self.decode_blend.strip():
+            raise ConfigError("plain_beams: false leaves nothing to decode without --decode-blend weights")
 
 
 GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, EvalArgs, SASRecArgs, RuntimeArgs]

@@ -38,7 +38,8 @@ class Decodings:
     profiles: dict | None
     progress: bool
     dtype: str  # what --dtype auto became: beams of another dtype are other beams
-    searches: list[Search]  # the plain search first (plan_searches)
+    fingerprint: str  # the plain beams' (plan_searches), which also names the prompt states' cache
+    searches: list[Search]  # the plain search first, unless --plain-beams false (plan_searches)
     cold: np.ndarray | None = None
     states: dict[str, np.ndarray] = field(default_factory=dict)  # per split, once decoded: the prompt states
 
@@ -77,7 +78,7 @@ class Decodings:
     def _prompt_states(self, name: str, users: list[str], histories: list[list[int]]) -> np.ndarray:
         """(users, width): the prompt states on split ``name`` where every search starts, cached beside
         the plain beams and named by the same fingerprint (a refitted readout reads the same states)."""
-        path = self.out / f"states_{self._tag(name)}-{self.searches[0].file_tag}.jsonl"
+        path = self.out / f"states_{self._tag(name)}-{self.fingerprint}.jsonl"
         return prompt_states_cached(self.rec, users, histories, path, self.progress, self.profiles, self.procs)
 
     def _tag(self, name: str) -> str:
@@ -89,15 +90,16 @@ class Decodings:
 
 
 def plan_searches(args, rec, out: Path, prior, retriever, data_folder) -> tuple[str, list[Search]]:
-    """(the plain beams' fingerprint, the searches): the plain one, and one per ``--decode-blend``
-    weight searched with ``prior`` (a function of histories, or None for the run's readout alone).
+    """(the plain beams' fingerprint, the searches): the plain one (unless ``--plain-beams false``), and
+    one per ``--decode-blend`` weight searched with ``prior`` (a function of histories, or None for the
+    run's readout alone).
     Each cache is named by a fingerprint of the model, template, retriever and data options, and a
     searched one also of its prior."""
     data_options = f"{args.format}|{args.title_field}|{args.dedupe}|{args.min_history}|{args.unknown_items}"
     if args.new_items:  # other histories: other beams
         data_options += f"|new{args.new_items:g}"
     fingerprint = cache_fingerprint(args.model, rec.template.path, retriever, data_folder, extra=data_options)
-    searches = [Search(PLAIN, fingerprint)]
+    searches = [Search(PLAIN, fingerprint)] if args.plain_beams else []
     weights = [float(w) for w in args.decode_blend.split(",") if w.strip()]
     if weights:
         with_prior = f"{fingerprint}.{_prior_fingerprint(args, out)}"  # the prior's beams also depend on the prior

@@ -135,17 +135,19 @@ class Evaluation:
         k = max(self.ks)
         for peer, lists in self.peer_rankings(histories, exclude, k).items():
             score(peer, lists, table=peer not in scores.rows)  # tabled here unless run_baselines did, on these users
-        ranked = m6gen_rankings(
-            decoded.pop(PLAIN),
-            histories,
-            seen,
-            sasrec=self.sasrec,
-            blend=self.blend,
-            weights=parse_weights(args.weights),
-            features=features,
-            score_col=self.score_col,
-            k=k,
-        )
+        ranked = {}
+        if PLAIN in decoded:  # not decoded with --plain-beams false
+            ranked = m6gen_rankings(
+                decoded.pop(PLAIN),
+                histories,
+                seen,
+                sasrec=self.sasrec,
+                blend=self.blend,
+                weights=parse_weights(args.weights),
+                features=features,
+                score_col=self.score_col,
+                k=k,
+            )
         searched = self.decodings.searched_rows
         for row, beams in decoded.items():  # searched with a prior: ranked by score + w * prior, as searched
             ranked.update(searched_rankings(row, beams, searched[row], self.score_col))
@@ -301,7 +303,7 @@ def prepare(args) -> Evaluation:
         rec=rec,
         out=out,
         procs=procs,
-        decodings=Decodings(rec, out, procs, ds.profiles, args.progress, dtype, searches, cold),
+        decodings=Decodings(rec, out, procs, ds.profiles, args.progress, dtype, fingerprint, searches, cold),
         peers=peers,
         sasrec=sasrec,
         ease=ease,
