@@ -45,14 +45,13 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def top_items(scores, histories, k: int = 10):
-    """(users, k): each row's best ``k`` items, its history excluded."""
+def top_items(scores, histories, k: int = 10) -> list:
+    """Each row's best ``k`` items, its history excluded (the peers' own top-k)."""
     import numpy as np
 
-    scores = np.array(scores, dtype=np.float64)
-    for row, history in enumerate(histories):
-        scores[row, np.asarray(history, dtype=np.int64)] = -np.inf
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    from m6gen.ranking.top import mask_items, top_k
+
+    return top_k(mask_items(np.array(scores, dtype=np.float64), histories), k)
 
 
 def overlap(tops, others) -> float:
@@ -83,7 +82,7 @@ class Judge:
     def ndcg(self, scores) -> float:
         from m6gen.ranking.metrics import per_user_scores
 
-        return float(per_user_scores(list(top_items(scores, self.histories)), self.targets, 10)["NDCG"].mean())
+        return float(per_user_scores(top_items(scores, self.histories), self.targets, 10)["NDCG"].mean())
 
     def line(self, label: str, scores, log_probs=None) -> str:
         agree = overlap(top_items(scores, self.histories), self.teacher_top)

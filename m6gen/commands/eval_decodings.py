@@ -38,7 +38,7 @@ class Decodings:
     profiles: dict | None
     progress: bool
     dtype: str  # what --dtype auto became: beams of another dtype are other beams
-    fingerprint: str  # the plain beams' (plan_searches), which also names the prompt states' cache
+    fingerprint: str  # the plain beams' (plan_searches): names the prompt states' cache; the config records it
     searches: list[Search]  # the plain search first, unless --plain-beams false (plan_searches)
     cold: np.ndarray | None = None
     states: dict[str, np.ndarray] = field(default_factory=dict)  # per split, once decoded: the prompt states

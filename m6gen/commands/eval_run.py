@@ -68,7 +68,6 @@ class Evaluation:
     content: object  # eval_new_items.ContentPeers
     cold: np.ndarray | None  # --cold-only: the only items ranked
     retriever: str | None  # the candidate retriever of the prompts (--candidates, or the run's own)
-    fingerprint: str  # names the plain beams' cache (and the resolved config records it)
     ks: tuple[int, ...] = (5, 10, 20)
 
     @property
@@ -311,7 +310,6 @@ def prepare(args) -> Evaluation:
         content=content,
         cold=cold,
         retriever=retriever,
-        fingerprint=fingerprint,
     )
 
 
@@ -365,7 +363,7 @@ def write_settings(ev: Evaluation, chosen: str | None, chosen_valid: float | Non
             "max_history": rec.config.max_history,
             "retriever": ev.retriever,
             "n_users": len(ev.users(args.split)),
-            "beam_cache_fingerprint": ev.fingerprint,
+            "beam_cache_fingerprint": ev.decodings.fingerprint,
             "cold_items": len(ev.cold) if ev.cold is not None else None,
         },
     }
