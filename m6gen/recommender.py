@@ -247,6 +247,7 @@ class Recommender:
         prior_weight: float | None = None,
         desc: str = "generating",
         readout_weight: float | None = None,
+        on_states=None,
     ) -> list[list[Hypothesis]]:
         """Up to ``num_beams`` catalog items per history, ranked by ``config.rank_by``: the beams
         :meth:`recommend` reranks.
@@ -261,6 +262,9 @@ class Recommender:
         recommender's own with ``prior="own"``, else 0). With a prior too, the search's log-prior is
         ``prior_weight * prior + readout_weight * readout`` at weight 1. With a retriever every one of
         its candidates is scored (the search keeps ``n_candidates`` beams, limited to them).
+        ``on_states``: called per batch with the batch's indices into ``histories`` and their prompt
+        states, read from the search's own prefill: what :meth:`prompt_states` computes, at no second
+        forward. Not with a retriever, whose prompts also list its candidates.
         """
         import torch
         from tqdm.auto import tqdm
@@ -282,6 +286,8 @@ class Recommender:
         cfg = self.config
         search_by = "catalog" if cfg.rank_by == "catalog" else "logprob"
         cands = self.candidates(histories)
+        if on_states is not None and cands is not None:
+            raise ValueError("on_states: a retriever's prompts list its candidates; use prompt_states()")
         if cands is not None:  # only the retriever's items, all of them
             limit = cands if allowed is None else [np.intersect1d(c, g) for c, g in zip(cands, allowed)]
         else:
@@ -297,6 +303,7 @@ class Recommender:
                 batch = order[s : s + cfg.batch_size]
                 hist = [histories[i] for i in batch]
                 log_prior, weight = self._search_prior(prior, prior_weight, readout_weight, hist)
+                states = [] if on_states is not None else None
                 with torch.no_grad():
                     beams = constrained_beam_search(
                         self.model,
@@ -309,7 +316,10 @@ class Recommender:
                         pad_token_id=self.tokenizer.pad_token_id,
                         prior=log_prior,
                         prior_weight=weight,
+                        states_out=states,
                     )
+                if on_states is not None:
+                    on_states(batch.tolist(), states[0])
                 for i, b in zip(batch, beams):
                     searched = log_prior is not None and cfg.rank_by != "normalized"
                     out[i] = b if searched else rank_hypotheses(b, cfg.rank_by)

@@ -630,6 +630,73 @@ def test_eval_reads_the_readout_rows_states_once_and_caches_them(hybrid_run, tin
     assert json.loads((tmp_path / "eval_valid.json").read_text())[READOUT_ROW] == first
 
 
+def _readout_eval_argv(run, out):
+    argv = ["--model", str(run), "--out", str(out), "--no-progress", "--beams", "4", "--baselines", ""]
+    argv += ["--blend", "", "--weights", "", "--decode-prior", "Readout", "--decode-blend", "1", "--split", "valid"]
+    return [*argv, "--dtype", "float32", "--plain-beams", "false"]
+
+
+def _cached_states(out):
+    import base64
+
+    (cache,) = out.glob("states_valid-*.jsonl")
+    lines = [json.loads(x) for x in cache.read_text().splitlines()]
+    states = np.stack([np.frombuffer(base64.b64decode(x["state"]), "<f4") for x in lines])
+    return cache, [x["user_id"] for x in lines], states
+
+
+def test_eval_keeps_the_prompt_states_its_search_read_at_the_prefill(hybrid_run, tiny_dirs, tmp_path, monkeypatch):
+    """The readout-alone row's states come from the searches' own prefill: no second forward reads the
+    prompts, and the cache holds what that forward would have given, in the users' order."""
+    from m6gen.commands.eval import main
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    run, _ = hybrid_run
+
+    def no_forward(self, *args, **kwargs):
+        raise AssertionError("the prompt states were read by a second forward")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Recommender, "prompt_states", no_forward)
+        assert main(_readout_eval_argv(run, tmp_path)) == 0
+    _, users, got = _cached_states(tmp_path)
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    assert users == split.users
+    rec = Recommender.from_pretrained(run, ds.catalog, RecommendConfig(dtype="float32"), device="cpu")
+    want = rec.prompt_states([split.valid_history(u) for u in split.users])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_resumed_eval_writes_each_prompt_state_once(hybrid_run, tmp_path, monkeypatch):
+    """Killed between a batch's states and its beams, the redone batch's states are not appended twice;
+    a state missing beside finished beams is read by the states pass, for that user alone."""
+    from m6gen.commands.eval import main
+    from m6gen.recommender import Recommender
+
+    run, _ = hybrid_run
+    argv = _readout_eval_argv(run, tmp_path)
+    assert main(argv) == 0
+    cache, users, whole = _cached_states(tmp_path)
+    (beams,) = tmp_path.glob("beams_valid-*.jsonl")
+    beams.write_text("".join(beams.read_text().splitlines(keepends=True)[:-1]))  # the last user's beams lost
+    assert main(argv) == 0
+    assert _cached_states(tmp_path)[1] == users  # once each
+    cache.write_text("".join(cache.read_text().splitlines(keepends=True)[:-1]))  # the last user's state lost
+    asked = []
+    real = Recommender.prompt_states
+
+    def counted(self, histories, *args, **kwargs):
+        asked.append(len(histories))
+        return real(self, histories, *args, **kwargs)
+
+    monkeypatch.setattr(Recommender, "prompt_states", counted)
+    assert main(argv) == 0
+    assert asked == [1]
+    _, again, states = _cached_states(tmp_path)
+    assert again == users
+    np.testing.assert_allclose(states, whole, atol=1e-5)
+
+
 def test_eval_searches_with_sasrec_and_the_readout_together(hybrid_run, tiny_dirs, tmp_path):
     import torch
 

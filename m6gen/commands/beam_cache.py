@@ -24,6 +24,7 @@ def generate_cached(
     procs=None,
     allowed=None,
     readout_weight: float = 0.0,
+    states_path: Path | None = None,
 ) -> dict[str, list[list[float]]]:
     """Beams per user, generated once and appended to ``path`` (JSONL); resumes after a kill.
 
@@ -31,10 +32,21 @@ def generate_cached(
     ``allowed``: the only items any user's beams may name (an index array; None: the catalog). Under
     ``torchrun`` (``procs``: :class:`~m6gen.commands.common.Processes`) each process generates every
     ``count``-th missing user into its own shard of ``path``, which the main process then appends.
+    ``states_path``: a :func:`prompt_states_cached` file to which each user's prompt state, read at
+    the search's own prefill, is appended too (not with a retriever: its prompts differ).
     """
+    from m6gen.commands.common import Processes
     from m6gen.prompts import user_vars
 
+    procs = procs or Processes()
+    sink = _StatesSink(states_path, procs) if states_path is not None else None
+
     def beams(chunk_users, chunk_histories):
+        states = {}  # row in the chunk -> its prompt state, as the search's batches read them
+
+        def keep(rows, batch_states):
+            states.update(zip(rows, batch_states))
+
         lists = rec.generate(
             chunk_histories,
             profiles=[user_vars(u, profiles) for u in chunk_users],
@@ -42,7 +54,10 @@ def generate_cached(
             prior=prior,
             prior_weight=prior_weight,
             readout_weight=readout_weight,
+            on_states=keep if sink is not None else None,
         )
+        if sink is not None:
+            sink.append(chunk_users, [states[r] for r in range(len(chunk_users))])
         return [[[b.item, b.logprob, b.normalized, b.catalog, b.prior] for b in bl] for bl in lists]
 
     batching = {"batch_size": rec.config.batch_size, "progress": progress, "procs": procs}
@@ -57,12 +72,44 @@ def prompt_states_cached(rec, users, histories, path: Path, progress: bool, prof
 
     def states(chunk_users, chunk_histories):
         profiles_ = [user_vars(u, profiles) for u in chunk_users]
-        got = rec.prompt_states(chunk_histories, profiles_)
-        return [base64.b64encode(np.ascontiguousarray(s, dtype="<f4").tobytes()).decode("ascii") for s in got]
+        return [_encode_state(s) for s in rec.prompt_states(chunk_histories, profiles_)]
 
     batching = {"batch_size": rec.config.batch_size, "progress": progress, "procs": procs}
     cached = cached_per_user(path, users, histories, states, field="state", desc="prompt states", **batching)
     return np.stack([np.frombuffer(base64.b64decode(cached[u]), dtype="<f4") for u in users])
+
+
+def _encode_state(state: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(state, dtype="<f4").tobytes()).decode("ascii")
+
+
+class _StatesSink:
+    """Appends prompt states read at a search's prefill to a :func:`prompt_states_cached` file (this
+    process's shard under ``torchrun``), each user once: after a kill between a batch's states and its
+    beams, the redone batch's states are not written twice. The states pass then computes only the
+    users still missing."""
+
+    def __init__(self, path: Path, procs):
+        from m6gen.outputs import done_users
+
+        if procs.is_main:
+            merge_shards(path)  # a killed sharded run's states count as done
+        procs.wait_for_everyone()
+        self.target = shard_path(path, procs)
+        self.done = {u for p in {path, self.target} for u in done_users(p, fix="delete it to compute them again")}
+
+    def append(self, users: list[str], states: list[np.ndarray]) -> None:
+        from m6gen.files import append_synced
+
+        new = [(u, s) for u, s in zip(users, states) if u not in self.done]
+        lines = [json.dumps({"user_id": u, "state": _encode_state(s)}) + "\n" for u, s in new]
+        append_synced(self.target, "".join(lines))
+        self.done.update(u for u, _ in new)
+
+
+def shard_path(path: Path, procs) -> Path:
+    """Where this process appends its share of ``path``'s users: ``path`` itself when alone."""
+    return path if procs.count == 1 else path.with_name(f"{path.name}.shard{procs.index}of{procs.count}")
 
 
 def cached_per_user(
@@ -83,7 +130,7 @@ def cached_per_user(
     procs.wait_for_everyone()
     done = set(done_users(path, fix=f"delete it to compute those {field}s again"))
     todo = [(u, x) for u, x in zip(users, inputs) if u not in done][procs.index :: procs.count]
-    target = path if procs.count == 1 else path.with_name(f"{path.name}.shard{procs.index}of{procs.count}")
+    target = shard_path(path, procs)
     share = len(users[procs.index :: procs.count])  # this process's part of the users, done ones included
     bar = tqdm(
         total=share,

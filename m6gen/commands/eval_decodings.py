@@ -52,6 +52,10 @@ class Decodings:
         """Beams per user of each search on split ``name`` (row -> per user an (n, 5) array of [item,
         logprob, normalized, catalog, prior]), generated once and shared among processes."""
         decoded = {}
+        states = self.out / f"states_{self._tag(name)}-{self.fingerprint}.jsonl"
+        # each search appends the prompt states it reads at its prefill, for users not there yet; not with
+        # a retriever, whose prompts also list its candidates (the states pass reads them without)
+        from_search = states if self.rec.readout is not None and self.rec.retriever is None else None
         for search in self.searches:
             cached = generate_cached(
                 self.rec,
@@ -65,21 +69,17 @@ class Decodings:
                 procs=self.procs,
                 allowed=self.cold,
                 readout_weight=search.readout_weight,
+                states_path=from_search,
             )
             # Older caches hold 4 columns (no prior); a user with no beam gives an empty (0, 5) array.
             decoded[search.row] = [
                 np.array([b[:4] + [b[4] if len(b) > 4 else 0.0] for b in cached[u]], dtype=np.float64).reshape(-1, 5)
                 for u in users
             ]
-        if self.rec.readout is not None:  # for the readout-alone row; each process computes its share
-            self.states[name] = self._prompt_states(name, users, histories)
+        if self.rec.readout is not None:  # the readout-alone row's; computed for users the searches left
+            args = (self.rec, users, histories, states, self.progress, self.profiles, self.procs)
+            self.states[name] = prompt_states_cached(*args)
         return decoded
-
-    def _prompt_states(self, name: str, users: list[str], histories: list[list[int]]) -> np.ndarray:
-        """(users, width): the prompt states on split ``name`` where every search starts, cached beside
-        the plain beams and named by the same fingerprint (a refitted readout reads the same states)."""
-        path = self.out / f"states_{self._tag(name)}-{self.fingerprint}.jsonl"
-        return prompt_states_cached(self.rec, users, histories, path, self.progress, self.profiles, self.procs)
 
     def _tag(self, name: str) -> str:
         config = self.rec.config

@@ -295,6 +295,7 @@ def constrained_beam_search(
     prior_weight: float = 1.0,
     share_prompt: bool | None = None,
     stats: dict | None = None,
+    states_out: list | None = None,
 ) -> list[list[Hypothesis]]:
     """Up to ``num_beams`` distinct catalog items per prompt, best first by ``search_by``.
 
@@ -318,6 +319,8 @@ def constrained_beam_search(
             None (default): wherever the model's architecture supports it.
         stats: if given, filled with seconds spent in the model (``model_s``) and in the
             constraint bookkeeping (``constraint_s``), the number of ``steps`` and ``rows`` run.
+        states_out: if given, the prompts' last hidden states ((users, width) float32 array, from the
+            prefill: what a readout reads) are appended to it, so no second forward computes them.
     """
     import time
     from contextlib import nullcontext
@@ -341,8 +344,11 @@ def constrained_beam_search(
     prompt_length = np.array([len(p) for p in prompt_ids])
     timing = _Timing(prompt_tokens=int(prompt_length.sum()))
     clock = time.perf_counter()
-    decoder = Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt, keep_states=from_states)
+    keep_states = from_states or states_out is not None
+    decoder = Decoder.prefill(model, prompt_ids, pad_token_id, share_prompt, keep_states=keep_states)
     timing.model_s += time.perf_counter() - clock
+    if states_out is not None:
+        states_out.append(decoder.prompt_states.cpu().numpy())
     if from_states:
         constraint = _Constraint.build(trie, banned, allowed, prior(decoder.prompt_states), prior_weight)
     timing.prefill_s = timing.model_s
