@@ -93,22 +93,6 @@ class Judge:
         return text
 
 
-def sasrec_states(sasrec, histories):
-    """(rows, d) float32: a SASRec's state after each history (what a state token starts from)."""
-    import numpy as np
-    import torch
-
-    from m6gen.baselines.sasrec import _pad_left
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(histories), 512):
-            batch = histories[s : s + 512]
-            width = max(1, min(sasrec.config.max_len, max(len(h) for h in batch)))
-            out.append(sasrec.model.eval()(_pad_left(batch, width))[:, -1].numpy())
-    return np.concatenate(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     from types import SimpleNamespace
 
@@ -184,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     valid_histories = splits["valid"][0]
     inputs = {
         "the language model's last layer (fit-readout's input)": (last_layer, prompt_states["valid"]),
-        "the run's SASRec's state": (sasrec_states(own, pairs.histories), sasrec_states(own, valid_histories)),
+        "the run's SASRec's state": (own.states(pairs.histories, 512), own.states(valid_histories, 512)),
         f"the {len(sasrecs)} SASRecs' states side by side": (
-            np.concatenate([sasrec_states(s, pairs.histories) for s in sasrecs], 1),
-            np.concatenate([sasrec_states(s, valid_histories) for s in sasrecs], 1),
+            np.concatenate([s.states(pairs.histories, 512) for s in sasrecs], 1),
+            np.concatenate([s.states(valid_histories, 512) for s in sasrecs], 1),
         ),
     }
     teacher = teacher_log_probs(teachers, pairs.histories)

@@ -89,18 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s)"
     )
 
-    def sasrec_states(histories) -> torch.Tensor:
-        from m6gen.baselines.sasrec import _pad_left
-
-        with torch.no_grad():
-            out = []
-            for s in range(0, len(histories), 512):
-                batch = histories[s : s + 512]
-                width = max(1, min(sasrec.config.max_len, max(len(h) for h in batch)))
-                out.append(sasrec.model.eval()(_pad_left(batch, width))[:, -1])
-        return torch.cat(out)
-
-    train_state, valid_state = sasrec_states(pairs.histories), sasrec_states(valid_histories)
+    train_state = torch.from_numpy(sasrec.states(pairs.histories, 512))
+    valid_state = torch.from_numpy(sasrec.states(valid_histories, 512))
     width = embedding.text.weight.shape[1]
     torch.manual_seed(0)
     fresh = _projector(sasrec.config.hidden, embedding.hidden, width, torch.zeros(0))

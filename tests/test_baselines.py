@@ -113,6 +113,20 @@ def test_padding_and_batching_do_not_change_scores(cyclic_model):
     torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-5)
 
 
+def test_states_are_what_the_scores_are_made_from(cyclic_model):
+    rec, _ = cyclic_model
+    hist = [[3, 4], [7], list(range(12)), [], [0, 9, 1]]
+    states = rec.states(hist)
+    assert states.shape == (5, rec.config.hidden) and states.dtype == np.float32
+    with torch.no_grad():
+        logits = rec.model.logits(torch.from_numpy(states)).numpy()
+    np.testing.assert_allclose(logits, rec.score(hist), rtol=1e-5, atol=1e-5)
+    # the state after a history is its own, whatever batch it is read in
+    np.testing.assert_allclose(rec.states(hist, batch_size=2), states, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rec.states([[7]])[0], states[1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(states[0], states[1])
+
+
 def test_empty_history_scores_are_finite(cyclic_model):
     rec, _ = cyclic_model
     assert np.isfinite(rec.score([[]])).all()

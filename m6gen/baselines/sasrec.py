@@ -153,19 +153,31 @@ class SASRec:
     @torch.no_grad()
     def score(self, histories: Sequence[History]) -> np.ndarray:
         """(users, n_items) float32 logits of the next item after each history (empty history allowed)."""
+        out = np.empty((len(histories), self.n_items), dtype=np.float32)
+        for start, hidden in self._batch_states(histories, self.config.eval_batch_size):
+            out[start : start + len(hidden)] = self.model.logits(hidden).numpy()
+        return out
+
+    @torch.no_grad()
+    def states(self, histories: Sequence[History], batch_size: int | None = None) -> np.ndarray:
+        """(users, hidden) float32: the state after each history's most recent item, which ``score``
+        turns into logits and a collaborative state token starts from."""
+        out = np.empty((len(histories), self.config.hidden), dtype=np.float32)
+        for start, hidden in self._batch_states(histories, batch_size or self.config.eval_batch_size):
+            out[start : start + len(hidden)] = hidden.numpy()
+        return out
+
+    def _batch_states(self, histories: Sequence[History], batch_size: int):
+        """Yields (first row, (B, hidden) states) batch by batch, in float32."""
         _check_items(histories, self.n_items)
         self.model.eval()
-        out = np.empty((len(histories), self.n_items), dtype=np.float32)
-        bs = self.config.eval_batch_size
         # float32 even inside a caller's CPU autocast (e.g. m6gen train's validation): same scores everywhere
         with torch.autocast("cpu", enabled=False):
-            for s in range(0, len(histories), bs):
-                batch = histories[s : s + bs]
+            for s in range(0, len(histories), batch_size):
+                batch = histories[s : s + batch_size]
                 # pad only to the longest history in the batch: saves work, and scores do not depend on it
                 width = max(1, min(self.config.max_len, max(len(h) for h in batch)))
-                hidden = self.model(_pad_left(batch, width))[:, -1]  # (B, d): state after the most recent item
-                out[s : s + len(batch)] = self.model.logits(hidden).numpy()
-        return out
+                yield s, self.model(_pad_left(batch, width))[:, -1]
 
     def recommend(
         self, histories: Sequence[History], k: int, exclude: Sequence[set[int] | History] | None = None
