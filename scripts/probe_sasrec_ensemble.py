@@ -27,6 +27,12 @@ its ``readout.safetensors``, ``readout.json`` and ``adapter_model.safetensors``,
 ``--beams SPLIT=FILE`` adds one m6gen row from an ``m6gen eval`` folder's cached beams (a search with a
 prior: ``--rank-by`` score + ``--weight`` x prior, as the eval ranks it), compared with the first SASRec
 and with all of them together: the fair peer of a readout distilled from all of them.
+
+``--teacher-ease DIR --lm-weights 0,0.1,0.3,1`` asks whether the language model's titles add anything to
+the collaborative teacher: each ``--beams`` list is ranked by the teacher's log-probability (the SASRecs
+and the saved EASE, kind by kind, as ``fit-readout`` distils from) + a x the beam's ``--rank-by`` score
+(relative to the user's best beam), for each a; the a best on validation is then scored on test, against
+the first SASRec and the teacher alone over the whole catalog. a 0 is the teacher limited to the beams.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="valid,test", help="the splits scored: valid,test or valid (no test item read)")
     p.add_argument("--ease-l2", default="", help="comma list of EASE L2 penalties to try ('' for no EASE rows)")
     p.add_argument("--ease-temperature", default="3", help="comma list of EASE teacher temperatures to try")
+    p.add_argument("--teacher-ease", default=None, help="a saved EASE folder joining the SASRecs as the teacher")
+    p.add_argument("--lm-weights", default="", help="comma list of the beams' LM score weights on the teacher")
     return p
 
 
@@ -145,6 +153,54 @@ def beams_ndcg(path, users, targets, weight: float, rank_by: str):
     return per_user_scores(lists, targets, 10)["NDCG"]
 
 
+def beams_on_teacher(beams_files, users, stages, teachers, weights, rank_by: str) -> None:
+    """Each beams file's items ranked by the teachers' log-probability + a x the LM's ``rank_by`` score
+    (relative to the user's best beam), for each a in ``weights``; the a best on validation is scored on
+    every split, against the first teacher (a SASRec) and all the teachers over the whole catalog."""
+    import json
+
+    import numpy as np
+
+    from m6gen.commands.eval_rows import SCORE_COLUMNS
+    from m6gen.commands.fit_readout import teacher_log_probs
+    from m6gen.ranking.metrics import paired_bootstrap, per_user_scores
+
+    col = dict((name, c) for c, name in SCORE_COLUMNS)[rank_by]
+    rows: dict[tuple[str, float], np.ndarray] = {}
+    peers = {}
+    for stage, path in beams_files:
+        histories, targets = stages[stage]
+        teacher = teacher_log_probs(teachers, histories)
+        peers[stage] = (
+            ndcg_per_user(teachers[0].score(histories), histories, targets),
+            ndcg_per_user(teacher, histories, targets),
+        )
+        beams = {row["user_id"]: np.asarray(row["beams"], dtype=np.float64) for row in map(json.loads, open(path))}
+        for a in weights:
+            lists = []
+            for row, user in enumerate(users):
+                items, first = np.unique(beams[user][:, 0].astype(np.int64), return_index=True)
+                lm = beams[user][first, col]
+                lists.append(items[np.argsort(-(teacher[row, items] + a * (lm - lm.max())), kind="stable")][:10])
+            rows[(stage, a)] = per_user_scores(lists, targets, 10)["NDCG"]
+            print(
+                f"{stage}: teacher + {a:g} x LM {rank_by} over the beams of {Path(path).name}: "
+                f"{rows[(stage, a)].mean():.4f}"
+            )
+    valid = [a for stage, a in rows if stage == "valid"]
+    if not valid:
+        return
+    chosen = max(valid, key=lambda a: rows[("valid", a)].mean())
+    for stage in peers:
+        row, (first, teacher) = rows[(stage, chosen)], peers[stage]
+        for peer, against in (("the first SASRec", first), (f"the teacher ({len(teachers)} models)", teacher)):
+            b = paired_bootstrap(row, against)
+            print(
+                f"{stage}: chosen on validation, teacher + {chosen:g} x LM {rank_by} {row.mean():.4f}: "
+                f"{b['ratio']:.3f} x {peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
+            )
+
+
 def split_files(flag: str, specs: list[str]) -> list[tuple[str, str]]:
     """``SPLIT=FILE`` options as (split, file) pairs; a bad split or a missing file is a one-line error."""
     pairs = [spec.partition("=")[::2] for spec in specs]
@@ -218,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{stage}: m6gen (w {args.weight:g}, rank by {args.rank_by}) {row.mean():.4f}: {b['ratio']:.3f} x "
                     f"{peer} ({against.mean():.4f}) [{b['ratio_low']:.3f}, {b['ratio_high']:.3f}]"
                 )
+    if args.lm_weights:
+        from m6gen.baselines.ease import load_ease
+
+        if not args.teacher_ease:
+            raise SystemExit("error: --lm-weights: give --teacher-ease DIR (a saved EASE folder)")
+        teachers = [*sasrecs, load_ease(args.teacher_ease, len(ds.catalog))]
+        weights = [float(x) for x in args.lm_weights.split(",") if x.strip()]
+        beams_on_teacher([b for b in beams_files if b[0] in stages], users, stages, teachers, weights, args.rank_by)
     if args.readout_run:
         readout_rows(args.readout_run, ds, sasrecs, users, stages, args.readout_variant, states_files)
     if args.ease_l2:
