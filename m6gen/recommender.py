@@ -169,7 +169,15 @@ class Recommender:
         if readout_weight > 0 and readout is None:
             from m6gen.model import ModelError
 
-            raise ModelError(f"readout_weight: {model} has no collaborative readout (m6gen fit-readout --model <run>)")
+            named = model if model is not None else "the default model"
+            if run is None:
+                raise ModelError(
+                    f"readout_weight: {named} is not a trained run, so it has no collaborative readout "
+                    "(m6gen train --cf-source ..., then m6gen fit-readout --model <run>)"
+                )
+            raise ModelError(
+                f"readout_weight: {named} has no collaborative readout (m6gen fit-readout --model {named})"
+            )
         return cls(
             lm,
             tokenizer,

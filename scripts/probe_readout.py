@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.distill:  # the run's SASRec, as fit-readout's, on each pair's whole training history
         from m6gen.commands.fit_readout import distillation_teacher
 
-        teacher = distillation_teacher(rec, len(ds.catalog)).score(pairs.histories)
+        teacher = distillation_teacher(rec, split, len(ds.catalog)).score(pairs.histories)
         for share in (float(x) for x in args.distill.split(",")):
             for hidden in (int(x) for x in args.hidden.split(",")):
                 head = f", MLP width {hidden}" if hidden else ""

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     temperature = float(info.get("teacher_temperature", 1.0))
     ds, split = load_data(SimpleNamespace(model=args.model, groups={DataArgs: DataArgs()}))
     rec = Recommender.from_pretrained(args.model, ds.catalog, RecommendConfig(dtype="auto"), device="cpu")
-    own = distillation_teacher(rec, len(ds.catalog))
+    own = distillation_teacher(rec, split, len(ds.catalog))
     teachers = [own] + [extra_teacher(folder, split, len(ds.catalog)) for folder in args.teachers]
     dtype = str(next(rec.model.parameters()).dtype).removeprefix("torch.")
     print(

@@ -43,8 +43,9 @@ sasrec_pair() {
         "$M6GEN" baselines --methods SASRec --sasrec-seed "$s" --threads 1 --out "runs/sasrec-seeds/seed$s" &
         pids+=($!)
     done
-    local pid
-    for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed seed stops the recipe here
+    local pid failed=0
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done  # both finish before a failure stops the recipe
+    return "$failed"
 }
 
 # The eval reuses the run's own SASRec (seed 0, the one its tokens come from) rather than training another.

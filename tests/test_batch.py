@@ -154,6 +154,20 @@ def test_users_file(world, tmp_path):
     assert [json.loads(x)["user_id"] for x in out.read_text().splitlines()] == ["u3", "u1"]
 
 
+def test_users_named_on_the_command_line(world, tmp_path, capsys):
+    """--users 196,186 names users as demo and prompts take them, without writing a file."""
+    out = tmp_path / "named.jsonl"
+    assert run(world, out, "--users", "u3,u1") == 0
+    assert [json.loads(x)["user_id"] for x in out.read_text().splitlines()] == ["u3", "u1"]
+    assert run(world, tmp_path / "x.jsonl", "--users", "u1,nobody") == 2
+    assert "unknown user id 'nobody'" in capsys.readouterr().err
+    ids = tmp_path / "ids.txt"
+    ids.write_text("u1\n")
+    assert run(world, tmp_path / "x.jsonl", "--users", "u1", "--users-file", str(ids)) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
 def test_bad_users_file_is_one_line_error(world, tmp_path, capsys):
     ids = tmp_path / "ids.txt"
     ids.write_text("u1\nnobody\n")
@@ -296,7 +310,8 @@ def test_a_folder_as_users_file_says_so(tmp_path):
 
 
 def test_settings_name_the_default_data_and_ignore_a_weight_without_sasrec():
-    """Leaving --data out and naming the default folder are the same data; --sasrec-weight alone changes nothing."""
+    """Leaving --data out and naming the default folder are the same data; the SASRec weight without a
+    SASRec changes nothing (and a weight other than the default is refused: test_cli's BAD_VALUES)."""
     from m6gen.commands import recommend
     from m6gen.commands.common import parse
     from m6gen.commands.recommend import settings_of
@@ -305,7 +320,7 @@ def test_settings_name_the_default_data_and_ignore_a_weight_without_sasrec():
     def args(*argv):  # the options as `m6gen recommend` parses them
         return parse(recommend.GROUPS, "m6gen recommend", "", list(argv))
 
-    a = args("--output", "x.jsonl", "--sasrec-weight", "5")
+    a = args("--output", "x.jsonl", "--sasrec-weight", "1")
     b = args("--output", "x.jsonl", "--data", str(default_data_dir(must_exist=False)))
     assert settings_of(a) == settings_of(b)
     assert settings_of(args("--output", "x.jsonl", "--k", "5"))["k"] == 5  # and it reads the options it is given

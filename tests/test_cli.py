@@ -88,6 +88,9 @@ BAD_VALUES = [
     (["data", "--min-history", "-1"], "--min-history"),
     (["data", "--format", "bogus"], "--format"),
     (["recommend", "--output", "x.jsonl", "--sasrec-weight", "nan"], "--sasrec-weight"),
+    (["recommend", "--output", "x.jsonl", "--sasrec-weight", "5"], "--sasrec-weight"),  # weighs no --sasrec
+    (["chat", "--sasrec-weight", "10"], "--sasrec-weight"),
+    (["fit-readout", "--max-users", "0"], "--max-users"),
     (["recommend", "--output", "x.jsonl", "--diversity", "-5"], "--diversity"),
     (["recommend", "--output", "x.jsonl", "--n-candidates", "0"], "--n-candidates"),
     (["recommend", "--output", "x.jsonl", "--max-users", "0"], "--max-users"),
@@ -109,6 +112,12 @@ def test_bad_option_values_name_the_option_in_one_line(capsys):
         assert err.count("\n") == 1 and err.startswith("error: "), (argv, err)
         assert f"argument {flag}:" in err or f" {field}:" in err, (argv, err)
         assert "usage:" not in err and "Traceback" not in err, argv
+
+
+def test_version(capsys):
+    from m6gen import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"m6gen {__version__}\n"
 
 
 def test_renamed_and_removed_options_are_refused(capsys):

@@ -270,8 +270,8 @@ def test_peers_use_the_same_data_options(world, tmp_path):
 
 
 def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys):
-    """A rerun reuses the folder's SASRec, and so its beam cache; other data trains SASRec again (once reused
-    silently)."""
+    """A rerun reuses the folder's SASRec, and so its beam cache, and says which; other data trains SASRec
+    again."""
     from helpers import save_tiny_model, write_world_data
 
     def world(name, shift):  # user u's step s is item u * shift + s: other shifts, other training interactions
@@ -295,9 +295,15 @@ def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys)
         "--no-progress",
     ]
     assert main(["--data", str(world("a", 1)), *argv]) == 0
+    assert f"SASRec: training it on these interactions, then saving it in {out / 'baselines' / 'sasrec'}" in (
+        capsys.readouterr().out
+    )  # said even under --no-progress: it takes minutes
     caches = sorted(out.glob("beams_*.jsonl"))
     stamp = (out / "baselines" / "sasrec" / "sasrec.json").stat().st_mtime_ns
     assert main(["--data", str(tmp_path / "a"), *argv]) == 0
+    assert f"SASRec: {out / 'baselines' / 'sasrec'} (trained on these interactions with these settings; reused)" in (
+        capsys.readouterr().out
+    )
     assert sorted(out.glob("beams_*.jsonl")) == caches  # the same SASRec, not saved again: the cache is reused
     assert (out / "baselines" / "sasrec" / "sasrec.json").stat().st_mtime_ns == stamp
     capsys.readouterr()

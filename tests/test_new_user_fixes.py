@@ -123,6 +123,11 @@ def test_demo_steers_the_untuned_model_with_a_cached_quick_sasrec(world, tmp_pat
     assert "quick SASRec prior: trained" in first and "searched with a quick SASRec" in first
     cached = list((tmp_path / "cache").glob("demo-sasrec-*/sasrec.json"))
     assert len(cached) == 1 and not list((tmp_path / "cache").glob("demo-sasrec-*/resume.pt"))
+    from m6gen.commands.demo import QUICK_SASREC_EPOCHS
+
+    config = json.loads(cached[0].read_text())["config"]  # a fixed length, the same on a slow machine
+    assert config["epochs"] == QUICK_SASREC_EPOCHS and config["time_budget_s"] is None
+    assert "logp: the language model's log-probability of the title alone" in first  # the columns are named
     assert main(argv) == 0
     assert "(cached)" in capsys.readouterr().out
     assert main([*argv, "--no-quick-prior"]) == 0

@@ -374,8 +374,9 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
     torch.manual_seed(0)
     SASRec(N_ITEMS, SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=6, dropout=0.0)).save(tmp_path / "sasrec")
     train(tiny_config(tiny_dirs, tmp_path / "run", template="hybrid", cf_source=str(tmp_path / "sasrec"), epochs=1))
-    catalog = tiny_world(tiny_dirs, "hybrid")[1].catalog
-    teacher = distillation_teacher(Recommender.from_pretrained(tmp_path / "run", catalog, device="cpu"), N_ITEMS)
+    _, dataset, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    run = Recommender.from_pretrained(tmp_path / "run", dataset.catalog, device="cpu")
+    teacher = distillation_teacher(run, split, N_ITEMS)
     saved = SASRec.load(tmp_path / "sasrec")
     np.testing.assert_array_equal(teacher.score([[1, 2, 3]]), saved.score([[1, 2, 3]]))
     argv = ["--model", str(tmp_path / "run"), "--readout-epochs", "3", "--no-progress"]
@@ -383,6 +384,9 @@ def test_fit_readout_distils_from_the_runs_sasrec(tiny_dirs, tmp_path, capsys):
 
     assert main(argv) == 0
     assert json.loads((tmp_path / "run" / "readout.json").read_text())["distill"] == 0.9  # the default here
+    everyone = json.loads((tmp_path / "run" / "readout.json").read_text())["examples"]
+    assert main([*argv, "--max-users", "3", "--readout-members", "1"]) == 0  # a quick trial on 3 users' pairs
+    assert 0 < json.loads((tmp_path / "run" / "readout.json").read_text())["examples"] < everyone
     linear = ["--readout-hidden", "0", "--readout-members", "1"]  # one linear map
     assert main([*argv, "--readout-distill", "1", *linear]) == 0
     distilled = load_file(str(tmp_path / "run" / "readout.safetensors"))["project.weight"]
@@ -409,7 +413,7 @@ def test_teacher_log_probs_averages_the_teachers_log_softmax():
     np.testing.assert_allclose(teacher_log_probs([one, two], histories), expected.numpy(), rtol=1e-6)
 
 
-def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
+def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys, monkeypatch):
     """--readout-teachers adds saved SASRecs to the run's own as the teacher; a folder that is no SASRec,
     or one trained on other interactions, or teachers without distillation, are one-line errors."""
     from safetensors.torch import load_file
@@ -451,12 +455,24 @@ def test_fit_readout_distils_from_more_teachers(tiny_dirs, tmp_path, capsys):
     assert main([*argv, "--readout-teacher-temperature", "0"]) == 2
     assert "readout_teacher_temperature" in capsys.readouterr().err.strip().splitlines()[-1]
 
-    assert main([*argv, "--readout-teachers", str(tmp_path)]) == 2  # no SASRec there
-    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the data note
-    assert "--readout-teachers" in error and "sasrec.json missing" in error
+    assert main([*argv, "--readout-teachers", str(tmp_path)]) == 2  # no SASRec or EASE there
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--readout-teachers" in error and "holds no saved SASRec or EASE" in error
+    capsys.readouterr()
+    from m6gen.recommender import Recommender
+
+    with monkeypatch.context() as patch:  # refused before the model is loaded
+        patch.setattr(Recommender, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+        assert main([*argv, "--readout-teachers", str(tmp_path / "nowhere")]) == 2
+    assert f"--readout-teachers: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     (tmp_path / "more" / "baselines.json").write_text(json.dumps({"train_split": "0123456789ab"}))
     assert main([*argv, "--readout-teachers", str(tmp_path / "more" / "sasrec")]) == 2
     assert "other interactions" in capsys.readouterr().err
+    # the run's own SASRec is held to the same record: fitting on other data than it saw is refused
+    (tmp_path / "own" / "baselines.json").write_text(json.dumps({"train_split": "0123456789ab"}))
+    assert main(argv) == 2
+    assert "the run's SASRec" in capsys.readouterr().err
+    (tmp_path / "own" / "baselines.json").write_text(json.dumps({"train_split": split_fingerprint(split)}))
     no_distill = ["--model", str(run), "--no-progress", "--readout-distill", "0"]
     assert main([*no_distill, "--readout-teachers", str(tmp_path / "own" / "sasrec")]) == 2
     assert "--readout-distill 0" in capsys.readouterr().err
@@ -478,6 +494,8 @@ def test_readout_errors_are_one_line(hybrid_run, tiny_dirs, tmp_path, capsys):
 
     with pytest.raises(ModelError, match="no collaborative readout"):
         Recommender.from_pretrained(tmp_path / "plain", catalog, device="cpu", readout_weight=1.0)
+    with pytest.raises(ModelError, match=f"{model_dir} is not a trained run, so it has no collaborative readout"):
+        Recommender.from_pretrained(model_dir, catalog, device="cpu", readout_weight=1.0)  # named, not None
     from m6gen.commands.eval import main as eval_main
 
     argv = ["--model", str(tmp_path / "plain"), "--out", str(tmp_path / "e"), "--no-progress", "--beams", "4"]

@@ -21,6 +21,8 @@ RUN = "runs/hybrid-state-r32-400"
 FAKE_M6GEN = r"""#!/usr/bin/env bash
 echo "m6gen $*" >> calls.log
 for arg in "$@"; do [ -n "${FAIL_ON:-}" ] && [ "$arg" = "$FAIL_ON" ] && exit 3; done
+# SLOW_ON: that command lets go of the recipe's output (so the caller sees the recipe end) and finishes late
+for arg in "$@"; do [ -n "${SLOW_ON:-}" ] && [ "$arg" = "$SLOW_ON" ] && exec >/dev/null 2>&1 && sleep 2; done
 case "$1" in
   baselines) while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done
              mkdir -p "$out" && echo '{}' > "$out/baselines.json" ;;
@@ -110,6 +112,13 @@ def test_a_failed_step_stops_the_recipe_before_the_next(workdir):
     commands = [line.split()[1] for line in calls(workdir)]
     assert "train" not in commands
     assert not (workdir / RUN / "train_summary.json").exists()
+
+
+def test_a_failed_seed_lets_its_partner_finish_before_the_recipe_stops(workdir):
+    """Seeds train two at a time: when the first fails, the second is waited for, not left running."""
+    failed = run_recipe(workdir, FAIL_ON="3", SLOW_ON="4")
+    assert failed.returncode != 0
+    assert (workdir / "runs" / "sasrec-seeds" / "seed4" / "baselines.json").is_file()
 
 
 def test_outside_the_repository_root_it_says_where_to_run(tmp_path):

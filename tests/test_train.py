@@ -925,6 +925,25 @@ def test_the_end_of_train_says_what_to_run_next_and_when_validation_did_not_impr
     assert "note:" not in next_steps(better) and "note:" not in next_steps({**worse, "untuned": None})
 
 
+def test_a_run_with_collaborative_tokens_is_told_to_fit_its_readout_first(tmp_path):
+    """A --cf-source run's best rows rank with its readout: the end of train names fit-readout first,
+    and every hinted command parses."""
+    from m6gen.commands.registry import all_groups, command
+    from m6gen.commands.train import next_steps
+    from m6gen.config import ConfigParser
+    from m6gen.hybrid.placeholders import INFO_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / INFO_FILE).write_text("{}")
+    text = next_steps({"output_dir": str(run), "untuned": None, "last_eval": None})
+    hinted = [line.split("#")[0].split() for line in text.splitlines() if line.startswith("  m6gen ")]
+    assert [argv[1] for argv in hinted] == ["fit-readout", "chat", "recommend", "eval"]
+    for argv in hinted:
+        module = command(argv[1])
+        ConfigParser(module.GROUPS, prog=f"m6gen {argv[1]}", every_group=all_groups()).parse(argv[2:])
+
+
 def test_a_killed_run_is_told_what_continues_it(tmp_path):
     """A run killed while the model loaded was told to --resume, which then found no run there."""
     from m6gen.commands.train import interrupted_hint

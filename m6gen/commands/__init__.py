@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in COMMANDS:
             print(f"  {name:<13} {command(name).HELP}")
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from m6gen import __version__
+
+        print(f"m6gen {__version__}")
+        return 0
     if argv[0] not in COMMANDS:
         print(f"m6gen: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

@@ -333,8 +333,11 @@ def trained_peers(args, out: Path, ds, split, methods: list[str]):
         )  # an older record
         if same:
             sasrec = SASRec.load(saved)  # trained by an earlier eval in this folder on these train items
+            print(f"SASRec: {saved} (trained on these interactions with these settings; reused)")
         else:
             print(f"note: {saved} was trained on other data; training SASRec again", file=sys.stderr)
+    if "SASRec" in methods and sasrec is None:
+        print(f"SASRec: training it on these interactions, then saving it in {saved} (minutes on a CPU)")
     base = run_baselines(
         args.data,
         config=cfg,

@@ -77,12 +77,18 @@ class ReadoutArgs:
         "the search averages: one fit's ranking moves with its seed",
     )
     readout_batch_size: int = option(16, "prompts per forward pass")
+    max_users: int | None = option(
+        None,
+        "fit on the first N users' pairs only (default: all): a quick trial, whose readout is weaker and whose "
+        "prompt states replace the run's cached ones",
+    )
     readout_seed: int = option(0, "seed of the held-out users and the minibatches")
 
     def __post_init__(self):
         at_least(self, 1, "readout_per_user", "readout_epochs", "readout_batch_size", "readout_members")
         at_least(self, 0, "readout_lr", "readout_weight_decay", "readout_held_out", "readout_hidden")
         at_least(self, 0, "readout_teacher_temperature")  # finite; 0 itself is refused below
+        at_least(self, 1, "max_users", optional=True)
         from m6gen.config import ConfigError
 
         if self.readout_held_out >= 1:
@@ -110,6 +116,8 @@ def run(args) -> int:
 
     if not args.model or trained_run_config(args.model) is None:
         raise UsageError("--model: a trained m6gen run folder (m6gen train --cf-source ...) is needed")
+    for folder in args.readout_teachers:  # before the model loads
+        check_teacher_folder(folder)
     t0 = time.perf_counter()
     ds, split = load_data(args)
     rec = Recommender.from_pretrained(args.model, ds.catalog, RecommendConfig(dtype=args.dtype), device=args.device)
@@ -118,7 +126,7 @@ def run(args) -> int:
     table = rec.collaborative.table
     if args.readout_teachers and args.readout_distill == 0:
         raise UsageError("--readout-teachers: nothing is distilled with --readout-distill 0")
-    own = distillation_teacher(rec, len(ds.catalog)) if args.readout_distill != 0 else None
+    own = distillation_teacher(rec, split, len(ds.catalog)) if args.readout_distill != 0 else None
     teachers = [own] if own is not None else []
     teachers += [extra_teacher(folder, split, len(ds.catalog)) for folder in args.readout_teachers]
     distill = args.readout_distill
@@ -129,7 +137,8 @@ def run(args) -> int:
             f"--readout-distill: --model {args.model} has no SASRec to distil from (no state tokens, and its "
             f"collaborative source {table.source} is not a saved SASRec folder); give --readout-teachers"
         )
-    windows = training_windows(split.train, args.readout_per_user, table.known, rec.config.max_history)
+    train = {u: split.train[u] for u in split.users[: args.max_users]} if args.max_users else split.train
+    windows = training_windows(train, args.readout_per_user, table.known, rec.config.max_history)
     pairs = readout_pairs(rec, ds.profiles, windows)
 
     def read_states():
@@ -173,8 +182,9 @@ def run(args) -> int:
         source += f" at temperature {args.readout_teacher_temperature:g}"
     print(
         f"{len(fits)} readout(s) ({head}) fitted on {fits[0].examples} pairs ({fits[0].held_out} held out), "
-        f"{distill:g} of the loss distilled from {source}: held-out loss {first:.3f} -> {held_out:.3f} at epochs "
-        f"{', '.join(str(f.epochs) for f in fits)}; saved in {args.model} ({time.perf_counter() - t0:.0f} s)"
+        f"{distill:g} of the loss distilled from {source}: held-out loss {first:.3f} -> {held_out:.3f} at "
+        f"epoch{'s' if len(fits) > 1 else ''} {', '.join(str(f.epochs) for f in fits)}; saved in {args.model} "
+        f"({time.perf_counter() - t0:.0f} s)"
     )
     return 0
 
@@ -244,17 +254,53 @@ def cached_states(folder: Path, key: str, read):
     return states
 
 
-def distillation_teacher(rec, n_items: int):
+def distillation_teacher(rec, split, n_items: int):
     """The SASRec to distil from: the one behind the run's state tokens, else its --cf-source folder
-    when that is a saved SASRec; None without one."""
+    when that is a saved SASRec; None without one. Its source folder's record must name ``split``'s
+    training interactions, as every --readout-teachers folder's must."""
     from pathlib import Path
 
     from m6gen.baselines.sasrec import load_sasrec
 
-    if rec.collaborative.has_states:
-        return rec.collaborative.sequence
     source = Path(rec.collaborative.table.source)
-    return load_sasrec(source, n_items) if (source / "sasrec.json").is_file() else None
+    if rec.collaborative.has_states:
+        teacher = rec.collaborative.sequence
+    elif (source / "sasrec.json").is_file():
+        teacher = load_sasrec(source, n_items)
+    else:
+        return None
+    check_same_interactions(source, split, f"the run's SASRec ({source})")
+    return teacher
+
+
+def check_teacher_folder(folder: str) -> None:
+    """A one-line error unless ``folder`` holds a saved SASRec or EASE."""
+    from m6gen.baselines.ease import is_ease_folder
+    from m6gen.commands.common import UsageError
+
+    path = Path(folder)
+    if not path.exists():
+        raise UsageError(f"--readout-teachers: {folder} does not exist")
+    if not (path / "sasrec.json").is_file() and not is_ease_folder(path):
+        raise UsageError(
+            f"--readout-teachers: {folder} holds no saved SASRec or EASE (sasrec.json or ease.json): "
+            "m6gen baselines --out DIR saves them in DIR/sasrec and DIR/ease"
+        )
+
+
+def check_same_interactions(folder, split, what: str) -> None:
+    """A one-line error where ``m6gen baselines`` recorded (``../baselines.json``) that the model in
+    ``folder`` was trained on other interactions than ``split``'s training ones: it may have seen
+    validation or test items, or the run was trained on other data than the one given."""
+    from m6gen.baselines.run import recorded_split, split_fingerprint
+    from m6gen.commands.common import UsageError
+
+    saw = recorded_split(folder)
+    if saw is not None and saw != split_fingerprint(split):
+        raise UsageError(
+            f"{what} was trained on other interactions than these training ones (it may have seen validation "
+            "or test items): give the data options the run was trained with, or train it with these"
+        )
 
 
 def extra_teacher(folder: str, split, n_items: int):
@@ -262,21 +308,16 @@ def extra_teacher(folder: str, split, n_items: int):
     DIR/sasrec and DIR/ease). One trained on other interactions than ``split``'s training ones (recorded
     by ``m6gen baselines`` in ``../baselines.json``) may have seen validation or test items, so it is an error."""
     from m6gen.baselines.ease import is_ease_folder, load_ease
-    from m6gen.baselines.run import recorded_split, split_fingerprint
     from m6gen.baselines.sasrec import load_sasrec
     from m6gen.commands.common import UsageError
     from m6gen.model import ModelError
 
+    check_teacher_folder(folder)
     try:
         teacher = load_ease(folder, n_items) if is_ease_folder(folder) else load_sasrec(folder, n_items)
     except ModelError as err:
         raise UsageError(f"--readout-teachers: {err}") from None
-    saw = recorded_split(folder)
-    if saw is not None and saw != split_fingerprint(split):
-        raise UsageError(
-            f"--readout-teachers: {folder} was trained on other interactions than this run's training ones "
-            "(it may have seen validation or test items): train it with the same data options"
-        )
+    check_same_interactions(folder, split, f"--readout-teachers: {folder}")
     return teacher
 
 

@@ -51,6 +51,7 @@ class RecommendArgs:
     _argument_group_name = "recommend"
 
     output: str = option(help="output file: .jsonl or .csv (appended; resumes after a kill)")
+    users: str | None = option(None, "comma-separated user ids, e.g. 196,186 (default: all users)")
     users_file: str | None = option(None, "file with one user id per line (default: all users)")
     max_users: int | None = option(None, "only the first N users (default: all)")
     history: Literal["full", "test", "valid"] = option(
@@ -64,6 +65,10 @@ class RecommendArgs:
 
     def __post_init__(self):
         at_least(self, 1, "max_users", optional=True)
+        if self.users is not None and self.users_file is not None:
+            from m6gen.config import ConfigError
+
+            raise ConfigError("users: give --users or --users-file, not both")
 
 
 GROUPS = [DataArgs, PromptArgs, ModelArgs, DeviceArgs, DecodeArgs, PriorArgs, RerankArgs, RuntimeArgs, RecommendArgs]
@@ -163,6 +168,7 @@ def run(args) -> int:
         item_features,
         load_data,
         load_recommender,
+        pick_users,
         required_cold_items,
         resolve_prompt_args,
     )
@@ -186,7 +192,12 @@ def run(args) -> int:
         raise UserListError(f"{output}: cannot create its folder ({why})") from None
     state = Processes()
     ds, split = load_data(args)
-    users = read_user_ids(args.users_file, set(split.train), ds.interactions) if args.users_file else split.users
+    if args.users is not None:
+        users = pick_users(split, args.users, 0, ds.interactions)
+    elif args.users_file:
+        users = read_user_ids(args.users_file, set(split.train), ds.interactions)
+    else:
+        users = split.users
     users = users[: args.max_users] if args.max_users else users
     if not users:
         raise UsageError(

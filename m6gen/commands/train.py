@@ -53,11 +53,13 @@ def interrupted_hint(output_dir: str) -> str:
 
 def next_steps(summary: dict) -> str:
     """What to run with the new folder, and a plain word when validation did not beat the untuned model."""
+    from m6gen.hybrid.placeholders import INFO_FILE
     from m6gen.training.model_card import usage_commands
 
     out = summary["output_dir"]
     lines = [f"saved {out} (its README.md says what was trained); next:"]
-    lines += [f"  {command}   # {what}" for command, what in usage_commands(out)]
+    collaborative = (Path(out) / INFO_FILE).is_file()  # trained with --cf-source
+    lines += [f"  {command}   # {what}" for command, what in usage_commands(out, collaborative)]
     untuned, last = summary.get("untuned"), summary.get("last_eval")
     if untuned and last and last["step"] > 0:
         metric = next(key for key in last if key.startswith("NDCG@"))

@@ -167,6 +167,10 @@ class PriorArgs:
 
     def __post_init__(self):
         at_least(self, 0, "sasrec_weight", "readout_weight")
+        if self.sasrec is None and self.sasrec_weight != 1.0:  # a weight of nothing would be silently ignored
+            raise ConfigError(
+                f"sasrec_weight: {self.sasrec_weight:g} weighs nothing without --sasrec (a saved SASRec folder)"
+            )
 
 
 MAX_WEIGHT = 1000.0  # a reranker weight's bound: far past any useful trade-off; larger ones overflow to inf
