@@ -244,6 +244,7 @@ def cached_states(folder: Path, key: str, read):
     if path.is_file():
         print(f"prompt states read from {path} (delete it to read them again)")
         return np.load(path)
+    print(f"prompt states: one forward per prompt, once; then kept in {path.name} for later fits")
     states = read()
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(states, dtype=np.float32))
