@@ -244,6 +244,36 @@ def test_killed_fit_keeps_the_best_model_and_resumes_to_the_same_weights(tmp_pat
     assert resumed.stopped == whole.stopped == "epochs"
 
 
+def test_a_killed_fit_on_other_interactions_is_not_continued(tmp_path, monkeypatch, capsys):
+    """A training killed on one split (say, the standard one) and started again on another (--new-items
+    holds interactions out) starts over: continuing would train on what the second split holds out."""
+    import m6gen.baselines.sasrec as sasrec_module
+
+    histories = cyclic_histories()
+    other = leave_one_out({u: h[1:] for u, h in histories.items()})  # other training interactions
+    split = leave_one_out(histories)
+    config = tiny(epochs=4, patience=100)
+    fresh = fit(split, N, config, valid=True, progress=False)
+
+    real_check, calls = sasrec_module.validation_ndcg, []
+
+    def check_then_die(rec, split_):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_check(rec, split_)
+
+    monkeypatch.setattr(sasrec_module, "validation_ndcg", check_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(other, N, config, valid=True, progress=False, checkpoint=tmp_path / "ck")
+    monkeypatch.setattr(sasrec_module, "validation_ndcg", real_check)
+    again = fit(split, N, config, valid=True, progress=False, checkpoint=tmp_path / "ck")
+    assert "SASRec training on other interactions; starting again" in capsys.readouterr().err
+    assert [e["epoch"] for e in again.log] == [1, 2, 3, 4]  # every epoch on these interactions
+    for name, weight in fresh.model.state_dict().items():  # as if the folder had been empty
+        assert torch.equal(weight, again.model.state_dict()[name]), name
+
+
 def test_fit_says_why_it_stopped():
     split = leave_one_out(cyclic_histories())
     assert "patience" in fit(split, N, tiny(epochs=50, patience=1, lr=1e-9), progress=False).stopped

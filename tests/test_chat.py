@@ -385,6 +385,17 @@ def test_fuzz_no_line_crashes_the_session(new_session, tmp_path, monkeypatch, li
     assert all(0 <= i < len(s.catalog) for i in s.history) and len(set(s.history)) == len(s.history)
 
 
+def test_a_command_word_with_a_stray_argument_is_not_a_loose_title(new_session):
+    """'rec 5' once added the closest title by fuzzy match, and 'quit now' offered titles to choose."""
+    s = new_session()
+    for line, takes in (("rec 5", "rec takes no argument"), ("history please", "history takes no argument")):
+        assert s.handle(line) is True
+        assert f"error: {takes}; to add a title, type `add {line}`" in s.out.getvalue()
+    assert s.handle("quit now") is True and "quit takes no argument" in s.out.getvalue()
+    assert s.handle("why me") is True and "why takes a rank number" in s.out.getvalue()
+    assert s.history == [] and s.pending == []
+
+
 def test_slash_commands(new_session):
     """'/quit' and '/help' are commands, an unknown '/word' an error: never a title added by fuzzy match."""
     s = new_session()

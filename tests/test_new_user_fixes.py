@@ -46,6 +46,35 @@ def test_rewriting_the_tuned_config_keeps_the_users_comments(tmp_path):
     assert yaml.safe_load(text) == {"template": "sequence", "beams": 10, "max_history": 20}
 
 
+def test_rewriting_a_tuned_config_keeps_its_grouped_keys_where_they_are(tmp_path):
+    """A recipe that nests its options under group headings (prompts:) was given a second, top-level
+    template key, which the config loader then refused as given twice."""
+    import yaml
+
+    path = tmp_path / "nested.yaml"
+    path.write_text(
+        "prompts:\n  template: titles   # old\n  max_history: 10\ndecoding:\n  beams: 5\n", encoding="utf-8"
+    )
+    record_best(path, "sequence", 5)
+    assert yaml.safe_load(path.read_text(encoding="utf-8")) == {
+        "prompts": {"template": "sequence", "max_history": 5},
+        "decoding": {"beams": 5},
+    }
+    assert "# old" in path.read_text(encoding="utf-8")
+
+
+def test_tune_prompts_checks_where_it_will_write_before_scoring(world, tmp_path, capsys):
+    from m6gen.commands import main
+
+    data, model = world
+    target = tmp_path / "missing" / "m6gen.yaml"
+    argv = ["tune-prompts", "--data", str(data), "--model", str(model), "--tune-users", "2", "--beams", "3"]
+    assert main([*argv, "--template", "titles", "--history-lengths", "3", "--write-config", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert f"--write-config {target}: its folder {target.parent} does not exist" in captured.err
+    assert "best:" not in captured.out  # refused before any scoring
+
+
 def test_a_candidate_template_is_known_to_need_a_retriever():
     lib = TemplateLibrary()
     assert lib.load_template("candidates").reads("candidates")

@@ -148,3 +148,17 @@ def test_the_api_docs_render_without_a_network(browser, page_url):
     paths = {e.get_attribute("data-path") or e.text for e in browser.find_elements(*operations)}
     assert {"/recommend", "/items", "/explain", "/info"} <= paths, paths
     shot(browser, "5-api-docs")
+
+
+def test_a_server_default_above_the_sliders_range_is_shown_and_sent(browser, tmp_path):
+    """serve --diversity 3: the page once clamped it to its slider's 1 and sent 1."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    world = load_world(write_serve_data(tmp_path / "data"), beams=8)
+    options = {"k": 5, "diversity": 3.0, "novelty": 0.0}
+    with live_server(create_app(*world, ServeArgs(max_wait_ms=1), options=options)) as base:
+        browser.get(base)
+        wait = WebDriverWait(browser, WAIT)
+        wait.until(lambda d: d.find_element(By.ID, "diversity-value").text == "3.00")
+        assert float(browser.find_element(By.ID, "diversity").get_attribute("value")) == 3.0

@@ -18,6 +18,7 @@ import copy
 import io
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -300,8 +301,9 @@ def fit(
     opt = torch.optim.AdamW(rec.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     state, best_state = _FitState(), None
     folder = Path(checkpoint) if checkpoint is not None else None
+    interactions = _interactions_fingerprint(split)
     if folder is not None and (folder / "resume.pt").is_file():
-        state, best_state, rng = _resume(folder, rec, opt, config)
+        state, best_state, rng = _resume(folder, rec, opt, config, interactions)
     start = time.perf_counter() - state.seconds
     bar = tqdm(range(state.epoch + 1, config.epochs + 1), desc="SASRec", disable=not progress, leave=False)
     for epoch in bar:
@@ -328,7 +330,7 @@ def fit(
         elif out_of_time:
             state.stopped = f"time budget ({config.time_budget_s:g} s)"
         if folder is not None:
-            _save_resume(folder, rec, opt, state, best_state, rng)
+            _save_resume(folder, rec, opt, state, best_state, rng, interactions)
         if state.stopped != "epochs":
             break
     bar.close()
@@ -356,12 +358,19 @@ def _train_epoch(model, opt, windows: torch.Tensor, rng: np.random.Generator, ba
     return total / count
 
 
-def _save_resume(folder: Path, rec: SASRec, opt, state: _FitState, best_state, rng) -> None:
+def _interactions_fingerprint(split: Split) -> str:
+    from m6gen.baselines.run import split_fingerprint  # here: run.py imports this module
+
+    return split_fingerprint(split)
+
+
+def _save_resume(folder: Path, rec: SASRec, opt, state: _FitState, best_state, rng, interactions: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(
         {
             "config": asdict(rec.config),
+            "train_split": interactions,
             "state": asdict(state),
             "model": rec.model.state_dict(),
             "optimizer": opt.state_dict(),
@@ -376,10 +385,19 @@ def _save_resume(folder: Path, rec: SASRec, opt, state: _FitState, best_state, r
     write_atomic(folder / "resume.pt", buf.getvalue())
 
 
-def _resume(folder: Path, rec: SASRec, opt, config: SASRecConfig):
+def _resume(folder: Path, rec: SASRec, opt, config: SASRecConfig, interactions: str):
+    """The state of a killed training in ``folder``, continued only on the same training interactions:
+    one that saw others (another data set, or the new items that --new-items holds out) starts again."""
     saved = torch.load(folder / "resume.pt", map_location="cpu", weights_only=False)
     if saved["config"] != asdict(config):
         raise ValueError(f"{folder}: holds a SASRec run with another configuration; delete it or choose another folder")
+    if saved.get("train_split") != interactions:
+        print(
+            f"note: {folder / 'resume.pt'} was a SASRec training on other interactions; starting again",
+            file=sys.stderr,
+        )
+        (folder / "resume.pt").unlink()
+        return _FitState(), None, np.random.default_rng(config.seed)
     rec.model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     rng = np.random.default_rng()

@@ -158,15 +158,26 @@ class ChatSession:
             if word not in NO_ARG and word not in WITH_ARG:
                 raise ChatError(f"unknown command /{word}; type help for the commands")
         elif word in NO_ARG and arg:  # "Clear and Present Danger", "Open Water": a title
-            word, arg = "add", line
+            self._title_after_command_word(word, line)
+            return True
         elif word == "why" and not arg.lstrip("+-").isdigit() and arg:  # "why we fight": a title
-            word, arg = "add", line
+            self._title_after_command_word(word, line)
+            return True
         elif word not in NO_ARG and word not in WITH_ARG:
             word, arg = "add", line
         if word in ("quit", "exit"):
             return False
         getattr(self, "cmd_" + {"?": "help", "settings": "set"}.get(word, word))(arg)
         return True
+
+    def _title_after_command_word(self, word: str, line: str) -> None:
+        """A line that starts with a command word and goes on is a title only where a title starts with
+        it ("Clear and Present Danger"); a loose match ("rec 5" -> "Reckless") is a mistyped command."""
+        how, _ = self.matcher.match(line)
+        if how in ("fuzzy", "none"):
+            takes = "a rank number, e.g. `why 1`" if word == "why" else "no argument"
+            raise ChatError(f"{word} takes {takes}; to add a title, type `add {line}`")
+        self.cmd_add(line)
 
     # ------------------------------------------------------------------ history
     def cmd_help(self, _arg: str) -> None:

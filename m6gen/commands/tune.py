@@ -98,6 +98,8 @@ def run(args) -> int:
     from m6gen.recommender import RecommendConfig, Recommender
 
     lib = TemplateLibrary(args.templates)
+    if args.write_config:  # before minutes of scoring, not after
+        check_config_target(Path(args.write_config))
     if args.max_history is not None:
         raise UsageError(
             "--max-history: tune-prompts tries each of --history-lengths (now "
@@ -251,9 +253,20 @@ def short_train(args, template: str, max_history: int, with_cf: bool = False):
         shutil.rmtree(out, ignore_errors=True)
 
 
+def check_config_target(path: Path) -> None:
+    """A one-line error unless --write-config can be written: its folder exists and it is not a folder."""
+    from m6gen.commands.common import UsageError
+
+    if path.is_dir():
+        raise UsageError(f"--write-config {path}: is a folder; name a .yaml file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--write-config {path}: its folder {path.parent} does not exist")
+
+
 def record_best(path: Path, template: str, max_history: int, templates: str | None = None) -> None:
     """Set ``template``, ``max_history`` (and ``templates``) in the YAML file ``path``, keeping every
-    other line, comments included; keys not there yet are appended."""
+    other line, comments included, and a key's place under a group heading (``prompts:``) where the
+    file nests it there; keys not there yet are appended at the top level."""
     import json
     import re
 
@@ -265,11 +278,11 @@ def record_best(path: Path, template: str, max_history: int, templates: str | No
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     for key, value in values.items():
         text = f"{key}: {json.dumps(value, ensure_ascii=False)}"  # JSON scalars are YAML scalars
-        pattern = re.compile(rf"^{key}\s*:[^#]*(#.*)?$")
+        pattern = re.compile(rf"^(\s*){key}\s*:[^#]*(#.*)?$")
         hits = [i for i, line in enumerate(lines) if pattern.match(line)]
         for i in hits:
-            comment = pattern.match(lines[i]).group(1)
-            lines[i] = f"{text}  {comment}" if comment else text
+            indent, comment = pattern.match(lines[i]).groups()
+            lines[i] = f"{indent}{text}  {comment}" if comment else f"{indent}{text}"
         if not hits:
             lines.append(text)
     write_atomic(path, "\n".join(lines) + "\n")

@@ -50,6 +50,8 @@ async function loadInfo() {
 }
 
 function setSlider(name, value) {
+  // a server default above the slider's range (serve --diversity 3) widens it: a range input would clamp it
+  if (Number(value) > Number($(name).max)) $(name).max = value;
   $(name).value = value;
   $(`${name}-value`).textContent = Number($(name).value).toFixed(2);
 }
