@@ -259,6 +259,23 @@ def test_why_explains_a_recommendation(new_session):
     drive(s, ["set sample on", "why 1"])  # sampling runs too
 
 
+def test_why_after_the_history_changed_explains_from_the_lists_own_history(new_session, monkeypatch):
+    """`why N` once explained an old list's item from the history as it is now."""
+    import m6gen.commands.chat_repl as repl
+
+    s = new_session()
+    s.apply(ChatSettings(k=3, beams=8, tokens=4))
+    seen = []
+    monkeypatch.setattr(repl, "explain", lambda model, tok, history, title, *a: seen.append(list(history)) or "x")
+    drive(s, ["user u2", "rec"])
+    listed = [s.catalog[i].title for i in s.history]
+    out = drive(s, ["heat", "why 1"])
+    assert seen[-1] == listed  # not the history with "Heat" added
+    assert "the history has changed since" in out
+    drive(s, ["rec", "why 1"])
+    assert "Heat (1995)" in seen[-1]
+
+
 def test_open_mode_flags_catalog_titles(new_session):
     s = new_session()
     s.apply(ChatSettings(k=4, beams=4))  # HF beam search is slow on shared CPUs (k <= beams)

@@ -86,6 +86,7 @@ class ChatSession:
         self.history: list[int] = []  # catalog indices, oldest first
         self.user: str | None = None  # set by `user <id>`, cleared when the history is edited
         self.last: list[dict] = []  # the last `rec` output, for `why N` and `save`
+        self.listed_from: list[int] = []  # the history that list was made from: what `why N` explains with
         self.pending: list[int] = []  # items of an open numbered choice
         cfg = recommender.config
         self.settings = ChatSettings(
@@ -304,7 +305,7 @@ class ChatSession:
         rcfg = RerankConfig(k=s.k, diversity=s.diversity, novelty=s.novelty)
         allowed = [self.cold] if s.cold_only else None
         res = self.rec.recommend([list(self.history)], rcfg, profiles=[self._profile()], allowed=allowed)[0]
-        self.last = chat_lists.catalog_rows(res.items, self.catalog)
+        self.last, self.listed_from = chat_lists.catalog_rows(res.items, self.catalog), list(self.history)
         held_out = self.split.test.get(self.user) if self.user and self.split is not None else None
         retrieved = self.rec.retriever is not None
         searched = f"{self.rec.config.n_candidates} retrieved candidates" if retrieved else f"{s.beams} beams"
@@ -330,7 +331,7 @@ class ChatSession:
     def _rec_open(self) -> None:
         s = self.settings
         outs = self.rec.generate_open([list(self.history)], [self._profile()], beams=s.beams)[0]
-        self.last = chat_lists.open_rows(outs, self.catalog, s.k)
+        self.last, self.listed_from = chat_lists.open_rows(outs, self.catalog, s.k), list(self.history)
         self.say(f"open-ended top-{s.k} ({s.template}, {s.beams} beams; titles may be outside the catalog):")
         for line in chat_lists.open_table(self.last, self.history, self.catalog):
             self.say(line)
@@ -340,9 +341,11 @@ class ChatSession:
             raise ChatError("no recommendations yet: type `rec` first")
         n = self._number(arg, "why N", len(self.last), "recommendations")
         title = self.last[n - 1]["title"]
-        history = [self.catalog[i].title for i in self.history]
+        history = [self.catalog[i].title for i in self.listed_from]  # the list's own reasons, not today's history
         text = explain(self.rec.model, self.rec.tokenizer, history, title, self.settings.tokens, self.settings.sample)
         self.say(f"why {title}: {text or '(the model gave no explanation)'}")
+        if self.listed_from != self.history:
+            self.say("(explained from the history that list was made from; the history has changed since: `rec` again)")
 
     def _number(self, arg: str, usage: str, n: int, what: str) -> int:
         try:
@@ -403,5 +406,6 @@ class ChatSession:
         user = state.get("user")
         keep_user = isinstance(user, str) and self.split is not None and user in self.split.train
         self.history, self.last, self.user, self.pending = history, recs, user if keep_user else None, []
+        self.listed_from = list(history)
         note = f"; {missing} not in this catalog, skipped" if missing else ""
         self.say(f"loaded {len(history)} history items, settings and {len(recs)} recommendations from {where}{note}")
