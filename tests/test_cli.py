@@ -37,6 +37,24 @@ def test_prompts_and_demo(world, capsys):
     assert len(rows) == 6 and set(rows) <= titles, rows
 
 
+def test_prompts_shows_the_good_templates_and_names_each_broken_one(world, tmp_path, capsys):
+    """A broken file in --templates DIR once stopped `m6gen prompts` before any template was shown."""
+    data, _ = world
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "broken_syntax.jinja").write_text("{% block prompt %}{{ history }{% endblock %}\n")
+    (folder / "broken_name.jinja").write_text(
+        "{% block prompt %}{{ nosuch.thing }}{% endblock %}{% block target %}{{ item.title }}{% endblock %}\n"
+    )
+    assert main(["prompts", "--data", str(data), "--users", "u2", "--templates", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert "===== template 'sequence'" in captured.out and "===== template 'broken" not in captured.out
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors), errors
+    assert any("broken_syntax.jinja" in line for line in errors) and any("broken_name" in line for line in errors)
+    assert "Traceback" not in captured.err
+
+
 def test_bad_input_is_one_line(world, tmp_path, capsys):
     data, model_dir = world
     bad = tmp_path / "bad"

@@ -5,6 +5,7 @@ m6gen prompts --user 196 --template instruct
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ HELP = "render every template (or only --template) for one user"
 
 def run(args) -> int:
     from m6gen.commands.common import load_data, pick_users, resolve_prompt_args
-    from m6gen.prompts import TemplateLibrary
+    from m6gen.prompts import TemplateError, TemplateLibrary
 
     if args.model:  # not loaded unless its tokenizer is asked for, but a wrong path is still named
         from m6gen.model import resolve_model
@@ -54,7 +55,15 @@ def run(args) -> int:
         from m6gen.baselines.sasrec import load_sasrec
 
         retriever = load_sasrec(args.candidates, len(ds.catalog))
-    templates = [lib.load_template(name) for name in ([only] if only else lib.names())]
+    broken: dict[str, str] = {}  # every template shown: a broken one is named at the end, the others still shown
+    templates = []
+    for name in [only] if only else lib.names():
+        try:
+            templates.append(lib.load_template(name))
+        except TemplateError as err:
+            if only:
+                raise
+            broken[name] = str(err)
     if tokenizer is None:  # said once the templates load: an unknown one is then the only line
         print(
             "(without the model's tokenizer: {{ eos }} shows as nothing and chat templates in a generic form; "
@@ -65,13 +74,17 @@ def run(args) -> int:
     cf = saved_placeholders(args.model)  # a hybrid run's {{ it.cf }} placeholders, as its model reads them
     state = saved_placeholders(args.model, state=True)  # and its {{ it.state }} ones
     for user in users:
-        show_user(args, ds, split, user, templates, tokenizer, retriever, many=len(users) > 1, cf=cf, state=state)
-    return 0
+        show_user(args, ds, split, user, templates, tokenizer, retriever, len(users) > 1, cf, state, broken)
+    for message in broken.values():
+        print(f"error: {message}", file=sys.stderr)
+    return 2 if broken else 0
 
 
-def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool, cf=None, state=None) -> None:
+def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool, cf=None, state=None, broken=None):
+    """Each template's prompt for ``user``; a template that fails to render is recorded in ``broken``
+    (name -> message) and skipped where given, else its error is raised."""
     from m6gen.baselines.retrieval import retrieve
-    from m6gen.prompts import user_vars
+    from m6gen.prompts import TemplateError, user_vars
 
     history = [ds.catalog[i] for i in split.test_history(user)]
     candidates = []
@@ -79,15 +92,23 @@ def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool
         found = retrieve(retriever, [split.test_history(user)], args.n_candidates)
         candidates = [ds.catalog[int(i)] for i in found[0]]
     for tpl in templates:
-        prompt = tpl.render_prompt(
-            history,
-            user=user_vars(user, ds.profiles),
-            tokenizer=tokenizer,
-            candidates=candidates,
-            cf=cf,
-            state=state,
-        )
-        target = tpl.render_target(ds.catalog[split.test[user]])
+        if broken is not None and tpl.name in broken:
+            continue
+        try:
+            prompt = tpl.render_prompt(
+                history,
+                user=user_vars(user, ds.profiles),
+                tokenizer=tokenizer,
+                candidates=candidates,
+                cf=cf,
+                state=state,
+            )
+            target = tpl.render_target(ds.catalog[split.test[user]])
+        except TemplateError as err:
+            if broken is None:
+                raise
+            broken[tpl.name] = str(err)
+            continue
         who = f" for user {user}" if many else ""
         print(f"===== template {tpl.name!r}{who}: {tpl.description}")
         print(prompt + "\u2502" + target + "\u2502  <- target (held out)")
