@@ -301,9 +301,13 @@ def fit(
     opt = torch.optim.AdamW(rec.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     state, best_state = _FitState(), None
     folder = Path(checkpoint) if checkpoint is not None else None
-    interactions = _interactions_fingerprint(split)
+    from m6gen.baselines.run import split_fingerprint  # here: run.py imports this module
+
+    interactions = split_fingerprint(split)
     if folder is not None and (folder / "resume.pt").is_file():
-        state, best_state, rng = _resume(folder, rec, opt, config, interactions)
+        resumed = _resume(folder, rec, opt, config, interactions)
+        if resumed is not None:  # else the fresh start above stands
+            state, best_state, rng = resumed
     start = time.perf_counter() - state.seconds
     bar = tqdm(range(state.epoch + 1, config.epochs + 1), desc="SASRec", disable=not progress, leave=False)
     for epoch in bar:
@@ -358,12 +362,6 @@ def _train_epoch(model, opt, windows: torch.Tensor, rng: np.random.Generator, ba
     return total / count
 
 
-def _interactions_fingerprint(split: Split) -> str:
-    from m6gen.baselines.run import split_fingerprint  # here: run.py imports this module
-
-    return split_fingerprint(split)
-
-
 def _save_resume(folder: Path, rec: SASRec, opt, state: _FitState, best_state, rng, interactions: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -386,8 +384,9 @@ def _save_resume(folder: Path, rec: SASRec, opt, state: _FitState, best_state, r
 
 
 def _resume(folder: Path, rec: SASRec, opt, config: SASRecConfig, interactions: str):
-    """The state of a killed training in ``folder``, continued only on the same training interactions:
-    one that saw others (another data set, or the new items that --new-items holds out) starts again."""
+    """The state of a killed training in ``folder``, continued only on the same training interactions;
+    None (and its checkpoint removed) where it saw others: another data set, or the new items that
+    --new-items holds out, so training starts again."""
     saved = torch.load(folder / "resume.pt", map_location="cpu", weights_only=False)
     if saved["config"] != asdict(config):
         raise ValueError(f"{folder}: holds a SASRec run with another configuration; delete it or choose another folder")
@@ -397,7 +396,7 @@ def _resume(folder: Path, rec: SASRec, opt, config: SASRecConfig, interactions: 
             file=sys.stderr,
         )
         (folder / "resume.pt").unlink()
-        return _FitState(), None, np.random.default_rng(config.seed)
+        return None
     rec.model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     rng = np.random.default_rng()

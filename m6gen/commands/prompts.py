@@ -80,9 +80,9 @@ def run(args) -> int:
     return 2 if broken else 0
 
 
-def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool, cf=None, state=None, broken=None):
+def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool, cf, state, broken: dict[str, str]):
     """Each template's prompt for ``user``; a template that fails to render is recorded in ``broken``
-    (name -> message) and skipped where given, else its error is raised."""
+    (name -> message) and skipped, as one that failed to load is."""
     from m6gen.baselines.retrieval import retrieve
     from m6gen.prompts import TemplateError, user_vars
 
@@ -92,7 +92,7 @@ def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool
         found = retrieve(retriever, [split.test_history(user)], args.n_candidates)
         candidates = [ds.catalog[int(i)] for i in found[0]]
     for tpl in templates:
-        if broken is not None and tpl.name in broken:
+        if tpl.name in broken:
             continue
         try:
             prompt = tpl.render_prompt(
@@ -105,8 +105,6 @@ def show_user(args, ds, split, user, templates, tokenizer, retriever, many: bool
             )
             target = tpl.render_target(ds.catalog[split.test[user]])
         except TemplateError as err:
-            if broken is None:
-                raise
             broken[tpl.name] = str(err)
             continue
         who = f" for user {user}" if many else ""
