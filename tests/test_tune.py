@@ -18,7 +18,7 @@ def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_pa
     def score(rec, *args, **kwargs):  # scored for real (the tiny random model ties at 0), then given known NDCGs
         row = real_score(rec, *args, **kwargs)
         ndcg = known[rec.config.template, rec.config.max_history]
-        return {**row, "NDCG@10": ndcg, "per_user_NDCG@10": np.full(6, ndcg)}
+        return {**row, "NDCG@4": ndcg, "per_user_NDCG": np.full(6, ndcg)}  # --beams 4: lists of 4
 
     monkeypatch.setattr(tune, "score_template", score)
     cfg = tmp_path / "m6gen.yaml"
@@ -41,7 +41,8 @@ def test_leaderboard_records_best_template_and_config_is_read_back(world, tmp_pa
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("(history ") >= 4 and "\nbest: titles_genres with history 2" in out and "coverage@10" in out
+    assert out.count("(history ") >= 4 and "\nbest: titles_genres with history 2" in out and "coverage@4" in out
+    assert "NDCG@10" not in out  # lists of 4 beams are scored and labelled at 4
     saved = yaml.safe_load(cfg.read_text())
     assert saved["template"] == "titles_genres" and saved["max_history"] == 2
     assert saved["beams"] == 4 and saved["k"] == 3
@@ -117,6 +118,8 @@ def test_score_template_known_answers():
     assert row["NDCG@10"] == pytest.approx(0.5 / np.log2(3))
     assert row["coverage@10"] == pytest.approx(3 / 8)  # items 1, 2, 3 of 8
     assert row["prompt_tokens"] == pytest.approx(3.0)
+    at_1 = score_template(rec, [[0], [0]], np.array([3, 5]), users, k=1)  # user 0's first item is its target
+    assert at_1["HR@1"] == pytest.approx(0.5) and at_1["coverage@1"] == pytest.approx(1 / 8)
 
 
 def test_own_template_folder_is_trained_recorded_and_checked_first(world, tmp_path, capsys, monkeypatch):
@@ -218,12 +221,12 @@ def test_a_tie_at_the_top_records_no_best(world, tmp_path, capsys, monkeypatch):
     data, model_dir = world
     cfg = tmp_path / "m6gen.yaml"
     cfg.write_text("beams: 4\n")
-    zeros = {"NDCG@10": 0.0, "HR@10": 0.0, "coverage@10": 0.0, "prompt_tokens": 1, "seconds": 0.0}
-    monkeypatch.setattr(tune, "score_template", lambda *a, **k: {**zeros, "per_user_NDCG@10": np.zeros(3)})
+    zeros = {"NDCG@4": 0.0, "HR@4": 0.0, "coverage@4": 0.0, "prompt_tokens": 1, "seconds": 0.0}
+    monkeypatch.setattr(tune, "score_template", lambda *a, **k: {**zeros, "per_user_NDCG": np.zeros(3)})
     argv = ["--data", str(data), "--model", str(model_dir), "--beams", "4", "--template", "titles,sequence"]
     assert main([*argv, "--history-lengths", "2", "--tune-users", "3", "--write-config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "no best: 2 of 2 tie at NDCG@10 0.0000 on 3 users" in out and "left as it was" in out
+    assert "no best: 2 of 2 tie at NDCG@4 0.0000 on 3 users" in out and "left as it was" in out
     assert "best: " not in out.replace("no best: ", "") and cfg.read_text() == "beams: 4\n"
 
 

@@ -6,7 +6,7 @@
 
 Each template (and each history length asked for) is scored on the same validation users with
 constrained decoding: NDCG@10, HR@10, catalog coverage@10 (share of the catalog in anyone's
-top 10), mean prompt tokens and seconds. The winner's name (and history length) is written to
+top 10), mean prompt tokens and seconds; at @5 with ``--beams 5``, since the lists hold the beams. The winner's name (and history length) is written to
 ``--write-config`` (YAML), which ``m6gen train/recommend/eval --config`` read.
 """
 
@@ -66,8 +66,12 @@ HELP = "leaderboard of the prompt templates on validation (--template a,b: only 
 
 
 def score_template(
-    rec, histories, targets, profiles: list[dict] | None = None, progress: bool = False
+    rec, histories, targets, profiles: list[dict] | None = None, progress: bool = False, k: int = 10
 ) -> dict[str, float]:
+    """NDCG, HR and catalog coverage at ``k`` of the template's lists, with its prompt length and time.
+
+    The keys name ``k`` (``NDCG@5`` for lists of 5 beams), so a table never labels @10 what is @5.
+    """
     from m6gen.model import encode_prompts
     from m6gen.ranking.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, per_user_scores
 
@@ -78,12 +82,11 @@ def score_template(
     prompt_tokens = np.mean([len(ids) for ids in encode_prompts(rec.tokenizer, rec.prompts(histories, profiles))])
     # Every output is a catalog item by construction (the trie), so validity would always read 1.0;
     # coverage tells whether a template makes the model recommend the same few titles to everyone.
-    per_user = per_user_scores(ranked, targets, 10)["NDCG"]
     return {
-        "per_user_NDCG@10": per_user,
-        "NDCG@10": ndcg_at_k(ranked, targets, 10),
-        "HR@10": hit_rate_at_k(ranked, targets, 10),
-        "coverage@10": catalog_coverage(ranked, len(rec.catalog), 10),
+        "per_user_NDCG": per_user_scores(ranked, targets, k)["NDCG"],
+        f"NDCG@{k}": ndcg_at_k(ranked, targets, k),
+        f"HR@{k}": hit_rate_at_k(ranked, targets, k),
+        f"coverage@{k}": catalog_coverage(ranked, len(rec.catalog), k),
         "prompt_tokens": float(prompt_tokens),
         "seconds": seconds,
     }
@@ -152,6 +155,8 @@ def run(args) -> int:
             "nothing to score: every template asked for lists a retriever's candidates; "
             "pass --candidates DIR (a saved SASRec)"
         )
+    k = min(10, args.beams)  # the lists hold --beams items: with 5 beams the table is @5, not @10
+    ndcg, hr = f"NDCG@{k}", f"HR@{k}"
     rows: dict[str, dict[str, float]] = {}
     for name in names:
         for max_history in lengths:
@@ -168,19 +173,20 @@ def run(args) -> int:
                 n_candidates=args.n_candidates,
             )
             rec = Recommender(model, tokenizer, ds.catalog, template, cfg, retriever=retriever)
-            rows[label] = score_template(rec, histories, targets, profiles, progress=args.progress)
-            print(f"{label}: NDCG@10 {rows[label]['NDCG@10']:.4f}, HR@10 {rows[label]['HR@10']:.4f}", flush=True)
-    board = dict(sorted(rows.items(), key=lambda kv: -kv[1]["NDCG@10"]))
+            rows[label] = score_template(rec, histories, targets, profiles, progress=args.progress, k=k)
+            print(f"{label}: {ndcg} {rows[label][ndcg]:.4f}, {hr} {rows[label][hr]:.4f}", flush=True)
+    board = dict(sorted(rows.items(), key=lambda kv: -kv[1][ndcg]))
     mode = f"after {args.train_steps} LoRA steps" if args.train_steps else "zero-shot"
     print(f"\nvalidation, {len(users)} users, {mode}, {args.beams} beams:\n")
-    print(format_table(board, ["NDCG@10", "HR@10", "coverage@10", "prompt_tokens", "seconds"]))
+    columns = [ndcg, hr, f"coverage@{k}", "prompt_tokens", "seconds"]
+    print(format_table(board, columns, digits={"prompt_tokens": 1, "seconds": 1}))
     best = next(iter(board))
-    top = board[best]["NDCG@10"]
-    tied = [label for label, row in board.items() if row["NDCG@10"] == top]
+    top = board[best][ndcg]
+    tied = [label for label, row in board.items() if row[ndcg] == top]
     if len(tied) > 1:  # the board's order among them is only the order they were scored in
         kept = f"; {args.write_config} left as it was" if args.write_config else ""
         print(
-            f"\nno best: {len(tied)} of {len(board)} tie at NDCG@10 {top:.4f} on {len(users)} users "
+            f"\nno best: {len(tied)} of {len(board)} tie at {ndcg} {top:.4f} on {len(users)} users "
             f"({', '.join(tied[:3])}{', ...' if len(tied) > 3 else ''}){kept}. Score more users "
             "(--tune-users)" + (", or train each first (--train-steps N)" if not args.train_steps else "")
         )
@@ -201,11 +207,11 @@ def warn_if_within_noise(board: dict[str, dict]) -> None:
     if len(board) < 2:
         return
     (first, a), (second, b) = list(board.items())[:2]
-    test = paired_bootstrap(a["per_user_NDCG@10"], b["per_user_NDCG@10"], n_resamples=2000)
+    test = paired_bootstrap(a["per_user_NDCG"], b["per_user_NDCG"], n_resamples=2000)
     if test["diff_low"] <= 0:
         print(
-            f"note: the lead of {first!r} over {second!r} is within noise: NDCG@10 difference {test['diff']:+.4f}, "
-            f"95% interval [{test['diff_low']:+.4f}, {test['diff_high']:+.4f}] over {len(a['per_user_NDCG@10'])} "
+            f"note: the lead of {first!r} over {second!r} is within noise: NDCG difference {test['diff']:+.4f}, "
+            f"95% interval [{test['diff_low']:+.4f}, {test['diff_high']:+.4f}] over {len(a['per_user_NDCG'])} "
             "users; score more users (--tune-users) before trusting the winner",
             file=sys.stderr,
         )

@@ -284,11 +284,16 @@ def _fmt(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def format_table(rows: dict[str, dict[str, float]], metrics: list[str] | None = None, digits: int = 4) -> str:
+def format_table(
+    rows: dict[str, dict[str, float]], metrics: list[str] | None = None, digits: int | dict[str, int] = 4
+) -> str:
     """Markdown table, one row per method and one column per metric ('-' where a row lacks it).
 
-    ``metrics=None`` uses every metric in order of first appearance.
+    ``metrics=None`` uses every metric in order of first appearance. ``digits`` may name some
+    columns' own digits (``{"seconds": 1}``); the others keep 4.
     """
+    places = digits if isinstance(digits, dict) else {}
+    default = 4 if isinstance(digits, dict) else digits
     if metrics is None:
         metrics = list(dict.fromkeys(m for vals in rows.values() for m in vals))
     lines = [
@@ -296,7 +301,7 @@ def format_table(rows: dict[str, dict[str, float]], metrics: list[str] | None = 
         "|" + "|".join(["---", *["---:"] * len(metrics)]) + "|",
     ]
     for name, vals in rows.items():
-        cells = [name.replace("|", "\\|"), *(_fmt(vals.get(m), digits) for m in metrics)]
+        cells = [name.replace("|", "\\|"), *(_fmt(vals.get(m), places.get(m, default)) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
