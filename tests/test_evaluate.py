@@ -1,6 +1,7 @@
 """m6gen eval end to end on a tiny world: every row present, files written, beams cached."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -309,6 +310,42 @@ def test_a_saved_sasrec_is_reused_only_on_the_same_train_items(tmp_path, capsys)
     capsys.readouterr()
     assert main(["--data", str(world("b", 2)), *argv]) == 0
     assert "was trained on other data; training SASRec again" in capsys.readouterr().err
+
+
+def test_sasrec_from_a_saved_folder_is_used_and_checked(tmp_path, capsys):
+    """--sasrec-from DIR: the saved SASRec is the peer (no training, no copy in the output folder), and the
+    same SASRec's rows match an eval that trained it; one trained on other interactions is refused in one line."""
+    from helpers import save_tiny_model, write_world_data
+
+    model = save_tiny_model(tmp_path / "model")
+    data = write_world_data(tmp_path / "a", shift=1)
+    argv = ["--data", str(data), "--model", str(model), "--beams", "3", "--baselines", "SASRec"]
+    argv += ["--blend", "", "--weights", "", "--decode-blend", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "trained")]) == 0
+    saved = tmp_path / "trained" / "baselines" / "sasrec"
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "given"), "--sasrec-from", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert f"SASRec: {saved} (--sasrec-from; trained on these interactions)" in out and "training it" not in out
+    assert not (tmp_path / "given" / "baselines" / "sasrec").exists()
+    trained, given = (json.loads((tmp_path / d / "eval_test.json").read_text()) for d in ("trained", "given"))
+    assert set(given) == set(trained)
+    for row in trained:  # SASRec's row and the rows searched with its prior
+        assert given[row] == pytest.approx(trained[row]), row
+    names = lambda d: sorted(p.name for p in (tmp_path / d).glob("beams_*.jsonl"))  # noqa: E731
+    assert names("given") == names("trained") and any("-sasrec1" in n for n in names("given"))
+
+    other = write_world_data(tmp_path / "b", shift=2)  # other training interactions
+    capsys.readouterr()
+    assert main([*argv[2:], "--data", str(other), "--out", str(tmp_path / "x"), "--sasrec-from", str(saved)]) == 2
+    err = capsys.readouterr().err
+    assert "--sasrec-from" in err and "trained on other interactions" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "bare").mkdir()  # a SASRec with no record of its training interactions
+    shutil.copytree(saved, tmp_path / "bare" / "sasrec")
+    assert main([*argv, "--out", str(tmp_path / "y"), "--sasrec-from", str(tmp_path / "bare" / "sasrec")]) == 2
+    assert "no record of what it was trained on" in capsys.readouterr().err
+    assert main([*argv, "--baselines", "Pop", "--out", str(tmp_path / "z"), "--sasrec-from", str(saved)]) == 2
+    assert "keep SASRec in --baselines" in capsys.readouterr().err
 
 
 def test_two_processes_share_the_decoding_and_give_the_tables_of_one(world, tmp_path):

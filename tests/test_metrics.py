@@ -143,7 +143,9 @@ def test_format_table():
     )
     assert "| new-item users | 36 |" in format_table({"new-item users": {"users": 36}})  # a count, not 36.0000
     # a column may have its own digits (seconds), the others keep four
-    assert "| t | 0.1235 | 12.3 |" in format_table({"t": {"NDCG@10": 0.123456, "seconds": 12.3456}}, digits={"seconds": 1})
+    assert "| t | 0.1235 | 12.3 |" in format_table(
+        {"t": {"NDCG@10": 0.123456, "seconds": 12.3456}}, digits={"seconds": 1}
+    )
 
 
 def test_write_results(tmp_path):

@@ -95,6 +95,11 @@ class EvalArgs:
         "with --split test: evaluate every row on the validation split first and add a test row for the m6gen row "
         "with the best validation NDCG@10 (the honest figure: chosen without seeing test items)",
     )
+    sasrec_from: str | None = option(
+        None,
+        "a saved SASRec folder (`m6gen baselines --out DIR` writes DIR/sasrec) to use as the SASRec peer and "
+        "prior instead of training one here; it must be recorded as trained on these training interactions",
+    )
     out: str | None = option(None, "output folder (default: the model folder, or runs/eval-default)")
 
     def __post_init__(self):

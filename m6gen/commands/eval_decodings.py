@@ -117,17 +117,22 @@ def plan_searches(args, rec, out: Path, prior, retriever, data_folder) -> tuple[
     return fingerprint, searches
 
 
+def sasrec_folder(args, out: Path) -> Path:
+    """Where this eval's SASRec is saved: ``--sasrec-from``, or the one it trains in ``out/baselines``."""
+    return Path(args.sasrec_from) if args.sasrec_from else out / "baselines" / "sasrec"
+
+
 def _prior_fingerprint(args, out: Path) -> str:
-    sasrec_folder = out / "baselines" / "sasrec"
+    sasrec = sasrec_folder(args, out)
     if args.decode_prior.endswith("Readout"):
         from m6gen.hybrid.placeholders import READOUT_FILE, READOUT_INFO
 
-        folder = sasrec_folder if args.decode_prior.startswith("SASRec") else None
+        folder = sasrec if args.decode_prior.startswith("SASRec") else None
         # a fitted readout's files; one trained with LoRA is in the adapter, which the fingerprint covers
         readout_files = [Path(args.model, READOUT_FILE), Path(args.model, READOUT_INFO)]
         return prior_fingerprint(sasrec_folder=folder, files=readout_files)
     if args.decode_prior == "SASRec":
-        return prior_fingerprint(sasrec_folder=sasrec_folder)
+        return prior_fingerprint(sasrec_folder=sasrec)
     from m6gen.baselines import content as content_code
 
     return prior_fingerprint(code=content_code)

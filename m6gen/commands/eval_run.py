@@ -13,7 +13,7 @@ import numpy as np
 
 from m6gen.baselines.run import METHODS
 from m6gen.commands.common import UsageError
-from m6gen.commands.eval_decodings import PLAIN, Decodings, plan_searches
+from m6gen.commands.eval_decodings import PLAIN, Decodings, plan_searches, sasrec_folder
 from m6gen.commands.eval_report import report, report_by_popularity
 from m6gen.commands.eval_rows import PRIOR_ROW, READOUT_ROW, SCORE_COLUMNS, m6gen_rankings, searched_rankings
 from m6gen.config import ConfigError, SASRecArgs
@@ -256,6 +256,8 @@ def prepare(args) -> Evaluation:
     searched = any(w.strip() for w in args.decode_blend.split(","))
     if searched and args.decode_prior.startswith("SASRec") and "SASRec" not in peers:  # before anything is written
         raise UsageError("--decode-blend with the SASRec prior needs the SASRec baseline (keep SASRec in --baselines)")
+    if args.sasrec_from and "SASRec" not in peers:  # it would be silently unused
+        raise UsageError(f"--sasrec-from {args.sasrec_from}: keep SASRec in --baselines to use it")
     # first: a wrong template, device or model fails before SASRec trains, and before the folder is made
     rec = load_recommender(args, ds.catalog, (split.test_history(first), user_vars(first, ds.profiles)))
     if searched and args.decode_prior.endswith("Readout") and rec.readout is None:
@@ -278,7 +280,7 @@ def prepare(args) -> Evaluation:
         if sasrec is None and "SASRec" in trained:
             from m6gen.baselines.sasrec import SASRec
 
-            sasrec = SASRec.load(out / "baselines" / "sasrec")
+            sasrec = SASRec.load(sasrec_folder(args, out))
     ease = None
     if "EASE" in trained:
         from m6gen.baselines.ease import load_ease
@@ -323,7 +325,10 @@ def trained_peers(args, out: Path, ds, split, methods: list[str]):
     cfg = args.groups[SASRecArgs].to_config()
     saved = out / "baselines" / "sasrec"
     sasrec = None
-    if "SASRec" in methods and (saved / "sasrec.json").is_file() and saved_config(saved) == cfg:
+    if "SASRec" in methods and args.sasrec_from:
+        sasrec = given_sasrec(args.sasrec_from, split, len(ds.catalog))
+        print(f"SASRec: {args.sasrec_from} (--sasrec-from; trained on these interactions)")
+    elif "SASRec" in methods and (saved / "sasrec.json").is_file() and saved_config(saved) == cfg:
         info = out / "baselines" / "baselines.json"
         recorded = read_json(info) if info.is_file() else {}
         same = (
@@ -376,6 +381,31 @@ def write_settings(ev: Evaluation, chosen: str | None, chosen_valid: float | Non
         )
         settings["chosen_on_valid"] = {"row": chosen, "valid_NDCG@10": chosen_valid}
     (ev.out / f"eval_{ev.label(args.split)}_config.json").write_text(json.dumps(settings, indent=2, default=str))
+
+
+def given_sasrec(folder: str, split, n_items: int):
+    """The ``--sasrec-from`` SASRec; a one-line error unless ``m6gen baselines`` recorded that it was
+    trained on ``split``'s training interactions (one trained on others may have seen test items)."""
+    from m6gen.baselines.run import recorded_split, split_fingerprint
+    from m6gen.baselines.sasrec import load_sasrec
+    from m6gen.model import ModelError
+
+    try:
+        sasrec = load_sasrec(folder, n_items)
+    except ModelError as err:
+        raise UsageError(f"--sasrec-from: {err}") from None
+    saw = recorded_split(folder)
+    if saw is None:
+        raise UsageError(
+            f"--sasrec-from {folder}: no record of what it was trained on (../baselines.json, written by "
+            "`m6gen baselines` and `m6gen eval`), so it may have seen test items"
+        )
+    if saw != split_fingerprint(split):
+        raise UsageError(
+            f"--sasrec-from {folder}: trained on other interactions than these training ones (it may have seen "
+            "validation or test items): give the data options it was trained with, or train one with these"
+        )
+    return sasrec
 
 
 def saved_config(folder: Path):

@@ -6,8 +6,9 @@
 
 Each template (and each history length asked for) is scored on the same validation users with
 constrained decoding: NDCG@10, HR@10, catalog coverage@10 (share of the catalog in anyone's
-top 10), mean prompt tokens and seconds; at @5 with ``--beams 5``, since the lists hold the beams. The winner's name (and history length) is written to
-``--write-config`` (YAML), which ``m6gen train/recommend/eval --config`` read.
+top 10), mean prompt tokens and seconds; at @5 with ``--beams 5``, since the lists hold the beams.
+The winner's name (and history length) is written to ``--write-config`` (YAML), which
+``m6gen train/recommend/eval --config`` read.
 """
 
 from __future__ import annotations
