@@ -84,10 +84,10 @@ def test_a_candidate_template_is_known_to_need_a_retriever():
 def test_a_leaderboard_within_noise_says_so(capsys):
     rng = np.random.default_rng(0)
     tie = rng.random(20) < 0.1
-    board = {"a": {"per_user_NDCG@10": tie.astype(float)}, "b": {"per_user_NDCG@10": np.roll(tie, 1).astype(float)}}
+    board = {"a": {"per_user_NDCG": tie.astype(float)}, "b": {"per_user_NDCG": np.roll(tie, 1).astype(float)}}
     warn_if_within_noise(board)
     assert "within noise" in capsys.readouterr().err
-    clear = {"a": {"per_user_NDCG@10": np.ones(200)}, "b": {"per_user_NDCG@10": np.zeros(200)}}
+    clear = {"a": {"per_user_NDCG": np.ones(200)}, "b": {"per_user_NDCG": np.zeros(200)}}
     warn_if_within_noise(clear)
     assert capsys.readouterr().err == ""
 
