@@ -471,6 +471,30 @@ ERROR_CASES = {
         2,
         "invalid JSON",
     ),
+    "jsonl timestamp missing on the first line only": (  # once: every other line's timestamp dropped, exit 0
+        "plain_jsonl",
+        lambda d: write(
+            d / "interactions.jsonl",
+            '{"user_id": "a", "item_id": "10"}\n{"user_id": "a", "item_id": "20", "timestamp": 5}\n',
+        ),
+        "interactions.jsonl",
+        1,
+        "timestamp",
+    ),
+    "csv column named twice": (  # once: the titles silently read from the second "title" column
+        "plain_csv",
+        lambda d: write(d / "items.csv", "item_id,title,title\n10,Usual Suspects,1995\n"),
+        "items.csv",
+        1,
+        "title: column named twice",
+    ),
+    "recbole column named twice": (
+        "recbole",
+        lambda d: _replace(d / "toy.inter", "rating:float", "item_id:token"),
+        "toy.inter",
+        1,
+        "item_id: column named twice",
+    ),
     "jsonl missing id": (
         "plain_jsonl",
         lambda d: write(d / "items.jsonl", '{"item_id": "1", "title": "X"}\n{"title": "Y"}\n'),

@@ -286,6 +286,7 @@ def _atomic(path: Path) -> tuple[list[str], np.ndarray, list[list[str]]]:
         if not name or typ not in RECBOLE_TYPES:
             raise DataError(f"header column {col!r:.60} is not 'name:type' with type in {RECBOLE_TYPES}", path, 1)
         names.append(name)
+    _unique_columns(names, path, 1)
     return (names, *_table(path, lines, "\t", len(names), start=1))
 
 
@@ -418,13 +419,15 @@ def plain_file(folder: Path, stem: str) -> Path | None:
 
 
 def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """(columns, [(line, record)]) of a JSONL or CSV file; JSONL columns are the keys of the first line."""
+    """(columns, [(line, record)]) of a JSONL or CSV file; JSONL columns are the keys of any line, in
+    first-seen order, so a key left out of one line (the first included) is a missing value there."""
     lines = _lines(path)
     out = []
     if path.suffix == ".csv":
         reader = csv.reader(io.StringIO("\n".join(lines)))
         try:
             header = [h.strip() for h in next(reader, [])]
+            _unique_columns(header, path, 1)
             with _gc_paused():
                 for row in reader:
                     if not any(v.strip() for v in row):
@@ -449,7 +452,14 @@ def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
             if not isinstance(rec, dict):
                 raise DataError("expected a JSON object", path, i)
             out.append((i, rec))
-    return (list(out[0][1]) if out else []), out
+    return list(dict.fromkeys(key for _, rec in out for key in rec)), out
+
+
+def _unique_columns(names: list[str], path: Path, line: int) -> None:
+    """A column named twice would be read from its last copy without a word: an error instead."""
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise DataError("column named twice in the header", path, line, twice)
 
 
 def _text(rec: dict[str, Any], key: str, path: Path, line: int, required: bool = True) -> str | None:
