@@ -1,10 +1,33 @@
-"""Writing files so that a killed run leaves either the old file or the new one, never half of one."""
+"""Writing files so that a killed run leaves either the old file or the new one, never half of one;
+and what reading a damaged saved file raises."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 import tempfile
 from pathlib import Path
+
+# What loading a damaged or foreign saved file can raise (a copy cut short, junk bytes, another kind of
+# pickle): the loaders of user-given files report each in one line naming the file, not a traceback.
+UNREADABLE = (
+    RuntimeError,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    pickle.UnpicklingError,
+    struct.error,
+)
+
+
+def why_unreadable(err: BaseException) -> str:
+    """``Type: first line of the message``, for a one-line error."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 class NotAFileError(OSError):

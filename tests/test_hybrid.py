@@ -138,6 +138,75 @@ def test_bad_sources_are_one_line_errors(tmp_path):
         load_item_table(tmp_path / "empty", 5)
 
 
+def test_damaged_and_empty_sources_are_one_line_errors_and_bf16_is_read(tmp_path):
+    """Each of these once gave a traceback (damaged files) or trained without a single token (no usable row)."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "sasrec.pt").write_bytes(b"PK\x03\x04 cut short")
+    np.save(tmp_path / "nan.npy", np.full((5, 3), np.nan, dtype=np.float32))
+    np.save(tmp_path / "zero_d.npy", np.zeros((5, 0), dtype=np.float32))
+    np.save(tmp_path / "complex.npy", np.ones((5, 3), dtype=np.complex64))
+    for name, error in [
+        ("empty.npy", "not a readable .npy file"),
+        ("junk.safetensors", "not a readable .safetensors file"),
+        ("junk", "sasrec.pt is not a readable saved SASRec"),
+        ("nan.npy", "no usable row"),
+        ("zero_d.npy", "2-D real items x d matrix"),
+        ("complex.npy", "2-D real items x d matrix"),
+    ]:
+        with pytest.raises(CollaborativeError, match=error) as caught:
+            load_item_table(tmp_path / name, 5)
+        assert "\n" not in str(caught.value) and name in str(caught.value)
+    table = torch.arange(15, dtype=torch.float32).reshape(5, 3) + 1
+    save_file({"embeddings": table.to(torch.bfloat16)}, tmp_path / "bf16.safetensors")
+    loaded = load_item_table(tmp_path / "bf16.safetensors", 5)
+    np.testing.assert_array_equal(loaded.vectors, table.numpy())  # small integers: exact in bf16
+
+
+def test_a_damaged_saved_sasrec_is_a_one_line_error(tmp_path):
+    from m6gen.baselines.sasrec import SASRec, SASRecConfig, load_sasrec
+    from m6gen.model import ModelError
+
+    SASRec(4, SASRecConfig(hidden=8, max_len=5)).save(tmp_path / "s")
+    whole = (tmp_path / "s" / "sasrec.pt").read_bytes()
+    (tmp_path / "s" / "sasrec.pt").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(ModelError, match="not a readable saved SASRec"):
+        load_sasrec(tmp_path / "s", 4)
+
+
+def test_a_bad_source_fails_before_the_model_loads_and_blank_rows_are_noted(tiny_dirs, tmp_path, monkeypatch):
+    import m6gen.training.prepare as prepare
+    from m6gen.config import TrainConfig
+    from m6gen.training.collaborative import collaborative_table
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded before the collaborative source was checked")
+
+    monkeypatch.setattr(prepare, "load_model", no_model, raising=False)
+    monkeypatch.setattr("m6gen.model.load_model", no_model)
+    model_dir, data_dir = tiny_dirs
+    np.save(tmp_path / "nan.npy", np.full((20, 4), np.nan, dtype=np.float32))
+    cfg = TrainConfig(model=str(model_dir), data=str(data_dir), template="hybrid", cf_source=str(tmp_path / "nan.npy"))
+    with pytest.raises(CollaborativeError, match="no usable row"):
+        prepare.prepare_run(replace(cfg, output_dir=str(tmp_path / "run")))
+    from m6gen.data import item_popularity
+
+    _, ds, split, _, _ = tiny_world(tiny_dirs, "hybrid")
+    trained = item_popularity(split, len(ds.catalog)) > 0
+    vectors = np.ones((len(ds.catalog), 4), dtype=np.float32)
+    vectors[np.flatnonzero(trained)[:2]] = 0.0  # two items with training interactions but no vector
+    np.save(tmp_path / "some.npy", vectors)
+    said = []
+    collaborative_table(replace(cfg, cf_source=str(tmp_path / "some.npy")), split, ds.catalog, said.append)
+    assert said == [
+        f"note: --cf-source {tmp_path / 'some.npy'}: 2 of {int(trained.sum())} items with training interactions "
+        "have an all-zero or non-finite row there and get no collaborative token"
+    ]
+
+
 def test_train_command_reports_a_wrong_shaped_source_in_one_line(tiny_dirs, tmp_path, capsys):
     from m6gen.commands.train import main
 

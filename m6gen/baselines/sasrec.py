@@ -408,11 +408,15 @@ def _resume(folder: Path, rec: SASRec, opt, config: SASRecConfig, interactions: 
 
 def load_sasrec(folder: str | Path, n_items: int):
     """A saved SASRec for a catalog of ``n_items``; a one-line :class:`ModelError` when it is not one."""
+    from m6gen.files import UNREADABLE, why_unreadable
     from m6gen.model import ModelError
 
     if not (Path(folder) / "sasrec.json").is_file():
         raise ModelError(f"sasrec {folder}: no saved SASRec there (sasrec.json missing)")
-    sasrec = SASRec.load(folder)
+    try:
+        sasrec = SASRec.load(folder)
+    except UNREADABLE as err:  # e.g. a copy cut short
+        raise ModelError(f"sasrec {folder}: not a readable saved SASRec ({why_unreadable(err)})") from None
     if sasrec.n_items != n_items:
         raise ModelError(f"sasrec {folder}: trained on {sasrec.n_items} items, the catalog has {n_items}")
     return sasrec

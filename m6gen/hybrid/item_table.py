@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m6gen.files import UNREADABLE, why_unreadable
 from m6gen.model import ModelError
 
 TABLE_KEYS = ("embeddings", "item_embeddings", "weight")  # tried in a .safetensors file with several tensors
@@ -44,14 +45,25 @@ def _read_sasrec(folder: Path) -> np.ndarray:
     """A saved SASRec's item embedding table, padding row dropped (item i is row i + 1 there)."""
     import torch
 
-    state = torch.load(folder / "sasrec.pt", map_location="cpu", weights_only=True)
-    return state["item_emb.weight"][1:].float().numpy()
+    try:
+        state = torch.load(folder / "sasrec.pt", map_location="cpu", weights_only=True)
+        return state["item_emb.weight"][1:].float().numpy()
+    except UNREADABLE as err:
+        raise CollaborativeError(
+            f"collaborative source {folder}: sasrec.pt is not a readable saved SASRec ({why_unreadable(err)})"
+        ) from None
 
 
 def _read_safetensors(path: Path) -> np.ndarray:
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file  # torch's reader: it also reads bf16 tables, which numpy cannot
 
-    tensors = load_file(str(path))
+    try:
+        tensors = {key: t.float().numpy() for key, t in load_file(str(path)).items()}
+    except (SafetensorError, *UNREADABLE) as err:
+        raise CollaborativeError(
+            f"collaborative source {path}: not a readable .safetensors file ({why_unreadable(err)})"
+        ) from None
     if len(tensors) == 1:
         return next(iter(tensors.values()))
     for key in TABLE_KEYS:
@@ -80,6 +92,8 @@ def read_vectors(source: str | Path) -> np.ndarray:
             vectors = np.load(path, allow_pickle=False)
         except ValueError as err:
             raise CollaborativeError(f"collaborative source {path}: not a numeric .npy array ({err})") from None
+        except (EOFError, OSError) as err:  # an empty or cut-off file
+            raise CollaborativeError(f"collaborative source {path}: not a readable .npy file ({err})") from None
     elif path.suffix == ".safetensors":
         vectors = _read_safetensors(path)
     else:
@@ -98,10 +112,11 @@ def load_item_table(source: str | Path, n_items: int, trained: np.ndarray | None
     vectors were never trained. All-zero and non-finite rows count as unknown too.
     """
     vectors = read_vectors(source)
-    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number):
+    # real numbers only: a complex table would lose its imaginary part without a word
+    if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or vectors.shape[1] == 0:
         raise CollaborativeError(
-            f"collaborative source {source}: expected a 2-D numeric items x d matrix, got shape {vectors.shape} "
-            f"of {vectors.dtype}"
+            f"collaborative source {source}: expected a 2-D real items x d matrix (d >= 1), got shape "
+            f"{vectors.shape} of {vectors.dtype}"
         )
     if vectors.shape[0] != n_items:
         raise CollaborativeError(
@@ -110,6 +125,8 @@ def load_item_table(source: str | Path, n_items: int, trained: np.ndarray | None
         )
     vectors = vectors.astype(np.float32, copy=False)
     known = np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
+    if not known.any():  # a "hybrid" run without a single collaborative token would pass unnoticed
+        raise CollaborativeError(f"collaborative source {source}: no usable row: every row is all zero or not finite")
     if trained is not None:
         known &= np.asarray(trained, dtype=bool)
     vectors = np.where(known[:, None], vectors, 0.0).astype(np.float32)

@@ -9,18 +9,36 @@ from pathlib import Path
 from m6gen.config import TrainConfig, TrainError
 
 
-def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template, say=print):
-    """With ``--cf-source``: the base model's input embedding wrapped for collaborative tokens
-    (:mod:`m6gen.hybrid`), after checking that the template places them; else None."""
+def collaborative_table(cfg: TrainConfig, split, catalog, say=print):
+    """With ``--cf-source``: its item table, read and checked before the model loads (a bad file fails
+    in seconds, not after the model); a note when some trained items get no token from it. Else None."""
     if not cfg.cf_source:
         return None
     from m6gen.data import item_popularity
-    from m6gen.hybrid import attach, load_item_table
-    from m6gen.hybrid.placeholders import places_states, places_tokens
+    from m6gen.hybrid import load_item_table
 
     check_cf_split(cfg, split)
     # only items with a training interaction have a trained vector (new items held out have none)
-    table = load_item_table(cfg.cf_source, len(catalog), trained=item_popularity(split, len(catalog)) > 0)
+    trained = item_popularity(split, len(catalog)) > 0
+    table = load_item_table(cfg.cf_source, len(catalog), trained=trained)
+    blank = int((trained & ~table.known).sum())
+    if blank:
+        say(
+            f"note: --cf-source {cfg.cf_source}: {blank} of {int(trained.sum())} items with training interactions "
+            "have an all-zero or non-finite row there and get no collaborative token"
+        )
+    return table
+
+
+def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, template, table, say=print):
+    """With ``--cf-source`` (``table``: :func:`collaborative_table`'s): the base model's input embedding
+    wrapped for collaborative tokens (:mod:`m6gen.hybrid`), after checking that the template places
+    them; else None."""
+    if table is None:
+        return None
+    from m6gen.hybrid import attach
+    from m6gen.hybrid.placeholders import places_states, places_tokens
+
     history = [catalog[i] for i in max(split.train.values(), key=len)]
     states = places_states(template, history, tokenizer)
     if not states and not places_tokens(template, history, tokenizer):
@@ -43,7 +61,8 @@ def attach_collaborative(cfg: TrainConfig, base, tokenizer, split, catalog, temp
 
 def state_model(cfg: TrainConfig, n_items: int, template):
     """The SASRec behind ``{{ it.state }}``: the --cf-source itself, which must then be a saved SASRec folder."""
-    from m6gen.baselines.sasrec import SASRec
+    from m6gen.baselines.sasrec import load_sasrec
+    from m6gen.model import ModelError
 
     folder = Path(cfg.cf_source)
     if not (folder / "sasrec.pt").is_file() or not (folder / "sasrec.json").is_file():
@@ -52,9 +71,10 @@ def state_model(cfg: TrainConfig, n_items: int, template):
             f"model, but --cf-source {cfg.cf_source} is not a saved SASRec folder (e.g. <out>/sasrec of "
             "`m6gen baselines --out <out>`)"
         )
-    sequence = SASRec.load(folder)
-    if sequence.n_items != n_items:
-        raise TrainError(f"--cf-source {folder}: a SASRec of {sequence.n_items} items, the catalog has {n_items}")
+    try:
+        sequence = load_sasrec(folder, n_items)
+    except ModelError as err:  # a damaged sasrec.pt, or a SASRec of another catalog
+        raise TrainError(f"--cf-source: {err}") from None
     return sequence
 
 

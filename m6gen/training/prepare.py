@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from m6gen.config import TrainConfig, TrainError
-from m6gen.training.collaborative import attach_collaborative
+from m6gen.training.collaborative import attach_collaborative, collaborative_table
 from m6gen.training.epochs import ExampleSources, plan_epochs
 from m6gen.training.lora import attach_lora, resolve_target_modules
 from m6gen.training.run_folder import check_output_dir, resolve_paths, write_run_folder
@@ -127,6 +127,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     dataset = load_dataset_noted(cfg.data, cfg.format, cfg.title_field, cfg.unknown_items, say=acc.print)
     split = leave_one_out(build_histories(dataset, dedupe=cfg.dedupe, min_history=cfg.min_history))
     split = new_item_split(dataset, split, cfg.new_items)  # --new-items: new items never reach training
+    table = collaborative_table(cfg, split, dataset.catalog, say=acc.print)  # a bad --cf-source fails here
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -134,7 +135,7 @@ def prepare_run(cfg: TrainConfig, model=None, tokenizer=None) -> Run:
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.gguf_file)
     base = model if model is not None else load_model(cfg.model, cfg.gguf_file)
     cfg = dataclasses.replace(cfg, target_modules=resolve_target_modules(base, cfg.target_modules))
-    collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template, say=acc.print)
+    collaborative = attach_collaborative(cfg, base, tokenizer, split, dataset.catalog, template, table, acc.print)
     peft_model = attach_lora(cfg, base, collaborative)
 
     target_texts = template.render_targets(dataset.catalog)
