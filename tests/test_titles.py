@@ -38,7 +38,10 @@ def catalog():
         ("alien", "exact", "Alien (1979)"),  # equals one title without its year
         ("ali", "prefix", "Alien (1979)"),
         ("toy storry", "fuzzy", "Toy Story (1995)"),
-        ("amelie", "fuzzy", "Amélie (2001)"),
+        ("amelie", "exact", "Amélie (2001)"),  # equal but for accents and year (was fuzzy: serve refused it)
+        ("AMELIE (2001)", "exact", "Amélie (2001)"),
+        ("ame", "prefix", "Amélie (2001)"),  # a prefix typed without accents
+        ("amelei", "fuzzy", "Amélie (2001)"),
         ("hidden dragon", "fuzzy", "Crouching Tiger, Hidden Dragon (2000)"),
         ("godfather", "exact", "The Godfather (1972)"),  # "the" + typed text is one title
         ("godf", "prefix", "The Godfather (1972)"),

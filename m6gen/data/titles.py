@@ -32,18 +32,22 @@ class TitleMatcher:
         self._folded = [fold(t) for t in self.titles]
         self._bare = [_YEAR.sub("", f) for f in self._folded]  # without "(1995)"
         self._by_bare: dict[str, list[int]] = {}
+        self._by_folded: dict[str, list[int]] = {}
         self._by_word: dict[str, list[int]] = {}
         for i, (bare, folded) in enumerate(zip(self._bare, self._folded)):
             self._by_bare.setdefault(bare, []).append(i)
+            self._by_folded.setdefault(folded, []).append(i)
             for w in set(_WORD.findall(folded)):
                 self._by_word.setdefault(w, []).append(i)
         self._words = marisa_trie.Trie(self._by_word)  # for partly typed words ("godf")
+        self._folded_titles = marisa_trie.Trie(self._by_folded)  # prefixes typed without accents ("les mis")
 
     def match(self, text: str, limit: int = MAX_CHOICES) -> tuple[str, list[int]]:
         """``(how, items)``: how is "exact", "prefix", "fuzzy" or "none"; one item means unambiguous.
 
-        Prefixes are tried as typed and after "the", "a", "an". A prefix that equals one title
-        without its year ("alien" -> "Alien (1979)") counts as exact.
+        Prefixes are tried as typed and after "the", "a", "an", with and without case and accents. Text
+        that equals one title but for case, accents or its year ("les miserables" -> "Les Misérables
+        (1995)", "alien" -> "Alien (1979)") counts as exact.
         Fuzzy results are a single item only when the best is clearly better than the rest.
         """
         query = normalize_text(text)
@@ -54,13 +58,16 @@ class TitleMatcher:
             return "exact", [exact]
         folded = fold(query)
         heads = [query, *(f"{a} {query}" for a in ARTICLES)]  # "godfather" finds "The Godfather"
+        wanted = {fold(h) for h in heads}
+        # one title equal but for case, accents or its year: "les miserables" is "Les Misérables (1995)"
+        same = sorted({i for w in wanted for i in (*self._by_folded.get(w, ()), *self._by_bare.get(w, ()))})
+        if len(same) == 1:
+            return "exact", same
         found = {i for h in heads for i in self.index.prefix(h, limit=50)}
+        for w in wanted:
+            found.update(i for key in self._folded_titles.keys(w)[:50] for i in self._by_folded[key])
         hits = sorted(found, key=lambda i: (len(self.titles[i]), i))
         if hits:
-            wanted = {fold(h) for h in heads}
-            same = [i for i in hits if self._folded[i] in wanted or self._bare[i] in wanted]
-            if len(same) == 1:
-                return "exact", same
             return "prefix", hits[: limit + 1]
         scored = self.fuzzy(folded)
         if not scored:
