@@ -7,6 +7,7 @@ import collections
 import csv
 import io
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from m6gen.files import write_atomic
@@ -16,6 +17,7 @@ from m6gen.files import write_atomic
 CSV_FIELDS = ["user_id", "rank", "item_id", "title", "score", "accuracy", "diversity", "novelty", "logprob", "filled"]
 OLD_CSV_HEADER = ",".join(CSV_FIELDS[:-1])  # before 0.3 there was no filled column
 FLAGS = ("true", "false")  # the CSV's filled column
+RECORDED_SINCE = {"interactions"}  # settings an older record lacks: not compared with it
 
 
 class UserListError(ValueError):
@@ -93,6 +95,44 @@ def _check_length(path: Path, line: int, n_items: int, filled: bool, k: int | No
 
 
 # The options that decide what a recommendation list holds: a file is resumed only with the same ones.
+@contextmanager
+def appending_alone(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs, so that a second run
+    writing the same output is refused instead of appending every user a second time. A file this
+    call created and left empty is removed again. No lock where the system has no ``fcntl`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    existed = path.exists()
+    with open(path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserListError(
+                f"{path}: another m6gen run is writing to it now; wait for it to finish, or choose another --output"
+            ) from None
+        try:
+            yield
+        finally:
+            if not existed and path.exists() and path.stat().st_size == 0:
+                path.unlink()
+
+
+def interactions_fingerprint(dataset) -> str:
+    """12 hex digits naming the data as read (every user's interactions and the catalog's titles), before
+    any option shapes it (those are recorded on their own): what a list was made from, so a resume on
+    changed data is refused."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for user, events in dataset.interactions.items():
+        digest.update(user.encode("utf-8") + b"\0" + events.items.tobytes() + events.times.tobytes())
+    digest.update("\n".join(it.title for it in dataset.catalog).encode("utf-8"))
+    return digest.hexdigest()[:12]
+
+
 def settings_file(output: Path) -> Path:
     return output.with_name(output.name + ".m6gen.json")
 
@@ -116,7 +156,11 @@ def check_settings(output: Path, settings: dict, written: Path | None = None) ->
         old = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserListError(f"{path}: damaged settings record of {output}; delete it to append anyway") from None
-    diffs = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    diffs = [
+        _difference(k, old.get(k), v)
+        for k, v in settings.items()
+        if old.get(k) != v and not (k in RECORDED_SINCE and k not in old)  # a record from before the key: unknown
+    ]
     if diffs:
         more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
         raise UserListError(
@@ -124,6 +168,12 @@ def check_settings(output: Path, settings: dict, written: Path | None = None) ->
             f"options, or choose another --output"
         )
     return "same"
+
+
+def _difference(key: str, there, now) -> str:
+    if key == "interactions":
+        return "the data's interactions or titles have changed since"
+    return f"--{key.replace('_', '-')} {there!r} there, {now!r} now"
 
 
 def record_settings(output: Path, settings: dict) -> None:

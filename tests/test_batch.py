@@ -440,3 +440,42 @@ def test_a_user_with_nothing_to_recommend_keeps_a_csv_row_as_in_jsonl(tmp_path):
         else:
             assert json.loads(out.read_text()) == {"user_id": "u1", "items": [], "filled": False}
             assert done_users(out, k=3) == ["u1"]
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(world, tmp_path):
+    """Two runs on one --output once both appended every user (each user twice in the file)."""
+    import fcntl
+
+    out = tmp_path / "recs.jsonl"
+    assert run(world, out, "--max-users", "2") == 0
+    before = out.read_bytes()
+    with open(out, "a") as first:  # what the first run holds while it writes
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        err = capsys_error(world, out)
+    assert f"{out}: another m6gen run is writing to it now" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
+    assert run(world, out) == 0  # once it is free, the run resumes: every user once
+    assert sorted(done_users(out)) == [f"u{u}" for u in range(6)]
+    assert not (tmp_path / "never.jsonl").exists()
+    assert capsys_error(world, tmp_path / "never.jsonl", "--min-history", "9")  # a run that fails leaves no file
+    assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_resuming_on_changed_data_is_refused(world, tmp_path):
+    """A resume after the data changed once appended lists made from other histories (and removed users)."""
+    _, model_dir = world
+    data = write_world_data(tmp_path / "data")
+    out = tmp_path / "recs.jsonl"
+    argv = ["--data", str(data), "--model", str(model_dir), "--output", str(out), "--beams", "4", "--k", "3"]
+    assert main([*argv, "--max-users", "2", "--no-progress"]) == 0
+    before = out.read_bytes()
+    settings_path = tmp_path / "recs.jsonl.m6gen.json"
+    rows = (data / "interactions.csv").read_text().splitlines()
+    (data / "interactions.csv").write_text("\n".join(r for r in rows if not r.startswith("u1,")) + "\n")
+    err = capsys_error((data, model_dir), out)
+    assert "written with other options (the data's interactions or titles have changed since)" in err
+    assert out.read_bytes() == before
+    recorded = json.loads(settings_path.read_text())  # a record from before the fingerprint: not compared
+    del recorded["interactions"]
+    settings_path.write_text(json.dumps(recorded))
+    assert main([*argv, "--no-progress"]) == 0

@@ -186,6 +186,15 @@ def test_bad_weights():
     assert main(["--weights", "0.1"]) == 2  # checked with the options, before any data or model loads
 
 
+def test_a_tie_on_validation_is_named_not_passed_off_as_a_choice(capsys):
+    from m6gen.commands.eval_rows import choose_row, tied_rows
+
+    rows = {"Pop": {"NDCG@10": 0.5}, "m6gen a": {"NDCG@10": 0.0}, "m6gen b": {"NDCG@10": 0.0}}
+    assert choose_row(rows) == "m6gen a" and tied_rows(rows, "m6gen a") == ["m6gen b"]
+    rows["m6gen b"]["NDCG@10"] = 0.1
+    assert choose_row(rows) == "m6gen b" and tied_rows(rows, "m6gen b") == []
+
+
 def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_path):
     data, model_dir = world
     argv = [
@@ -214,7 +223,8 @@ def test_choose_on_valid_adds_the_validation_pick_to_the_test_table(world, tmp_p
     m6gen_rows = [r for r in valid if r.startswith("m6gen")]
     best = max(m6gen_rows, key=lambda r: valid[r]["NDCG@10"])  # first of equals, as the command picks
     config = json.loads((tmp_path / "eval_test_config.json").read_text())
-    assert config["chosen_on_valid"] == {"row": best, "valid_NDCG@10": valid[best]["NDCG@10"]}
+    tied = [r for r in m6gen_rows if r != best and valid[r]["NDCG@10"] == valid[best]["NDCG@10"]]
+    assert config["chosen_on_valid"] == {"row": best, "valid_NDCG@10": valid[best]["NDCG@10"], "tied_with": tied}
     # what the options became, and the validation tables' own config beside them
     assert config["dtype"] == "auto" and config["resolved"]["dtype"] in ("float32", "bfloat16")
     assert config["resolved"]["template"] == "titles" and config["resolved"]["n_users"] == 6

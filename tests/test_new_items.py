@@ -209,3 +209,18 @@ def test_the_data_summary_says_what_new_items_held_out(world_split):
     assert (info["new_items"], info["test_new_item_targets"]) == (2, len(new_item_users(split))) == (2, 2)
     assert info["valid_new_item_targets"] == valid_new == 2
     assert "new_items" not in summary(ds, leave_one_out(build_histories(ds)))  # the standard split: no such rows
+
+
+def test_no_best_peer_is_named_when_every_peer_scores_zero(tmp_path, capsys):
+    """Every peer at 0 on the new-item users once made the first listed (SASRec) "the best peer"."""
+    from m6gen.commands.eval_new_items import report_new_items
+
+    new = np.array([True, True, False])
+    per_user = {"SASRec": np.zeros(3), "Newest": np.zeros(3), "m6gen beams": np.array([1.0, 0.0, 0.0])}
+    hits = {r: (v > 0).astype(float) for r, v in per_user.items()}
+    report_new_items(tmp_path, "test", new, per_user, hits)
+    assert "no peer ranks a new item" in capsys.readouterr().out
+    assert not list(tmp_path.glob("eval_test_new_items_vs_*"))
+    per_user["Newest"] = np.array([0.5, 0.0, 0.0])
+    report_new_items(tmp_path, "test", new, per_user, {r: (v > 0).astype(float) for r, v in per_user.items()})
+    assert [p.name for p in tmp_path.glob("eval_test_new_items_vs_*.json")] == ["eval_test_new_items_vs_newest.json"]

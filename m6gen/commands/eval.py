@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
-from m6gen.commands.eval_rows import choose_row
+from m6gen.commands.eval_rows import choose_row, tied_rows
 from m6gen.commands.eval_run import DEFAULT_BLEND, parse_weights, prepare, write_settings
 from m6gen.config import (
     ConfigError,
@@ -130,17 +130,25 @@ def run(args) -> int:
         for name in (["valid"] if args.choose_on_valid else []) + [args.split]:
             ev.decode(name)
         return 0
-    chosen = None
+    chosen, tied = None, []
     if args.choose_on_valid:
         valid = ev.evaluate("valid")
         ev.report("valid", valid)
         chosen = choose_row(valid.rows)
+        tied = tied_rows(valid.rows, chosen)
+        if tied:  # the first listed is reported, but validation did not choose it
+            print(
+                f"note: --choose-on-valid: {len(tied) + 1} m6gen rows tie at validation NDCG@10 "
+                f"{valid.rows[chosen]['NDCG@10']:.4f}; the first listed ({chosen}) is reported, not a choice: "
+                "evaluate more users",
+                file=sys.stderr,
+            )
     scores = ev.evaluate(args.split)
     if chosen is not None:
         # The one m6gen setting picked on validation, reported on test: the honest headline row.
         scores.add_as(f"m6gen, chosen on valid: {chosen.removeprefix('m6gen ')}", chosen)
     ev.report(args.split, scores)
-    write_settings(ev, chosen, valid.rows[chosen]["NDCG@10"] if chosen is not None else None)
+    write_settings(ev, chosen, valid.rows[chosen]["NDCG@10"] if chosen is not None else None, tied)
     return 0
 
 

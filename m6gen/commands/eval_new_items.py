@@ -77,7 +77,9 @@ def report_new_items(out: Path, split_name: str, new: np.ndarray, per_user: dict
     written = write_results(out / f"eval_{split_name}_new_items", rows, ["users", "HR@10", "NDCG@10"])
     for stale in out.glob(f"eval_{split_name}_new_items_vs_*.*"):  # an earlier run's best peer may differ
         stale.unlink()
-    if peers:
+    if peers and all(rows[r]["NDCG@10"] == 0 for r in peers):  # no peer to compare with: each ratio would be nan
+        print(f"\nno peer ranks a new item in a top 10 here ({', '.join(peers)} all 0): no comparison with a best peer")
+    elif peers:
         best = max(peers, key=lambda r: rows[r]["NDCG@10"])
         versus = {
             r: paired_bootstrap(v[new], per_user[best][new], n_resamples=VERSUS_RESAMPLES, level=VERSUS_LEVEL)

@@ -68,6 +68,17 @@ def searched_rankings(row: str, beams: list[np.ndarray], weight: float, score_co
 
 
 def choose_row(valid_rows: dict[str, dict[str, float]]) -> str:
-    """The m6gen row with the best validation NDCG@10 (the readout alone is not m6gen's list)."""
-    candidates = [r for r in valid_rows if r.startswith("m6gen") and r != READOUT_ROW]
-    return max(candidates, key=lambda r: valid_rows[r]["NDCG@10"])
+    """The m6gen row with the best validation NDCG@10 (the readout alone is not m6gen's list); among
+    rows that tie, the first listed (:func:`tied_rows` names the others)."""
+    return max(_candidates(valid_rows), key=lambda r: valid_rows[r]["NDCG@10"])
+
+
+def tied_rows(valid_rows: dict[str, dict[str, float]], chosen: str) -> list[str]:
+    """The other m6gen rows whose validation NDCG@10 equals the chosen one's: validation did not choose
+    among them (e.g. every row at 0 on a few users)."""
+    best = valid_rows[chosen]["NDCG@10"]
+    return [r for r in _candidates(valid_rows) if r != chosen and valid_rows[r]["NDCG@10"] == best]
+
+
+def _candidates(valid_rows: dict[str, dict[str, float]]) -> list[str]:
+    return [r for r in valid_rows if r.startswith("m6gen") and r != READOUT_ROW]

@@ -241,7 +241,8 @@ def prepare(args) -> Evaluation:
     procs = Processes()  # under torchrun, each process decodes a share of the users; the main one scores
     if args.choose_on_valid and args.split != "test":
         raise UsageError(
-            "--choose-on-valid chooses on the validation split for the test split: use it with --split test"
+            "--choose-on-valid chooses on the validation split for the test split: use it with --split test "
+            "(or --choose-on-valid false)"
         )
     ds, split = load_data(args)
     if args.new_item_users and not split.new_items:
@@ -262,7 +263,8 @@ def prepare(args) -> Evaluation:
     rec = load_recommender(args, ds.catalog, (split.test_history(first), user_vars(first, ds.profiles)))
     if searched and args.decode_prior.endswith("Readout") and rec.readout is None:
         raise UsageError(
-            f"--decode-prior {args.decode_prior}: {args.model} has no readout "
+            f"--decode-prior {args.decode_prior}: {args.model or 'the default model (no --model run folder)'} "
+            "has no readout "
             "(m6gen fit-readout --model <run>, or train with --readout-loss)"
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -358,9 +360,9 @@ def trained_peers(args, out: Path, ds, split, methods: list[str]):
     return base, sasrec
 
 
-def write_settings(ev: Evaluation, chosen: str | None, chosen_valid: float | None) -> None:
+def write_settings(ev: Evaluation, chosen: str | None, chosen_valid: float | None, tied: list[str] = ()) -> None:
     """``eval_<split>_config.json``: the options as given, and what they became (dtype auto, a run's own
-    template and retriever)."""
+    template and retriever); with --choose-on-valid the chosen row, and the rows tied with it."""
     args, rec = ev.args, ev.rec
     settings = {
         **{k: v for k, v in vars(args).items() if k != "groups"},
@@ -379,7 +381,7 @@ def write_settings(ev: Evaluation, chosen: str | None, chosen_valid: float | Non
         (ev.out / f"eval_{ev.label('valid')}_config.json").write_text(
             json.dumps({**settings, "split": "valid"}, indent=2, default=str)
         )
-        settings["chosen_on_valid"] = {"row": chosen, "valid_NDCG@10": chosen_valid}
+        settings["chosen_on_valid"] = {"row": chosen, "valid_NDCG@10": chosen_valid, "tied_with": list(tied)}
     (ev.out / f"eval_{ev.label(args.split)}_config.json").write_text(json.dumps(settings, indent=2, default=str))
 
 

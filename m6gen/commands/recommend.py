@@ -36,9 +36,11 @@ from m6gen.files import append_synced as append
 from m6gen.outputs import (
     CSV_FIELDS,
     UserListError,
+    appending_alone,
     check_settings,
     done_users,
     format_records,
+    interactions_fingerprint,
     merge_shards,
     record_settings,
 )
@@ -162,19 +164,13 @@ def settings_of(args) -> dict:
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
 
     from m6gen.commands.common import (
-        item_features,
         load_data,
-        load_recommender,
         pick_users,
-        required_cold_items,
         resolve_prompt_args,
     )
     from m6gen.config import check_k_fits_beams
-    from m6gen.prompts import user_vars
-    from m6gen.ranking.rerank import RerankConfig
 
     check_k_fits_beams(args.groups[RerankArgs], args.groups[DecodeArgs])
     output = Path(args.output)
@@ -210,7 +206,19 @@ def run(args) -> int:
     else:
         target = output
     resolve_prompt_args(args)  # the run's template, history length and candidates: part of the settings
-    settings = settings_of(args)
+    settings = {**settings_of(args), "interactions": interactions_fingerprint(ds)}
+    with appending_alone(target):  # a second run on the same output is refused, not doubled
+        return write_lists(args, output, target, settings, users, ds, split, state)
+
+
+def write_lists(args, output: Path, target: Path, settings: dict, users: list[str], ds, split, state) -> int:
+    """Append the lists of ``users`` not yet in ``target`` (``output``, or this process's shard of it)."""
+    from tqdm.auto import tqdm
+
+    from m6gen.commands.common import item_features, load_recommender, required_cold_items
+    from m6gen.prompts import user_vars
+    from m6gen.ranking.rerank import RerankConfig
+
     recorded = check_settings(output, settings, written=target)
     finished = set(done_users(target, k=args.k))
     if recorded == "unrecorded":  # written before settings were recorded: trusted, and recorded from now on
