@@ -305,6 +305,7 @@ def assert_same_beams(a, b, atol: float = 1e-3) -> None:
 
 
 def test_short_run_lowers_loss_and_saved_adapter_generates_identically(tiny_dirs, tmp_path):
+    from m6gen.data import load_dataset
     from m6gen.decoding.trie import CatalogTrie
     from m6gen.model import load_model, tokenizer_fingerprint
 
@@ -340,7 +341,8 @@ def test_short_run_lowers_loss_and_saved_adapter_generates_identically(tiny_dirs
     assert f"- untuned: NDCG@5 {summary['untuned']['NDCG@5']:.4f}" in card  # k = min(10, 5 beams)
     kept = summary["adapter_from_step"]
     assert f"- step {kept}: NDCG@5 {summary['best']['NDCG@5']:.4f}" in card and "(the adapter in this folder)" in card
-    assert f"m6gen chat --model {out} --user 196" in card
+    user = summary["example_user"]  # a user of this data (its ids are not MovieLens's "196")
+    assert user in load_dataset(tiny_dirs[1]).interactions and f"m6gen chat --model {out} --user {user}" in card
 
     model, tok, cfg = load_trained(out)
     assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(make_tokenizer())

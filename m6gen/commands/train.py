@@ -59,7 +59,10 @@ def next_steps(summary: dict) -> str:
     out = summary["output_dir"]
     lines = [f"saved {out} (its README.md says what was trained); next:"]
     collaborative = (Path(out) / INFO_FILE).is_file()  # trained with --cf-source
-    lines += [f"  {command}   # {what}" for command, what in usage_commands(out, collaborative)]
+    lines += [
+        f"  {command}   # {what}"
+        for command, what in usage_commands(out, collaborative, summary.get("example_user", "196"))
+    ]
     untuned, last = summary.get("untuned"), summary.get("last_eval")
     if untuned and last and last["step"] > 0:
         metric = next(key for key in last if key.startswith("NDCG@"))

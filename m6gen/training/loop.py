@@ -325,6 +325,7 @@ def finish(run: Run, state: dict) -> dict[str, Any]:
         "examples_per_epoch": len(run.epochs[0][0]),
         "train_seconds": round(state["train_seconds"], 1),
         "train_tokens_per_s": round(state["train_tokens"] / max(state["train_seconds"], 1e-9), 1),
+        "example_user": run.split.users[0],  # for the next steps' commands: a user this data has
     }
     if chosen == "step-000000" and state["step"] > 0:
         run.acc.print(

@@ -64,20 +64,23 @@ def model_card(cfg, summary: dict[str, Any], val_users: int, k: int) -> str:
         "## Use",
         "",
         "```bash",
-        *(f"{command}   # {what}" for command, what in usage_commands(out, collaborative=bool(cfg.cf_source))),
+        *(
+            f"{command}   # {what}"
+            for command, what in usage_commands(out, bool(cfg.cf_source), summary.get("example_user", "196"))
+        ),
         "```",
         "",
     ]
     return str(ModelCard("\n".join(lines)))
 
 
-def usage_commands(out: str, collaborative: bool = False) -> list[tuple[str, str]]:
-    """What to run with a new run folder: (command, what it gives). A run with collaborative tokens
-    first fits its readout, the item prior its best rows rank with (docs/results.md)."""
+def usage_commands(out: str, collaborative: bool = False, user: str = "196") -> list[tuple[str, str]]:
+    """What to run with a new run folder: (command, what it gives), for ``user``, one of its data's. A run
+    with collaborative tokens first fits its readout, the item prior its best rows rank with (docs/results.md)."""
     if collaborative:
         return [
             (f"m6gen fit-readout --model {out}", "its collaborative readout, read from its prompt states (minutes)"),
-            (f"m6gen chat --model {out} --user 196 --readout-weight 10", "one user's list, and why each item"),
+            (f"m6gen chat --model {out} --user {user} --readout-weight 10", "one user's list, and why each item"),
             (
                 f"m6gen recommend --model {out} --readout-weight 10 --max-users 5 --output {out}/recs.jsonl",
                 "lists for many users",
@@ -85,7 +88,7 @@ def usage_commands(out: str, collaborative: bool = False) -> list[tuple[str, str
             (f"m6gen eval --config configs/eval-readout.yaml --model {out}", "the test split, against Pop and SASRec"),
         ]
     return [
-        (f"m6gen chat --model {out} --user 196", "one user's list, and why each item"),
+        (f"m6gen chat --model {out} --user {user}", "one user's list, and why each item"),
         (f"m6gen recommend --model {out} --max-users 5 --output {out}/recs.jsonl", "lists for many users"),
         (f"m6gen eval --model {out}", "the test split, against Pop and SASRec"),
     ]
