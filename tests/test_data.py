@@ -481,6 +481,13 @@ ERROR_CASES = {
         1,
         "timestamp",
     ),
+    "csv titles in another column": (
+        "plain_csv",
+        lambda d: write(d / "items.csv", "item_id,name\n10,Usual Suspects\n"),
+        "items.csv",
+        1,
+        "title: missing required column (columns: item_id, name); --title-field NAME",
+    ),
     "csv column named twice": (  # once: the titles silently read from the second "title" column
         "plain_csv",
         lambda d: write(d / "items.csv", "item_id,title,title\n10,Usual Suspects,1995\n"),

@@ -53,7 +53,9 @@ class DataArgs:
     format: Literal["auto", "recbole", "ml-100k", "ml-1m", "plain"] = option(
         "auto", "data format (auto: detected from the files; `m6gen data` shows which)"
     )
-    title_field: str | None = option(None, "item title column (default: detected)")
+    title_field: str | None = option(
+        None, "item title column (default: 'title' in plain CSV/JSONL files; detected in RecBole and MovieLens files)"
+    )
     dedupe: Literal["first", "keep", "last"] = option(
         "first", "repeated items in a history: keep the first, all, or the last"
     )

@@ -486,6 +486,14 @@ def read_plain(folder: str | Path, title_field: str | None = None, on_unknown_it
     cols, recs = _records(path)
     if not recs:
         raise DataError("empty catalog: no items", path)
+    if title_field not in cols and "item_id" in cols:  # e.g. a "name" column: say how to use it
+        raise DataError(
+            f"missing required column (columns: {', '.join(cols)}); --title-field NAME reads the titles from "
+            "another column",
+            path,
+            1,
+            title_field,
+        )
     _need(cols, ("item_id", title_field), path)
     known = {"item_id", title_field, "year", "genres", "description"}
     ids, titles, years, genres, descs, extras = [], [], [], [], [], []
