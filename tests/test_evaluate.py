@@ -473,6 +473,18 @@ def test_the_popularity_table_compares_each_group_with_sasrec_on_its_own_users(t
     assert not list(tmp_path.glob("eval_test_by_popularity.*"))
 
 
+
+def test_the_popularity_table_without_sasrec_promises_no_ratio(tmp_path, capsys):
+    from m6gen.commands.eval_report import report_by_popularity
+    from m6gen.ranking.metrics import popularity_groups
+
+    groups = popularity_groups(np.array([1, 2, 50, 60]), n_groups=2)
+    per_user = {"Pop": np.array([1.0, 0.0, 0.5, 0.5]), "m6gen x": np.array([0.0, 0.5, 1.0, 1.0])}
+    report_by_popularity(tmp_path, "test", groups, per_user, {r: (v > 0).astype(float) for r, v in per_user.items()})
+    out = capsys.readouterr().out
+    assert "against SASRec" not in out and "ratio" not in out  # once: a ratio clause over columns of "-"
+
+
 def test_the_popularity_groups_are_the_evaluated_users_by_their_own_targets(world, tmp_path, monkeypatch):
     from m6gen.commands import eval_run
     from m6gen.data import item_popularity

@@ -83,11 +83,14 @@ def report_by_popularity(out: Path, split_name: str, groups: list, per_user: dic
                 )
                 row.update((m, versus[m]) for m in ("ratio", "ratio_low", "ratio_high"))
             rows[f"{group.label}: {name}"] = row
-    metrics = ["users", "HR@10", "NDCG@10", "ratio", "ratio_low", "ratio_high"]
-    print(
-        f"\n{split_name}: users grouped by their target's popularity in training (rarest first); ratio = NDCG@10 "
-        f"against SASRec on the same users (paired bootstrap, {VERSUS_LEVEL:.0%} intervals):\n"
+    with_sasrec = "SASRec" in per_user  # without it there is no ratio to show
+    metrics = ["users", "HR@10", "NDCG@10", *(["ratio", "ratio_low", "ratio_high"] if with_sasrec else [])]
+    versus = (
+        f"; ratio = NDCG@10 against SASRec on the same users (paired bootstrap, {VERSUS_LEVEL:.0%} intervals)"
+        if with_sasrec
+        else ""
     )
+    print(f"\n{split_name}: users grouped by their target's popularity in training (rarest first){versus}:\n")
     print(format_table(rows, metrics))
     explain_missing_ratios(rows)
     written = write_results(out / f"eval_{split_name}_by_popularity", rows, metrics)
