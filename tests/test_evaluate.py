@@ -473,7 +473,6 @@ def test_the_popularity_table_compares_each_group_with_sasrec_on_its_own_users(t
     assert not list(tmp_path.glob("eval_test_by_popularity.*"))
 
 
-
 def test_the_popularity_table_without_sasrec_promises_no_ratio(tmp_path, capsys):
     from m6gen.commands.eval_report import report_by_popularity
     from m6gen.ranking.metrics import popularity_groups

@@ -319,6 +319,7 @@ def test_info_health_docs_and_page(client):
     assert "history" in schema["content"]["application/json"]["schema"]["properties"]
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
+    assert client.head("/").status_code == 200 and client.head("/health").status_code == 200  # uptime checkers
 
 
 def test_the_page_loads_nothing_from_elsewhere():

@@ -158,10 +158,11 @@ def _body_doc(schema: type) -> dict:
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: what uptime checkers send
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.head("/health", include_in_schema=False)  # what uptime checkers send; one schema entry, GET's
     @app.get("/health", summary="Liveness: 200 while the server runs (no API key needed)")
     def health() -> dict:
         return {"status": "ok", "queued": service.batcher.pending}
