@@ -1,6 +1,7 @@
 """Regression tests for what a new user tripped over (issue #20), each named after the defect it pins."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -31,8 +32,17 @@ def test_a_folder_with_two_formats_is_an_error_not_a_silent_choice(tmp_path):
 def test_data_command_says_which_format_it_detected(tmp_path, capsys):
     from m6gen.commands import main
 
-    assert main(["data", "--data", str(write_plain(tmp_path / "d"))]) == 0
-    assert "plain (detected)" in capsys.readouterr().out
+    folder = write_plain(tmp_path / "d")
+    (folder / "items.csv").write_text("item_id,title\n0,Other\n", encoding="utf-8")  # read after items.jsonl
+    with open(folder / "interactions.csv", "a", encoding="utf-8") as f:
+        f.write("u0,0,9\nu0,0,10\n")  # two repeats of (u0, item 0)
+    assert main(["data", "--data", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "plain (detected)" in out
+    # which of the files it read, and from which column its titles came: once said nowhere
+    table = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.strip().splitlines())
+    assert table["items file"] == "items.jsonl" and table["interactions file"] == "interactions.csv"
+    assert table["title column"] == "title" and table["repeated_interactions"] == "2 (--dedupe first)"
 
 
 def test_rewriting_the_tuned_config_keeps_the_users_comments(tmp_path):

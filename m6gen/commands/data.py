@@ -5,6 +5,8 @@ m6gen data --data path/to/folder
 
 from __future__ import annotations
 
+import numpy as np
+
 from m6gen.config import DataArgs
 
 GROUPS = [DataArgs]
@@ -18,7 +20,10 @@ def run(args) -> int:
     ds, split = load_data(args)
     folder = args.data or default_data_dir()
     detected = f"{detect_format(folder)} (detected)" if args.format == "auto" else args.format
-    print(format_summary({"folder": str(folder), "format": detected, **summary(ds, split)}))
+    repeats = sum(len(ev.items) - len(np.unique(ev.items)) for ev in ds.interactions.values())
+    dedupe = {"repeated_interactions": f"{repeats} (--dedupe {args.dedupe})"} if repeats else {}
+    # which files and which title column were read: a folder may hold several, a file several title columns
+    print(format_summary({"folder": str(folder), "format": detected, **ds.read_from, **summary(ds, split), **dedupe}))
     return 0
 
 

@@ -106,6 +106,10 @@ class Dataset:
     profiles: dict[str, dict[str, str]] = field(default_factory=dict, metadata={"help": "user id -> profile fields"})
     name: str = field(default="", metadata={"help": "data set name, e.g. 'ml-100k'"})
     skipped: int = field(default=0, metadata={"help": "interactions dropped for unknown item ids"})
+    read_from: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "what was read: the items, interactions and users files, and the title column"},
+    )
 
     def __post_init__(self):
         # Every user has every profile field ("" where not given), so a template's
@@ -344,7 +348,14 @@ def read_recbole(
         rest = [f for f in names if f != "user_id"]
         _unique_users(col["user_id"], numbers, path)
         profiles = {u: {f: col[f][k] for f in rest} for k, u in enumerate(col["user_id"])}
-    return Dataset(catalog, events, profiles, name, skipped)
+    read_from = _read_from(folder, name, ".item", ".inter", ".user", title_field)
+    return Dataset(catalog, events, profiles, name, skipped, read_from)
+
+
+def _read_from(folder: Path, name: str, items: str, interactions: str, users: str, title: str) -> dict[str, str]:
+    """``Dataset.read_from`` of a folder whose files are ``<name><suffix>`` (a missing users file left out)."""
+    files = {"items file": name + items, "interactions file": name + interactions, "users file": name + users}
+    return {**{k: f for k, f in files.items() if (folder / f).is_file()}, "title column": title}
 
 
 def _unique_users(user_ids, lines, path: Path) -> None:
@@ -380,7 +391,8 @@ def read_movielens_100k(folder: str | Path, on_unknown_item: str = "raise") -> D
         _unique_users(cols[0], numbers, path)
         keys = ("age", "gender", "occupation", "zip_code")
         profiles = {u: dict(zip(keys, rest)) for u, *rest in zip(*cols)}
-    return Dataset(catalog, events, profiles, "ml-100k", skipped)
+    read_from = {"items file": "u.item", "interactions file": "u.data", **({"users file": "u.user"} if profiles else {})}
+    return Dataset(catalog, events, profiles, "ml-100k", skipped, {**read_from, "title column": "u.item, field 2"})
 
 
 def read_movielens_1m(folder: str | Path, on_unknown_item: str = "raise") -> Dataset:
@@ -407,7 +419,9 @@ def read_movielens_1m(folder: str | Path, on_unknown_item: str = "raise") -> Dat
                 "occupation": occupations.get(occ, occ),
                 "zip_code": zip_code,
             }
-    return Dataset(catalog, events, profiles, "ml-1m", skipped)
+    read_from = {"items file": "movies.dat", "interactions file": "ratings.dat"}
+    read_from.update({"users file": "users.dat"} if profiles else {})
+    return Dataset(catalog, events, profiles, "ml-1m", skipped, {**read_from, "title column": "movies.dat, field 2"})
 
 
 # ---------------------------------------------------------------- plain JSONL / CSV
@@ -531,13 +545,15 @@ def read_plain(folder: str | Path, title_field: str | None = None, on_unknown_it
                 raise DataError("missing value", path, line, "timestamp")
     events, skipped = _events(path, numbers, users, item_ids, times, catalog, on_unknown_item)
 
+    read_from = {"items file": _required_file(folder, "items").name, "interactions file": path.name}
     profiles = {}
     path = plain_file(folder, "users")
     if path is not None:
+        read_from["users file"] = path.name
         cols, recs = _records(path)
         _need(cols, ("user_id",), path)
         _unique_users([_text(rec, "user_id", path, line) for line, rec in recs], [line for line, _ in recs], path)
         for line, rec in recs:
             fields = {k: v for k in rec if k != "user_id" and (v := _text(rec, k, path, line, False)) is not None}
             profiles[_text(rec, "user_id", path, line)] = fields
-    return Dataset(catalog, events, profiles, folder.name, skipped)
+    return Dataset(catalog, events, profiles, folder.name, skipped, {**read_from, "title column": title_field})
