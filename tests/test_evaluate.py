@@ -349,7 +349,8 @@ def test_sasrec_from_a_saved_folder_is_used_and_checked(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv[2:], "--data", str(other), "--out", str(tmp_path / "x"), "--sasrec-from", str(saved)]) == 2
     err = capsys.readouterr().err
-    assert "--sasrec-from" in err and "trained on other interactions" in err and len(err.strip().splitlines()) == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--sasrec-from" in errors[0] and "trained on other interactions" in errors[0]
     (tmp_path / "bare").mkdir()  # a SASRec with no record of its training interactions
     shutil.copytree(saved, tmp_path / "bare" / "sasrec")
     assert main([*argv, "--out", str(tmp_path / "y"), "--sasrec-from", str(tmp_path / "bare" / "sasrec")]) == 2

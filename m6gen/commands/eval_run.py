@@ -268,6 +268,13 @@ def prepare(args) -> Evaluation:
             "(m6gen fit-readout --model <run>, or train with --readout-loss)"
         )
     out.mkdir(parents=True, exist_ok=True)
+    short = [k for k in Evaluation.ks if k > args.beams]
+    if short and procs.is_main:  # the tables still say @20: their m6gen rows count fewer items
+        print(
+            f"note: --beams {args.beams}: m6gen's lists hold {args.beams} items, so its rows' metrics at "
+            f"{', '.join(map(str, short))} count those {args.beams} (a target past them is a miss)",
+            file=sys.stderr,
+        )
     if args.cold_only and "Pop" in peers:
         # no cold item has a count, so Pop's order would be the catalog's (ties go to the lower index):
         # in MovieLens an artifact of how ids were given, not a method

@@ -28,7 +28,7 @@ class PromptsArgs:
 
 
 GROUPS = [DataArgs, PromptArgs, ModelArgs, PromptsArgs]
-HELP = "render every template (or only --template) for one user"
+HELP = "render every template (or only --template) for a user (--users a,b: for each)"
 
 
 def run(args) -> int:
