@@ -349,6 +349,7 @@ def test_sasrec_from_a_saved_folder_is_used_and_checked(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv[2:], "--data", str(other), "--out", str(tmp_path / "x"), "--sasrec-from", str(saved)]) == 2
     err = capsys.readouterr().err
+    assert "note: --beams 3: m6gen's lists hold 3 items, so its rows' metrics at 5, 10, 20 count those 3" in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--sasrec-from" in errors[0] and "trained on other interactions" in errors[0]
     (tmp_path / "bare").mkdir()  # a SASRec with no record of its training interactions
