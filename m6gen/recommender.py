@@ -5,7 +5,7 @@ Glue only: each stage lives in its own module (prompts, model, trie, generate, r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -289,6 +289,7 @@ class Recommender:
         if readout_weight and self.readout is None:
             raise ValueError("readout_weight: this model has no collaborative readout (m6gen fit-readout)")
         self._check_histories(histories, profiles)
+        self._check_allowed(allowed, histories)
         if not histories:
             return []
         cfg = self.config
@@ -378,6 +379,19 @@ class Recommender:
             return self.prior_weight
         return self.readout_weight
 
+    @property
+    def features(self) -> ItemFeatures | None:
+        """Item features for the reranker's diversity and novelty; one row per catalog item."""
+        return self._features
+
+    @features.setter
+    def features(self, features: ItemFeatures | None) -> None:
+        if features is not None and len(features.popularity) != len(self.catalog):  # else a late, vague error
+            raise ValueError(
+                f"features: they cover {len(features.popularity)} items, the catalog has {len(self.catalog)}"
+            )
+        self._features = features
+
     def _check_histories(self, histories, profiles=None) -> None:
         """Histories hold catalog indices; a raw data id or an index past the catalog is named, not a deep IndexError
         (and a negative one is not read from the catalog's end). ``profiles``, if given, one per history."""
@@ -385,6 +399,10 @@ class Recommender:
         if isinstance(histories, (str, bytes)) or not isinstance(histories, (Sequence, np.ndarray)):
             got = f"{histories!r:.60}"
             raise TypeError(f"histories: expected a list of histories (lists of catalog indices), got {got}")
+        if isinstance(histories, np.ndarray) and histories.ndim != 1:
+            raise TypeError(
+                f"histories: a {histories.ndim}-D array; give a list of histories (e.g. list(array) for one per row)"
+            )
         for u, hist in enumerate(histories):
             if isinstance(hist, (str, bytes)) or not isinstance(hist, (Sequence, np.ndarray)):
                 raise TypeError(
@@ -392,13 +410,30 @@ class Recommender:
                     + ("; for one user pass [history]" if isinstance(hist, (int, np.integer)) else "")
                 )
             for i in hist:
-                if not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+                if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
                     raise ValueError(
                         f"history {u}: {i!r} is not a catalog index (0..{n - 1}); histories hold catalog "
                         f"indices, e.g. catalog.index_of(item_id) for an id of the data files"
                     )
         if profiles is not None and len(profiles) != len(histories):
             raise ValueError(f"profiles: {len(profiles)} for {len(histories)} histories; give one per history, or none")
+        for u, profile in enumerate(profiles or ()):
+            if profile is not None and not isinstance(profile, Mapping):
+                raise TypeError(f"profiles[{u}]: expected a dict of profile fields, got {type(profile).__name__}")
+
+    def _check_allowed(self, allowed, histories) -> None:
+        """``allowed``: one array of catalog indices per history; an index past the catalog (or negative,
+        which numpy would read from the end) is named here, not deep in the trie."""
+        if allowed is None:
+            return
+        if len(allowed) != len(histories):
+            raise ValueError(f"allowed: {len(allowed)} for {len(histories)} histories; give one per history, or none")
+        n = len(self.catalog)
+        for u, items in enumerate(allowed):
+            items = np.asarray(items)
+            if items.size and (items.dtype.kind not in "iu" or items.min() < 0 or items.max() >= n):
+                bad = next((i for i in items.tolist() if not isinstance(i, int) or not 0 <= i < n), items.tolist()[0])
+                raise ValueError(f"allowed {u}: {bad!r} is not a catalog index (0..{n - 1})")
 
     def generate_open(
         self, histories: list[list[int]], profiles: list[dict] | None = None, beams: int | None = None

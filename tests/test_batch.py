@@ -241,6 +241,39 @@ def test_histories_must_hold_catalog_indices(world):
             rec.recommend([[0, 1], bad])
 
 
+def test_python_api_inputs_found_by_a_new_user_are_named(world):
+    """Each of these once failed deep inside (an IndexError in the trie, a numpy truth-value error, a
+    message blaming the genres) or passed silently (a negative allowed index, True read as item 1)."""
+    from m6gen.data import load_dataset
+    from m6gen.ranking.rerank import ItemFeatures, RerankConfig
+    from m6gen.recommender import RecommendConfig, Recommender
+
+    ds = load_dataset(world[0])
+    rec = Recommender.from_pretrained(world[1], ds.catalog, RecommendConfig(beams=2), device="cpu")
+    for allowed in ([np.array([99])], [np.array([-5, 3])]):
+        with pytest.raises(ValueError, match=r"allowed 0: -?\d+ is not a catalog index \(0..7\)"):
+            rec.recommend([[1, 2]], RerankConfig(k=2), allowed=allowed)
+    with pytest.raises(TypeError, match="histories: a 2-D array"):
+        rec.recommend(np.array([[1, 2, 3]]), RerankConfig(k=2))
+    with pytest.raises(ValueError, match="history 0: True is not a catalog index"):
+        rec.recommend([[True, 2]], RerankConfig(k=2))
+    with pytest.raises(TypeError, match=r"profiles\[0\]: expected a dict of profile fields, got str"):
+        rec.recommend([[1, 2]], RerankConfig(k=2), profiles=["x"])
+    with pytest.raises(ValueError, match="diversity must be a number from 0 to 1000, got '0.3'"):
+        RerankConfig(diversity="0.3")
+    with pytest.raises(ValueError, match="popularity has 5 entries, genres 8 items"):
+        ItemFeatures.from_genres([["a"]] * 8, popularity=np.ones(5))
+    with pytest.raises(ValueError, match="features: they cover 10 items, the catalog has 8"):
+        Recommender.from_pretrained(
+            world[1],
+            ds.catalog,
+            RecommendConfig(beams=2),
+            device="cpu",
+            features=ItemFeatures.from_genres([["a"]] * 10),
+        )
+    assert len(rec.recommend([list(np.array([1, 2]))], RerankConfig(k=2), allowed=[np.array([3, 4])])[0]) == 2
+
+
 def test_misshapen_api_input_is_named_before_any_work(world):
     """One history without its list, a string, None, profiles of another count, a dict for a RerankConfig,
     a k the beams cannot fill and a catalog that is not one: each a message naming it, not a TypeError deep inside."""

@@ -35,7 +35,8 @@ class RerankConfig:
     def __post_init__(self):
         for name in ("accuracy", "diversity", "novelty"):
             value = getattr(self, name)
-            if not np.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not number or not np.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
                 raise ValueError(f"{name} must be a number from 0 to {MAX_WEIGHT:g}, got {value!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
@@ -115,6 +116,8 @@ class ItemFeatures:
         multi_hot[rows, cols] = 1.0
         if popularity is None:
             popularity = np.zeros(len(genres))
+        if len(popularity) != len(genres):  # else the shape check below would blame the genres
+            raise ValueError(f"popularity has {len(popularity)} entries, genres {len(genres)} items: give one per item")
         return cls(popularity, multi_hot, embeddings, metric, genre_weight, names)
 
     @classmethod
