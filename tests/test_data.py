@@ -624,3 +624,15 @@ def test_every_user_and_item_has_every_field_so_templates_can_test_them(tmp_path
         "u3": {"age": "", "country": ""},
     }
     assert [it.extra for it in ds.catalog] == [{"director": "Ann"}, {"director": ""}, {"director": "Cy"}]
+
+
+def test_catalog_lookups_say_what_ids_and_indices_are(plain_csv):
+    """A data id given as a number, or where a position belongs, once gave a bare KeyError or a list TypeError."""
+    from m6gen.data import load_dataset
+
+    catalog = load_dataset(plain_csv).catalog
+    with pytest.raises(KeyError, match=r"unknown item id 10 \(ids are strings from the data files, like '10', '20'"):
+        catalog.index_of(10)
+    with pytest.raises(TypeError, match=r"catalog\['10'\]: index by position \(0..3\); for a data id use index_of"):
+        catalog["10"]
+    assert catalog[catalog.index_of("10")].item_id == "10"

@@ -98,6 +98,8 @@ class Catalog:
         return iter(self.items)
 
     def __getitem__(self, index: int) -> Item:
+        if isinstance(index, str):  # a data id where an index belongs: say which is which
+            raise TypeError(f"catalog[{index!r}]: index by position (0..{len(self) - 1}); for a data id use index_of")
         return self.items[index]
 
     @property
@@ -115,8 +117,12 @@ class Catalog:
         return item_id in self._by_id
 
     def index_of(self, item_id: str) -> int:
-        """Dense index of ``item_id``; KeyError if absent."""
-        return self._by_id[item_id].index
+        """Dense index of ``item_id``; KeyError naming it (and what ids look like) if absent."""
+        try:
+            return self._by_id[item_id].index
+        except KeyError:
+            like = ", ".join(repr(i) for i in list(self._by_id)[:3])
+            raise KeyError(f"unknown item id {item_id!r} (ids are strings from the data files, like {like})") from None
 
     def by_title(self, title: str) -> Item | None:
         return self._by_title.get(title)
