@@ -94,7 +94,6 @@ def _check_length(path: Path, line: int, n_items: int, filled: bool, k: int | No
         )
 
 
-# The options that decide what a recommendation list holds: a file is resumed only with the same ones.
 @contextmanager
 def appending_alone(path: Path):
     """Hold an exclusive lock on ``path`` (created if missing) while the block runs, so that a second run
@@ -133,6 +132,7 @@ def interactions_fingerprint(dataset) -> str:
     return digest.hexdigest()[:12]
 
 
+# The options that decide what a recommendation list holds: a file is resumed only with the same ones.
 def settings_file(output: Path) -> Path:
     return output.with_name(output.name + ".m6gen.json")
 

@@ -430,10 +430,10 @@ class Recommender:
             raise ValueError(f"allowed: {len(allowed)} for {len(histories)} histories; give one per history, or none")
         n = len(self.catalog)
         for u, items in enumerate(allowed):
-            items = np.asarray(items)
-            if items.size and (items.dtype.kind not in "iu" or items.min() < 0 or items.max() >= n):
-                bad = next((i for i in items.tolist() if not isinstance(i, int) or not 0 <= i < n), items.tolist()[0])
-                raise ValueError(f"allowed {u}: {bad!r} is not a catalog index (0..{n - 1})")
+            items = np.asarray(items).reshape(-1)
+            bad = items if items.dtype.kind not in "iu" else items[(items < 0) | (items >= n)]
+            if bad.size:
+                raise ValueError(f"allowed {u}: {bad[0].item()!r} is not a catalog index (0..{n - 1})")
 
     def generate_open(
         self, histories: list[list[int]], profiles: list[dict] | None = None, beams: int | None = None

@@ -292,3 +292,23 @@ class Processes:
             # the others may wait long at a barrier: the main process trains SASRec alone, or scores
             dist.init_process_group("gloo", timeout=timedelta(hours=24))
         dist.barrier()
+
+
+def check_same_interactions(folder, split, what: str, required: bool = False) -> None:
+    """A one-line error where ``m6gen baselines`` recorded (``../baselines.json``) that the model in
+    ``folder`` was trained on other interactions than ``split``'s training ones: it may have seen
+    validation or test items, or the run was trained on other data than the one given. ``required``:
+    a model with no such record is refused too."""
+    from m6gen.baselines.run import recorded_split, split_fingerprint
+
+    saw = recorded_split(folder)
+    if saw is None and required:
+        raise UsageError(
+            f"{what}: no record of what it was trained on (../baselines.json, written by `m6gen baselines` and "
+            "`m6gen eval`), so it may have seen test items"
+        )
+    if saw is not None and saw != split_fingerprint(split):
+        raise UsageError(
+            f"{what} was trained on other interactions than these training ones (it may have seen validation "
+            "or test items): give the data options the run was trained with, or train it with these"
+        )

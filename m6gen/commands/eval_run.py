@@ -395,25 +395,15 @@ def write_settings(ev: Evaluation, chosen: str | None, chosen_valid: float | Non
 def given_sasrec(folder: str, split, n_items: int):
     """The ``--sasrec-from`` SASRec; a one-line error unless ``m6gen baselines`` recorded that it was
     trained on ``split``'s training interactions (one trained on others may have seen test items)."""
-    from m6gen.baselines.run import recorded_split, split_fingerprint
     from m6gen.baselines.sasrec import load_sasrec
+    from m6gen.commands.common import check_same_interactions
     from m6gen.model import ModelError
 
     try:
         sasrec = load_sasrec(folder, n_items)
     except ModelError as err:
         raise UsageError(f"--sasrec-from: {err}") from None
-    saw = recorded_split(folder)
-    if saw is None:
-        raise UsageError(
-            f"--sasrec-from {folder}: no record of what it was trained on (../baselines.json, written by "
-            "`m6gen baselines` and `m6gen eval`), so it may have seen test items"
-        )
-    if saw != split_fingerprint(split):
-        raise UsageError(
-            f"--sasrec-from {folder}: trained on other interactions than these training ones (it may have seen "
-            "validation or test items): give the data options it was trained with, or train one with these"
-        )
+    check_same_interactions(folder, split, f"--sasrec-from {folder}", required=True)
     return sasrec
 
 

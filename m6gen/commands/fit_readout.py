@@ -262,6 +262,7 @@ def distillation_teacher(rec, split, n_items: int):
     from pathlib import Path
 
     from m6gen.baselines.sasrec import load_sasrec
+    from m6gen.commands.common import check_same_interactions
 
     source = Path(rec.collaborative.table.source)
     if rec.collaborative.has_states:
@@ -289,28 +290,13 @@ def check_teacher_folder(folder: str) -> None:
         )
 
 
-def check_same_interactions(folder, split, what: str) -> None:
-    """A one-line error where ``m6gen baselines`` recorded (``../baselines.json``) that the model in
-    ``folder`` was trained on other interactions than ``split``'s training ones: it may have seen
-    validation or test items, or the run was trained on other data than the one given."""
-    from m6gen.baselines.run import recorded_split, split_fingerprint
-    from m6gen.commands.common import UsageError
-
-    saw = recorded_split(folder)
-    if saw is not None and saw != split_fingerprint(split):
-        raise UsageError(
-            f"{what} was trained on other interactions than these training ones (it may have seen validation "
-            "or test items): give the data options the run was trained with, or train it with these"
-        )
-
-
 def extra_teacher(folder: str, split, n_items: int):
     """A --readout-teachers model: a saved SASRec or EASE folder (``m6gen baselines --out DIR`` writes
     DIR/sasrec and DIR/ease). One trained on other interactions than ``split``'s training ones (recorded
     by ``m6gen baselines`` in ``../baselines.json``) may have seen validation or test items, so it is an error."""
     from m6gen.baselines.ease import is_ease_folder, load_ease
     from m6gen.baselines.sasrec import load_sasrec
-    from m6gen.commands.common import UsageError
+    from m6gen.commands.common import UsageError, check_same_interactions
     from m6gen.model import ModelError
 
     check_teacher_folder(folder)

@@ -164,7 +164,6 @@ def settings_of(args) -> dict:
 
 
 def run(args) -> int:
-
     from m6gen.commands.common import (
         load_data,
         pick_users,

@@ -199,10 +199,12 @@ def _year(value: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _need(columns: list[str], names: tuple[str, ...], path: Path) -> None:
+def _need(columns: list[str], names: tuple[str, ...], path: Path, hints: dict[str, str] | None = None) -> None:
+    """A one-line error naming the first of ``names`` missing from ``columns``, with its hint if any."""
     for name in names:
         if name not in columns:
-            raise DataError(f"missing required column (columns: {', '.join(columns) or 'none'})", path, 1, name)
+            hint = f"; {hints[name]}" if hints and name in hints else ""
+            raise DataError(f"missing required column (columns: {', '.join(columns) or 'none'}){hint}", path, 1, name)
 
 
 def _catalog(
@@ -419,8 +421,7 @@ def read_movielens_1m(folder: str | Path, on_unknown_item: str = "raise") -> Dat
                 "occupation": occupations.get(occ, occ),
                 "zip_code": zip_code,
             }
-    read_from = {"items file": "movies.dat", "interactions file": "ratings.dat"}
-    read_from.update({"users file": "users.dat"} if profiles else {})
+    read_from = {"items file": "movies.dat", "interactions file": "ratings.dat", **({"users file": "users.dat"} if profiles else {})}
     return Dataset(catalog, events, profiles, "ml-1m", skipped, {**read_from, "title column": "movies.dat, field 2"})
 
 
@@ -497,18 +498,12 @@ def read_plain(folder: str | Path, title_field: str | None = None, on_unknown_it
     folder = Path(folder)
     title_field = title_field or "title"
     path = _required_file(folder, "items")
+    read_from = {"items file": path.name}
     cols, recs = _records(path)
     if not recs:
         raise DataError("empty catalog: no items", path)
-    if title_field not in cols and "item_id" in cols:  # e.g. a "name" column: say how to use it
-        raise DataError(
-            f"missing required column (columns: {', '.join(cols)}); --title-field NAME reads the titles from "
-            "another column",
-            path,
-            1,
-            title_field,
-        )
-    _need(cols, ("item_id", title_field), path)
+    hint = {title_field: "--title-field NAME reads the titles from another column"}  # e.g. a "name" column
+    _need(cols, ("item_id", title_field), path, hint)
     known = {"item_id", title_field, "year", "genres", "description"}
     ids, titles, years, genres, descs, extras = [], [], [], [], [], []
     for line, rec in recs:
@@ -545,7 +540,7 @@ def read_plain(folder: str | Path, title_field: str | None = None, on_unknown_it
                 raise DataError("missing value", path, line, "timestamp")
     events, skipped = _events(path, numbers, users, item_ids, times, catalog, on_unknown_item)
 
-    read_from = {"items file": _required_file(folder, "items").name, "interactions file": path.name}
+    read_from["interactions file"] = path.name
     profiles = {}
     path = plain_file(folder, "users")
     if path is not None:
